@@ -21,6 +21,17 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["table.csv"]
 
 
+def test_atomic_write_gives_umask_permissions(tmp_path: Path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        target = atomic.write_text(tmp_path / "roi.mrk.json", "{}")
+    finally:
+        os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == 0o644
+
+
 def test_atomic_write_failure_keeps_old_file(tmp_path: Path) -> None:
     target = tmp_path / "seg.seg.nrrd"
     target.write_text("old")
