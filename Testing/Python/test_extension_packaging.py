@@ -1,0 +1,153 @@
+"""The Slicer extension's files: module folders, their CMakeLists, .ui files against the code that uses
+them, the extension CMakeLists and ExtensionsIndex description, icons. Module .py files import slicer/qt
+that only exist in the Slicer application, so they are parsed and compiled here, never imported."""
+
+from __future__ import annotations
+
+import ast
+import py_compile
+import re
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = ["AutoSegTraining", "AutoSegIntensity", "AutoSegLocalisation", "AutoSegThreshold", "AutoSegSegmentMetrics"]
+
+
+def _cmake_list(text: str, variable: str, module: str) -> list:
+    m = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert m, variable
+    return [tok.replace("${MODULE_NAME}", module) for tok in m.group(1).split()]
+
+
+def _png_size(path: Path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return struct.unpack(">II", data[16:24])
+
+
+def test_module_folders_are_exactly_the_five_modules():
+    found = sorted(p.name for p in (ROOT / "ScriptedModules").iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    assert found == sorted(MODULES)
+    # no collision with Slicer's SegmentStatistics or SlicerRT's SegmentComparison
+    assert not {"SegmentStatistics", "SegmentComparison"} & set(found)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_cmakelists_lists_every_file_and_only_existing_files(module):
+    folder = ROOT / "ScriptedModules" / module
+    text = (folder / "CMakeLists.txt").read_text()
+    assert re.search(rf"set\(MODULE_NAME {module}\)", text)
+    listed = _cmake_list(text, "MODULE_PYTHON_SCRIPTS", module) + _cmake_list(text, "MODULE_PYTHON_RESOURCES", module)
+    on_disk = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                     if p.is_file() and p.name != "CMakeLists.txt" and "__pycache__" not in p.parts)
+    assert sorted(listed) == on_disk
+    assert f"{module}.py" in listed and f"Resources/UI/{module}.ui" in listed and f"Resources/Icons/{module}.png" in listed
+    assert "slicerMacroBuildScriptedModule" in text
+
+
+def _module_ast(module):
+    path = ROOT / "ScriptedModules" / module / f"{module}.py"
+    return path, ast.parse(path.read_text())
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_file_compiles_and_follows_the_template(module, tmp_path):
+    path, tree = _module_ast(module)
+    py_compile.compile(str(path), cfile=str(tmp_path / "m.pyc"), doraise=True)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    bases = {name: [ast.unparse(b) for b in c.bases] for name, c in classes.items()}
+    assert bases[module] == ["ScriptedLoadableModule"]
+    assert bases[f"{module}Widget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert bases[f"{module}Test"] == ["ScriptedLoadableModuleTest"]
+    assert [ast.unparse(d) for d in classes[f"{module}ParameterNode"].decorator_list] == ["parameterNodeWrapper"]
+    source = path.read_text()
+    # the widget delegates to a Logic class of AutoSegSensitivity.mrml and reports errors in a message box
+    assert re.search(r"from AutoSegSensitivity\.mrml\.\w+_logic import \w+Logic", source)
+    assert "slicer.util.tryWithErrorDisplay" in source
+    assert 'categories = ["Segmentation.AutoSegSensitivity"]' in source
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_ui_name_the_code_uses_exists_in_the_ui_file(module):
+    path, tree = _module_ast(module)
+    ui = ET.parse(ROOT / "ScriptedModules" / module / "Resources" / "UI" / f"{module}.ui")
+    names = [w.get("name") for w in ui.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate widget names"
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"
+            and isinstance(n.value.value, ast.Name) and n.value.value.id == "self"}
+    assert used, "the widget uses no ui element"
+    assert used <= set(names), sorted(used - set(names))
+    assert ui.getroot().find("class").text == module
+    # widgets bound to the parameter node name fields that the parameter node declares
+    fields = {n.target.id for c in tree.body if isinstance(c, ast.ClassDef) and c.name == f"{module}ParameterNode"
+              for n in c.body if isinstance(n, ast.AnnAssign)}
+    bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
+    assert bound and bound <= fields, sorted(bound - fields)
+    # every MRML widget receives the scene
+    mrml = {w.get("name") for w in ui.iter("widget") if w.get("class", "").startswith("qMRML") and w.get("class") != "qMRMLWidget"}
+    receivers = {c.find("receiver").text for c in ui.iter("connection") if c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
+    assert mrml and mrml == receivers
+
+
+def test_extension_cmakelists_has_the_required_fields_and_one_subdirectory_per_module():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(AutoSegSensitivity\)", text, re.M)
+    for field in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
+                  "EXTENSION_SCREENSHOTURLS"):
+        m = re.search(rf'set\({field} "([^"]+)"\)', text)
+        assert m and m.group(1).strip(), field
+    assert 'set(EXTENSION_CATEGORY "Segmentation")' in text
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
+    assert "find_package(Slicer REQUIRED)" in text and "include(${Slicer_USE_FILE})" in text
+    assert "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in text and "include(${Slicer_EXTENSION_CPACK})" in text
+    subdirs = re.findall(r"add_subdirectory\(([^)]+)\)", text)
+    assert sorted(subdirs) == sorted(f"ScriptedModules/{m}" for m in MODULES)
+    assert all((ROOT / s / "CMakeLists.txt").is_file() for s in subdirs)
+    assert "AutoSegSensitivity/*.py" in text and "Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR" in text
+    assert text.index("include(${Slicer_USE_FILE})") < text.index("add_subdirectory") < text.index("Slicer_EXTENSION_CPACK")
+
+
+def test_extensions_index_description_is_complete_and_agrees_with_cmake():
+    entries = {}
+    for line in (ROOT / "AutoSegSensitivity.s4ext").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            entries[key] = value.strip()
+    for key in ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
+                "category", "iconurl", "status", "description", "screenshoturls", "enabled"):
+        assert entries.get(key), key
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    for key, field in (("homepage", "EXTENSION_HOMEPAGE"), ("category", "EXTENSION_CATEGORY"),
+                       ("iconurl", "EXTENSION_ICONURL"), ("description", "EXTENSION_DESCRIPTION"),
+                       ("depends", "EXTENSION_DEPENDS"), ("contributors", "EXTENSION_CONTRIBUTORS")):
+        assert re.search(rf'set\({field} "{re.escape(entries[key])}"\)', cmake), key
+    assert entries["scm"] == "git" and entries["enabled"] == "1"
+    assert entries["iconurl"].endswith("Resources/Icons/AutoSegSensitivity.png")
+
+
+def test_icons_are_png_and_the_extension_icon_is_128_square():
+    assert _png_size(ROOT / "Resources" / "Icons" / "AutoSegSensitivity.png") == (128, 128)
+    for module in MODULES:
+        w, h = _png_size(ROOT / "ScriptedModules" / module / "Resources" / "Icons" / f"{module}.png")
+        assert w == h and w >= 32
+
+
+def test_mrml_layer_never_imports_qt_and_loads_without_slicer():
+    for path in (ROOT / "AutoSegSensitivity" / "mrml").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {"qt", "ctk", "PythonQt"} & imported, path.name
+        top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+        assert "slicer" not in top and "vtk" not in top, f"{path.name} imports slicer/vtk at import time"
+    code = ("import sys, AutoSegSensitivity.mrml, AutoSegSensitivity.mrml.nodes, AutoSegSensitivity.mrml.training_logic;"
+            "assert 'slicer' not in sys.modules and 'qt' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

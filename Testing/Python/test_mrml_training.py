@@ -1,0 +1,148 @@
+"""TrainingLogic on real MRML nodes: scene cases exported as a dataset, the CLI run for real in a background
+process, its event stream read into curves, cancel, and prediction into volume and segmentation nodes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer  # the slicer-core wheel: real MRML, no application
+import torch
+import yaml
+
+from AutoSegSensitivity.inference import load_checkpoint, predict_volume
+from AutoSegSensitivity.io import load_case, scan_dataset
+from AutoSegSensitivity.mrml import nodes
+from AutoSegSensitivity.mrml.training_logic import TrainingLogic
+from AutoSegSensitivity.phantom import make_phantom
+
+CONFIG = {"model": "unet2d", "model_kwargs": {"base_features": 4}, "structures": ["Brain", "SpinalCord"],
+          "epochs": 2, "batch_size": 4, "samples_per_epoch": 8, "lr": 0.003, "crop": [48, 48], "resize": [32, 32]}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    scene = slicer.vtkMRMLScene()
+    logic = TrainingLogic(scene)
+    pairs = []
+    for i in range(3):
+        volume, seg = make_phantom(seed=(5, i), shape=(8, 64, 64))
+        volume_node = nodes.volume_to_node(volume, scene, f"case{i}")
+        nodes.segmentation_to_node(seg, scene, f"structures {i}", reference_node=volume_node)
+    volume_nodes = [scene.GetFirstNodeByName(f"case{i}") for i in range(3)]
+    pairs = logic.pair_scene_cases(volume_nodes)
+    assert [s.GetName() for _, s in pairs] == ["structures 0", "structures 1", "structures 2"]
+    logic.export_cases(pairs, root / "data")
+    (root / "cfg.yaml").write_text(yaml.safe_dump(CONFIG))
+    process = logic.start(root / "cfg.yaml", root / "data", root / "run", device="cpu", extra_env=ONE_THREAD)
+    code = process.wait(timeout=240)
+    process.poll()
+    return scene, logic, process, code, root, pairs
+
+
+def test_command_is_the_cli_with_the_chosen_options(tmp_path):
+    (tmp_path / "cfg.yaml").write_text("{}")
+    (tmp_path / "data").mkdir()
+    cmd = TrainingLogic(None, python="/opt/Slicer/bin/PythonSlicer").build_command(
+        tmp_path / "cfg.yaml", tmp_path / "data", tmp_path / "run", resume=True, device="cuda", overrides=["epochs=5"])
+    assert cmd == ["/opt/Slicer/bin/PythonSlicer", "-m", "AutoSegSensitivity", "train", "--config", str(tmp_path / "cfg.yaml"),
+                   "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--quiet", "--resume",
+                   "--device", "cuda", "--set", "epochs=5"]
+    assert TrainingLogic(None).python == sys.executable
+    with pytest.raises(ValueError, match="dataset folder"):
+        TrainingLogic(None).build_command(tmp_path / "cfg.yaml", tmp_path / "nope", tmp_path / "run")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        TrainingLogic(None).build_command(tmp_path / "cfg.yaml", tmp_path / "data", tmp_path / "run", device="tpu")
+
+
+def test_scene_cases_exported_as_a_dataset_with_geometry(trained):
+    _, _, _, _, root, pairs = trained
+    scan = scan_dataset(root / "data")
+    assert [c.name for c in scan.cases] == ["case0", "case1", "case2"] and not scan.problems
+    image, seg = load_case(scan.cases[1])
+    assert image.same_grid(nodes.volume_from_node(pairs[1][0]))
+    assert np.array_equal(seg.mask("SpinalCord"), nodes.segmentation_from_node(pairs[1][1], image).mask("SpinalCord"))
+
+
+def test_background_training_runs_and_its_events_become_curves(trained):
+    scene, logic, process, code, root, _ = trained
+    assert code == 0, process.log_tail()
+    kinds = [e["event"] for e in process.events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("epoch") == 2
+    assert process.progress() == (2, 2)
+    table, chart = logic.update_curves(process)
+    rows = nodes.rows_from_table(table)
+    epochs = [e for e in process.events if e["event"] == "epoch"]
+    assert [r["epoch"] for r in rows] == [1.0, 2.0]
+    assert [r["train_loss"] for r in rows] == pytest.approx([e["train_loss"] for e in epochs])
+    assert len(nodes.chart_series_names(chart)) == 3
+    assert (root / "run" / "best.pt").is_file()
+
+
+def test_predict_into_nodes_equals_engine(trained):
+    scene, logic, _, _, root, pairs = trained
+    torch.set_num_threads(1)
+    volume_node = pairs[0][0]
+    prob_nodes, seg_node = logic.predict(root / "run" / "best.pt", volume_node)
+    assert sorted(prob_nodes) == ["Brain", "SpinalCord"]
+    assert prob_nodes["Brain"].GetName() == "case0_Brain_prob" and seg_node.GetName() == "case0_AutoSeg"
+    image = nodes.volume_from_node(volume_node)
+    model = load_checkpoint(root / "run" / "best.pt")
+    engine = predict_volume(model, image)
+    prob = nodes.volume_from_node(prob_nodes["Brain"])
+    assert prob.same_grid(image) and np.allclose(prob.array, engine["Brain"].array, atol=1e-6)
+    seg = nodes.segmentation_from_node(seg_node, image)
+    assert np.array_equal(seg.mask("SpinalCord"), nodes.volume_from_node(prob_nodes["SpinalCord"]).array >= 0.5)
+    again, _ = logic.predict(model, volume_node)
+    assert again["Brain"] is prob_nodes["Brain"]
+
+
+def test_cancel_stops_the_background_run(trained, tmp_path):
+    _, logic, _, _, root, _ = trained
+    process = logic.start(root / "cfg.yaml", root / "data", tmp_path / "run", device="cpu", extra_env=ONE_THREAD,
+                          overrides=["epochs=50"])
+    code = process.cancel(wait_s=120)
+    process.poll()
+    assert code == 130, process.log_tail()
+    assert any(e["event"] == "stop" and e["reason"] == "cancelled" for e in process.events)
+
+
+def test_background_prediction_loads_the_same_maps_into_nodes(trained, tmp_path):
+    scene, logic, _, _, root, pairs = trained
+    volume_node = pairs[1][0]
+    process = logic.start_predict(root / "run" / "best.pt", volume_node, tmp_path / "pred", device="cpu",
+                                  extra_env=ONE_THREAD)
+    assert process.wait(timeout=240) == 0, process.log_tail()
+    prob_nodes, seg_node = logic.load_prediction(tmp_path / "pred", volume_node)
+    assert sorted(prob_nodes) == ["Brain", "SpinalCord"] and seg_node.GetName() == "case1_AutoSeg"
+    torch.set_num_threads(1)
+    image = nodes.volume_from_node(volume_node)
+    engine = predict_volume(load_checkpoint(root / "run" / "best.pt"), image)
+    for name, node in prob_nodes.items():
+        prob = nodes.volume_from_node(node)
+        assert prob.same_grid(image) and np.allclose(prob.array, engine[name].array, atol=1e-5)
+    seg = nodes.segmentation_from_node(seg_node, image)
+    assert np.array_equal(seg.mask("Brain"), engine["Brain"].array >= 0.5)
+    with pytest.raises(ValueError, match="checkpoint"):
+        logic.start_predict(tmp_path / "missing.pt", volume_node, tmp_path / "x")
+
+
+def test_threshold_stored_with_the_model_is_used_for_the_segmentation(trained, tmp_path):
+    import shutil
+
+    from AutoSegSensitivity.mrml.threshold_logic import ThresholdTuningLogic
+
+    scene, logic, _, _, root, pairs = trained
+    torch.set_num_threads(1)
+    checkpoint = Path(shutil.copy(root / "run" / "best.pt", tmp_path / "tuned.pt"))
+    ThresholdTuningLogic.store_threshold(checkpoint, "Brain", 0.3, source="sweep dice (test)")
+    model = load_checkpoint(checkpoint)
+    assert model.thresholds["Brain"] == 0.3 and model.thresholds["SpinalCord"] == 0.5
+    prob_nodes, seg_node = logic.predict(model, pairs[2][0])
+    image = nodes.volume_from_node(pairs[2][0])
+    seg = nodes.segmentation_from_node(seg_node, image)
+    assert np.array_equal(seg.mask("Brain"), nodes.volume_from_node(prob_nodes["Brain"]).array >= np.float32(0.3))
