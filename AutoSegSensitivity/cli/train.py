@@ -1,0 +1,72 @@
+"""Train a segmentation network on a dataset folder (one sub-folder per case).
+
+The config (YAML or JSON) names the network, loss, intensity transform, structures, sizes, optimiser and
+stopping rule; unknown keys are errors. Checkpoints go to OUT/last.pt (every epoch) and OUT/best.pt (best
+epoch by the stopping rule), progress events to OUT/events.jsonl. Ctrl-C (or SIGTERM, or a file named
+CANCEL in OUT) stops at the next batch and keeps the last complete epoch; --resume continues from it.
+
+Exit codes: 0 done, 1 failed (e.g. out of GPU memory: the message says what to change), 2 bad input,
+130 cancelled.
+
+Example:
+  autosegsens phantom --out phantom-data
+  autosegsens train --config examples/configs/quick-unet2d.yaml --data phantom-data --out runs/quick
+  autosegsens train --config examples/configs/quick-unet2d.yaml --data phantom-data --out runs/quick \\
+      --resume --set epochs=20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import add_out_argument, prepare_out_dir
+
+NAME = "train"
+HELP = "train a segmentation network (checkpoints, events, resume)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="training config (.yaml/.yml/.json)")
+    parser.add_argument("--data", type=Path, required=True, help="dataset folder (one sub-folder per case)")
+    add_out_argument(parser, help="output folder for checkpoints and events")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="where to train (default: the config's device, normally auto = CUDA if present)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (YAML value; dotted keys such as early_stopping.patience=5)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..progress import describe_epoch
+    from ..training import TrainConfig, TrainingOutOfMemory, train
+
+    cfg = TrainConfig.from_file(args.config)
+    if args.overrides:
+        cfg = cfg.with_overrides(args.overrides)
+    if not args.resume:
+        prepare_out_dir(args.out, args.overwrite, will_write=("last.pt", "best.pt", "events.jsonl"))
+        if args.overwrite:
+            (args.out / "events.jsonl").unlink(missing_ok=True)
+    interactive = sys.stderr.isatty()
+
+    def on_event(event: dict) -> None:
+        if args.quiet or interactive:
+            return
+        if event["event"] == "epoch":
+            print(describe_epoch(event), file=sys.stderr, flush=True)
+        elif event["event"] in ("warning", "stop"):
+            print(f"{event['event']}: {event.get('message') or event.get('reason')}", file=sys.stderr, flush=True)
+
+    device = args.device or cfg.device
+    try:
+        result = train(cfg, args.data, args.out, device=device, resume=args.resume, on_event=on_event)
+    except TrainingOutOfMemory as exc:
+        print(f"autosegsens train: error: {exc}", file=sys.stderr)
+        return 1
+    score = f"{result.best_score:.4f}" if result.best_score is not None else "-"
+    print(f"trained {result.epochs_run} epochs ({result.stop_reason}); best epoch {result.best_epoch} "
+          f"(score {score}) -> {result.best_path}")
+    return 0
