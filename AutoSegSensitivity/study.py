@@ -1,0 +1,431 @@
+"""The threshold-sensitivity study of paper 000 (Bice et al. 2021), end to end, on the engine.
+
+:func:`run_study` does, into one output folder:
+
+1. **data**: a phantom dataset (``data/``, :func:`AutoSegSensitivity.phantom.make_phantom_dataset` layout)
+   unless ``StudyConfig.data_dir`` names an existing dataset folder;
+2. **training**: one 2D U-Net per training loss (default BCE, and BCE + lambda * 2D Dice with lambda 0.5,
+   paper Eq. 5), each a *multi-label* model with one sigmoid output per structure (the paper trained one
+   model per structure; the report says which was done), same seed and same case split (``models/<loss>/``);
+3. **prediction**: probability maps of the validation cases (``predictions/<loss>/<case>/<structure>.nrrd``),
+   through the batch mode (:mod:`AutoSegSensitivity.batch`: a bad case is reported and skipped);
+4. **sweep**: per loss and structure, thresholds 0..1 by 0.01 with pooled and per-case Dice, MSD, HD, HD95
+   (``sweeps/<loss>/<structure>/sweep.csv``, ``sweep_per_case.csv``, ``summary.json``, ``sweep.png``);
+5. **prominence** of the training set per structure (paper Eq. 4, from the checkpoint) and the Pearson
+   correlation with the optimal Dice threshold across structures (``correlation.csv``, ``prominence.png``);
+6. **volume bias** at the optimal Dice threshold and at 0.5 (``volume_bias.csv``);
+7. ``summary.csv`` (one row per loss and structure), ``study.json`` (settings, data, models, versions, dates)
+   and ``report.html`` (:mod:`AutoSegSensitivity.html_report`).
+
+Ctrl-C (or SIGTERM during training) stops cleanly: what is complete stays on disk, ``study.json`` says
+``status: cancelled`` with what was kept, a partial report is written when at least one sweep finished, and
+:class:`~AutoSegSensitivity.errors.CancelledError` is raised with that description.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import __version__
+from .atomic import write_text
+from .errors import CancelledError, InputError
+
+__all__ = ["LossSpec", "StudyConfig", "StudyResult", "DEFAULT_STRUCTURES", "run_study", "volume_bias"]
+
+PathLike = Union[str, Path]
+
+DEFAULT_STRUCTURES = ("Brain", "Parotid_L", "SpinalCord", "Lens_L")
+"""Large, medium, thin and tiny: prominences over more than two orders of magnitude."""
+
+
+@dataclass
+class LossSpec:
+    """A training loss of the study: ``key`` (folder name), ``loss`` (``losses.build_loss`` name),
+    ``loss_kwargs`` and a display ``label``."""
+
+    key: str
+    loss: str
+    loss_kwargs: Dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+def default_losses(lam: float = 0.5) -> List[LossSpec]:
+    """BCE, and BCE + lambda * 2D Dice (paper Eq. 5: ``(1 - lambda) BCE + lambda (1 - 2D Dice)``)."""
+    return [LossSpec("bce", "bce", {}, "BCE"),
+            LossSpec("bce_dice2d", "bce_dice2d", {"lam": float(lam)}, f"BCE + 2D Dice (lambda {lam:g})")]
+
+
+@dataclass
+class StudyConfig:
+    """Settings of a study. Sizes in voxels; the phantom grid ``phantom_shape`` is (z, y, x).
+
+    The defaults are the CPU demo: 8 phantom cases, 4 structures, a narrow 2D U-Net (paper 000's Table A1 at
+    ``base_features`` width), a short schedule."""
+
+    structures: List[str] = field(default_factory=lambda: list(DEFAULT_STRUCTURES))
+    cases: int = 8
+    seed: int = 0
+    data_dir: Optional[str] = None
+    phantom_shape: Optional[List[int]] = None
+    lam: float = 0.5
+    losses: Optional[List[Dict[str, Any]]] = None
+    model: str = "unet2d"
+    base_features: int = 4
+    resize: Optional[List[int]] = field(default_factory=lambda: [64, 64])
+    epochs: int = 30
+    batch_size: int = 8
+    samples_per_epoch: Optional[int] = 128
+    foreground_fraction: Optional[float] = 0.8
+    lr: float = 3e-3
+    intensity: Any = "NLF1"
+    val_fraction: float = 0.25
+    early_stopping_window: int = 3
+    thresholds: str = "0:1:0.01"
+    deltas: List[float] = field(default_factory=lambda: [0.02, 0.05, 0.1])
+    device: str = "auto"
+    num_threads: Optional[int] = None
+    sweep_device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "study config") -> "StudyConfig":
+        known = {f.name for f in fields(cls)}
+        for k in data:
+            if k not in known:
+                raise InputError(source, str(k), f"a known study setting (one of {sorted(known)})", got="unknown key")
+        cfg = cls(**copy.deepcopy(dict(data)))
+        cfg.validate(source)
+        return cfg
+
+    def to_dict(self) -> Dict[str, Any]:
+        return copy.deepcopy(asdict(self))
+
+    def loss_specs(self) -> List[LossSpec]:
+        if self.losses is None:
+            return default_losses(self.lam)
+        return [LossSpec(**d) for d in self.losses]
+
+    def validate(self, source: str = "study config") -> None:
+        """Check ranges; an :class:`InputError` names the setting."""
+        from .sweep import parse_thresholds
+
+        if not isinstance(self.structures, list) or not self.structures or len(set(self.structures)) != len(
+                self.structures):
+            raise InputError(source, "structures", "a non-empty list of distinct structure names", got=self.structures)
+        if not isinstance(self.cases, int) or self.cases < 3:
+            raise InputError(source, "cases", "an integer >= 3 (training and validation cases)", got=self.cases)
+        for key in ("epochs", "batch_size", "base_features"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(source, key, "a positive integer", got=v)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise InputError(source, "seed", "a non-negative integer", got=self.seed)
+        if not (isinstance(self.lam, (int, float)) and 0.0 <= float(self.lam) <= 1.0):
+            raise InputError(source, "lam", "lambda in [0, 1]", got=self.lam)
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise InputError(source, "data_dir", "an existing dataset folder", got=self.data_dir)
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise InputError(source, "device", "auto, cpu or cuda", got=self.device)
+        parse_thresholds(self.thresholds)
+        specs = self.loss_specs()
+        if not specs or len({s.key for s in specs}) != len(specs):
+            raise InputError(source, "losses", "at least one loss, with distinct keys", got=self.losses)
+
+
+@dataclass
+class StudyResult:
+    """Where a finished study is: the folder, the report, and the headline numbers per loss and structure
+    (``rows`` as in ``summary.csv``) and the correlation per loss."""
+
+    out_dir: Path
+    report: Path
+    rows: List[Dict[str, Any]]
+    correlation: Dict[str, Dict[str, Any]]
+    elapsed_s: float
+
+
+def volume_bias(probs: Sequence[np.ndarray], refs: Sequence[np.ndarray], spacings: Sequence[Sequence[float]],
+                threshold: float) -> Dict[str, float]:
+    """Predicted (``prob >= threshold``) minus reference volume summed over cases, in ml, and relative to the
+    reference volume (signed: positive is over-segmentation). ``spacings`` in mm, any axis order."""
+    from .sweep import apply_threshold
+
+    ref_ml = pred_ml = 0.0
+    for p, r, s in zip(probs, refs, spacings):
+        voxel_ml = float(np.prod(np.asarray(s, dtype=float))) / 1000.0
+        pred_ml += int(np.count_nonzero(apply_threshold(p, threshold))) * voxel_ml
+        ref_ml += int(np.count_nonzero(r)) * voxel_ml
+    diff = pred_ml - ref_ml
+    rel = diff / ref_ml if ref_ml > 0 else (0.0 if diff == 0 else math.inf)
+    return {"threshold": float(threshold), "volume_ref_ml": ref_ml, "volume_pred_ml": pred_ml,
+            "volume_diff_ml": diff, "relative_volume_diff": rel}
+
+
+def _versions() -> Dict[str, str]:
+    out = {"AutoSegSensitivity": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("torch", "scipy", "SimpleITK", "monai", "matplotlib"):
+        try:
+            m = __import__(mod)
+            out[mod] = str(getattr(m, "__version__", getattr(m, "Version", lambda: "?")()
+                                   if mod == "SimpleITK" else "?"))
+        except Exception:  # noqa: BLE001 - optional libraries
+            pass
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _bar(total: int, desc: str, show: bool, unit: str = "it"):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+
+
+def make_phantom_data(root: Path, cases: int, seed: int, shape: Optional[Sequence[int]] = None,
+                      progress: bool = False) -> List[Path]:
+    """The phantom dataset of the study, one case at a time (same cases as
+    :func:`~AutoSegSensitivity.phantom.make_phantom_dataset` with the same seed), with a progress bar."""
+    from .io import box_to_roi, write_case
+    from .phantom import case_name, head_box, make_phantom
+
+    bar = _bar(cases, "phantom cases", progress, "case")
+    folders = []
+    try:
+        for n in range(cases):
+            kw = {"shape": tuple(shape)} if shape else {}
+            image, seg = make_phantom(seed=(int(seed), n), **kw)
+            roi = box_to_roi(head_box(image), image, name="Head")
+            folders.append(write_case(root / case_name(n), image, seg, roi))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return folders
+
+
+def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, progress: Optional[bool] = None,
+              log: Optional[Callable[[str], None]] = None) -> StudyResult:
+    """Run the whole study into ``out_dir`` (created; the caller decides about overwriting). ``progress``:
+    tqdm bars on stderr (default: when stderr is a terminal). ``log(message)`` receives one line per step."""
+    import torch
+
+    from . import report as figs
+    from .batch import predict_dataset
+    from .html_report import STUDY_JSON, VOLUME_BIAS_CSV, load_study, summary_rows, write_report
+    from .inference import load_checkpoint
+    from .io import load_case, read_volume, scan_dataset
+    from .sweep import correlate_prominence, parse_thresholds, sweep_thresholds
+    from .training import TrainConfig, read_checkpoint, resolve_device, train
+
+    cfg = config if isinstance(config, StudyConfig) else StudyConfig.from_dict(config)
+    cfg.validate()
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    dev = resolve_device(cfg.device)
+    specs = cfg.loss_specs()
+    old_threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+    meta: Dict[str, Any] = {
+        "title": "Threshold sensitivity study (Bice et al. 2021, in miniature)",
+        "description": ("2D U-Nets trained with each loss on the same cases; probability maps of the validation "
+                        "cases swept over thresholds; prominence of the training set against optimal threshold."),
+        "created": _now(), "status": "running", "status_detail": "", "device": str(dev),
+        "settings": cfg.to_dict(), "versions": _versions(), "structures": list(cfg.structures),
+        "losses": [{"key": s.key, "label": s.label or s.key, "loss": s.loss, "loss_kwargs": s.loss_kwargs,
+                    "model": cfg.model, "model_kwargs": {"base_features": cfg.base_features},
+                    "multi_label": True} for s in specs],
+        "prominence": {}, "data": {}, "problems": [],
+    }
+    kept: List[str] = []
+
+    def save_meta() -> None:
+        write_text(out / STUDY_JSON, json.dumps(meta, indent=2, default=str) + "\n")
+
+    try:
+        # 1. data
+        if cfg.data_dir:
+            data_dir = Path(cfg.data_dir)
+            meta["data"] = {"source": "dataset folder", "folder": str(data_dir)}
+        else:
+            data_dir = out / "data"
+            say(f"[1/5] phantom dataset: {cfg.cases} cases -> {data_dir}")
+            make_phantom_data(data_dir, cfg.cases, cfg.seed, cfg.phantom_shape, show)
+            meta["data"] = {"source": "synthetic head-and-neck phantom (AutoSegSensitivity.phantom)",
+                            "folder": "data", "cases": cfg.cases, "phantom seed": cfg.seed,
+                            "phantom shape (z, y, x)": list(cfg.phantom_shape) if cfg.phantom_shape else "default"}
+            kept.append(f"the phantom dataset in {data_dir}")
+        scan = scan_dataset(data_dir)
+        for name, reason in scan.problems:
+            meta["problems"].append({"case": name, "reason": reason})
+        save_meta()
+
+        # 2. training
+        checkpoints: Dict[str, Path] = {}
+        for i, spec in enumerate(specs):
+            say(f"[2/5] training {i + 1}/{len(specs)}: {cfg.model} with {spec.label or spec.key}")
+            tcfg = TrainConfig.from_dict({
+                "name": f"study-{spec.key}", "description": f"study model, loss {spec.label or spec.key}",
+                "model": cfg.model, "model_kwargs": {"base_features": cfg.base_features},
+                "loss": spec.loss, "loss_kwargs": dict(spec.loss_kwargs), "structures": list(cfg.structures),
+                "intensity": cfg.intensity, "resize": cfg.resize, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                "samples_per_epoch": cfg.samples_per_epoch, "foreground_fraction": cfg.foreground_fraction,
+                "lr": cfg.lr, "val_fraction": cfg.val_fraction, "seed": cfg.seed, "device": str(dev.type),
+                "early_stopping": {"rule": "running_mean", "window": cfg.early_stopping_window},
+            }, source="study")
+            mdir = out / "models" / spec.key
+            try:
+                res = train(tcfg, data_dir, mdir, device=str(dev), progress_bar=show)
+            except CancelledError:
+                if (mdir / "last.pt").is_file():
+                    epoch = int(read_checkpoint(mdir / "last.pt")["epoch"])
+                    kept.append(f"the partly trained {spec.key} model in {mdir} (last.pt, epoch {epoch} of "
+                                f"{cfg.epochs}; 'autosegsens train --resume' continues it)")
+                raise
+            ckpt = res.best_path if res.best_path.is_file() else res.last_path
+            checkpoints[spec.key] = ckpt
+            entry = next(e for e in meta["losses"] if e["key"] == spec.key)
+            entry.update({"checkpoint": str(ckpt.relative_to(out)) if ckpt.is_relative_to(out) else str(ckpt),
+                          "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+                          "stop_reason": res.stop_reason, "train_seconds": round(res.elapsed_s, 1),
+                          "train_config": tcfg.to_dict()})
+            kept.append(f"the {spec.key} model in {mdir}")
+            save_meta()
+
+        # 3. prediction of the validation cases
+        loaded = {k: load_checkpoint(p, device=str(dev)) for k, p in checkpoints.items()}
+        first = loaded[specs[0].key]
+        split = first.info.get("split") or {}
+        val_cases = list(split.get("val", []))
+        meta["data"].update({"training cases": list(split.get("train", [])), "validation cases": val_cases})
+        meta["prominence"] = {s: float(first.prominence[s]) for s in cfg.structures if s in first.prominence}
+        meta["prominence_definition"] = ("paper 000 Eq. 4: true voxels / all voxels over the training masks, "
+                                         "in the network's input space")
+        save_meta()
+        by_name = {c.name: c for c in scan.cases}
+        refs: Dict[str, Dict[str, np.ndarray]] = {}
+        spacings: Dict[str, Tuple[float, float, float]] = {}
+        for c in val_cases:
+            image, seg = load_case(by_name[c])
+            if not seg.geometry.same_grid(image):
+                seg = seg.resample_like(image)
+            refs[c] = {s: seg.mask(s) for s in cfg.structures if s in seg.names}
+            spacings[c] = tuple(float(v) for v in image.spacing_zyx)
+        probs: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {}
+        for i, spec in enumerate(specs):
+            say(f"[3/5] predicting {len(val_cases)} validation cases with the {spec.key} model")
+            pdir = out / "predictions" / spec.key
+            batch = predict_dataset(loaded[spec.key], data_dir, pdir, cases=val_cases, device=str(dev),
+                                    progress=show)
+            for f in batch.failed:
+                meta["problems"].append({"case": f.name, "reason": f"prediction ({spec.key}): {f.reason}"})
+            if batch.cancelled:
+                raise KeyboardInterrupt
+            probs[spec.key] = {c: {s: read_volume(p).array for s, p in paths.items()} for c, paths in batch.done.items()}
+            kept.append(f"the {spec.key} probability maps in {pdir}")
+        save_meta()
+
+        # 4. sweeps, 5. volume bias and correlation
+        th = parse_thresholds(cfg.thresholds)
+        bias_rows: List[Dict[str, Any]] = []
+        corr_rows: List[Dict[str, Any]] = []
+        bar = _bar(len(specs) * len(cfg.structures), "threshold sweeps", show, "sweep")
+        say(f"[4/5] threshold sweeps ({th.size} thresholds, Dice/MSD/HD/HD95) per loss and structure")
+        try:
+            for spec in specs:
+                optima, proms, names = [], [], []
+                for s in cfg.structures:
+                    cases = [c for c in val_cases if c in probs[spec.key] and s in probs[spec.key][c]]
+                    if not cases:
+                        meta["problems"].append({"case": "-", "reason": f"{s} ({spec.key}): no predicted case"})
+                        continue
+                    p_list = [probs[spec.key][c][s] for c in cases]
+                    r_list = [refs[c].get(s) for c in cases]
+                    sp_list = [spacings[c] for c in cases]
+                    res = sweep_thresholds(p_list, r_list, sp_list, thresholds=th, case_names=cases, structure=s,
+                                           device=cfg.sweep_device)
+                    sdir = out / "sweeps" / spec.key / s
+                    figs.write_csv(res.to_table(), sdir / "sweep.csv")
+                    figs.write_csv(res.per_case_table(), sdir / "sweep_per_case.csv")
+                    summ = res.summary([float(d) for d in cfg.deltas])
+                    summ["loss"] = spec.key
+                    summ["model"] = str(checkpoints[spec.key])
+                    figs.write_json(summ, sdir / "summary.json")
+                    figs.plot_sweep_metrics(res, sdir / "sweep.png", title=f"{s}: {spec.label or spec.key}")
+                    t_opt, _ = res.optimum("dice")
+                    used = [i for i, r in enumerate(r_list) if r is not None]
+                    for kind, t in (("optimum", t_opt), ("0.5", 0.5)):
+                        b = volume_bias([p_list[i] for i in used], [r_list[i] for i in used],
+                                        [sp_list[i] for i in used], t)
+                        bias_rows.append({"loss": spec.key, "structure": s, "at": kind, **b})
+                    if s in meta["prominence"]:
+                        optima.append(t_opt)
+                        proms.append(meta["prominence"][s])
+                        names.append(s)
+                    if bar is not None:
+                        bar.update(1)
+                r = p = None
+                if len(optima) >= 2:
+                    r, p = correlate_prominence(proms, optima)
+                    if math.isfinite(r):
+                        figs.plot_prominence(proms, optima, out / "sweeps" / spec.key / "prominence.png", labels=names)
+                corr_rows.append({"loss": spec.key, "n_structures": len(optima), "pearson_r": r, "p_value": p})
+                kept.append(f"the {spec.key} sweeps in {out / 'sweeps' / spec.key}")
+        finally:
+            if bar is not None:
+                bar.close()
+        figs.write_csv(bias_rows, out / VOLUME_BIAS_CSV,
+                       columns=["loss", "structure", "at", "threshold", "volume_ref_ml", "volume_pred_ml",
+                                "volume_diff_ml", "relative_volume_diff"])
+        figs.write_csv(corr_rows, out / "correlation.csv", columns=["loss", "n_structures", "pearson_r", "p_value"])
+
+        # 6. summary and report
+        say("[5/5] summary tables and report")
+        meta["status"] = "complete"
+        meta["finished"] = _now()
+        meta["duration_s"] = round(time.monotonic() - t0, 1)
+        save_meta()
+        study = load_study(out)
+        rows = summary_rows(study, [float(d) for d in cfg.deltas])
+        figs.write_csv(rows, out / "summary.csv")
+        report = write_report(out, out / "report.html")
+        corr = {r["loss"]: r for r in corr_rows}
+        return StudyResult(out, report, rows, corr, time.monotonic() - t0)
+    except (KeyboardInterrupt, CancelledError) as exc:
+        meta["status"] = "cancelled"
+        meta["finished"] = _now()
+        meta["duration_s"] = round(time.monotonic() - t0, 1)
+        what = "; ".join(kept) if kept else "nothing complete"
+        meta["status_detail"] = f"stopped by the user ({exc or 'Ctrl-C'}); kept: {what}"
+        save_meta()
+        extra = ""
+        try:
+            study = load_study(out)
+            if any(study.sweeps.values()):
+                write_report(out, out / "report.html")
+                extra = f"; partial report {out / 'report.html'}"
+        except Exception:  # noqa: BLE001 - the cancel message matters more than a partial page
+            pass
+        raise CancelledError(f"study stopped; kept: {what}{extra} (study.json says what ran)") from None
+    finally:
+        if cfg.num_threads:
+            torch.set_num_threads(old_threads)
