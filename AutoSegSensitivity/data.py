@@ -233,31 +233,52 @@ def pad_to_multiple(x: "Any", divisor: int, value: Any = 0.0, dims: int = 2) -> 
 
 @dataclass
 class PreparedCase:
-    """One case in network space: ``image`` (C, z, y, x) float32, ``labels`` (K, z, y, x) uint8."""
+    """One case in network space: ``image`` (C, z, y, x) float32, ``labels`` (K, z, y, x) uint8.
+
+    ``fg_slices`` / ``fg_voxels``: slices (z) / voxels (z, y, x) holding any class; ``class_fg_slices`` /
+    ``class_fg_voxels``: the same per class (one array per label channel), what class-balanced
+    foreground sampling draws from."""
 
     name: str
     image: np.ndarray
     labels: np.ndarray
     fg_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     fg_voxels: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=int))
+    class_fg_slices: List[np.ndarray] = field(default_factory=list)
+    class_fg_voxels: List[np.ndarray] = field(default_factory=list)
 
     @property
     def n_slices(self) -> int:
         return int(self.image.shape[1])
 
+    def slices_of(self, k: int) -> np.ndarray:
+        """Slices holding class ``k`` (any class when the per-class lists are absent)."""
+        return self.class_fg_slices[k] if self.class_fg_slices else self.fg_slices
+
+    def voxels_of(self, k: int) -> np.ndarray:
+        """Voxels holding class ``k`` (any class when the per-class lists are absent)."""
+        return self.class_fg_voxels[k] if self.class_fg_voxels else self.fg_voxels
+
+
+def _cap(vox: np.ndarray, max_n: int, seed: Any) -> np.ndarray:
+    if len(vox) > max_n:
+        pick = np.random.default_rng(seed).choice(len(vox), max_n, replace=False)
+        vox = vox[np.sort(pick)]
+    return vox
+
 
 def prepare_case(name: str, hu: np.ndarray, masks: np.ndarray, pre: Preprocessor, seed: int = 0,
                  max_fg_voxels: int = 50000) -> PreparedCase:
-    """Preprocess a case: ``hu`` (z, y, x), ``masks`` (K, z, y, x) bool."""
+    """Preprocess a case: ``hu`` (z, y, x), ``masks`` (K, z, y, x) bool. Foreground voxel lists are capped
+    at ``max_fg_voxels`` (any class, and per class) by a seeded random subset."""
     image = np.ascontiguousarray(np.moveaxis(pre.image(hu), 1, 0))  # (C, z, y, x)
     labels = np.ascontiguousarray(np.moveaxis(pre.labels(masks), 1, 0))  # (K, z, y, x)
     anyfg = labels.any(axis=0)
     fg_slices = np.flatnonzero(anyfg.any(axis=(1, 2)))
-    fg_vox = np.argwhere(anyfg)
-    if len(fg_vox) > max_fg_voxels:
-        pick = np.random.default_rng(seed).choice(len(fg_vox), max_fg_voxels, replace=False)
-        fg_vox = fg_vox[np.sort(pick)]
-    return PreparedCase(name, image, labels, fg_slices, fg_vox)
+    fg_vox = _cap(np.argwhere(anyfg), max_fg_voxels, seed)
+    cls_slices = [np.flatnonzero(labels[k].any(axis=(1, 2))) for k in range(labels.shape[0])]
+    cls_vox = [_cap(np.argwhere(labels[k]), max_fg_voxels, (seed, k)) for k in range(labels.shape[0])]
+    return PreparedCase(name, image, labels, fg_slices, fg_vox, cls_slices, cls_vox)
 
 
 def prominence(cases: Sequence[PreparedCase], class_names: Sequence[str]) -> Dict[str, float]:
@@ -270,10 +291,17 @@ def prominence(cases: Sequence[PreparedCase], class_names: Sequence[str]) -> Dic
     return out
 
 
+def _n_classes(cases: Sequence[PreparedCase]) -> int:
+    return max((len(c.class_fg_slices) if c.class_fg_slices else 1) for c in cases) if cases else 0
+
+
 def sample_slices(cases: Sequence[PreparedCase], n: int, rng: np.random.Generator,
                   foreground_fraction: Optional[float]) -> List[Tuple[int, int]]:
     """``n`` (case index, slice index) pairs. Without ``foreground_fraction``: every slice once per pass, in
-    shuffled order. With it: each sample comes from a slice with foreground with that probability."""
+    shuffled order. With it, class-balanced: with that probability a sample first picks a class uniformly
+    among the classes with foreground somewhere in ``cases``, then a slice holding that class uniformly
+    over all cases; otherwise any slice. So each of ``K`` present classes gets about
+    ``foreground_fraction / K`` of the samples on its own slices, however small it is."""
     all_idx = [(ci, z) for ci, c in enumerate(cases) for z in range(c.n_slices)]
     if foreground_fraction is None:
         out: List[Tuple[int, int]] = []
@@ -281,11 +309,14 @@ def sample_slices(cases: Sequence[PreparedCase], n: int, rng: np.random.Generato
             perm = rng.permutation(len(all_idx))
             out.extend(all_idx[i] for i in perm)
         return out[:n]
-    fg_idx = [(ci, int(z)) for ci, c in enumerate(cases) for z in c.fg_slices]
+    per_class = [[(ci, int(z)) for ci, c in enumerate(cases) for z in c.slices_of(k)]
+                 for k in range(_n_classes(cases))]
+    per_class = [idx for idx in per_class if idx]
     out = []
     for _ in range(n):
-        if fg_idx and rng.random() < foreground_fraction:
-            out.append(fg_idx[rng.integers(len(fg_idx))])
+        if per_class and rng.random() < foreground_fraction:
+            idx = per_class[rng.integers(len(per_class))]
+            out.append(idx[rng.integers(len(idx))])
         else:
             out.append(all_idx[rng.integers(len(all_idx))])
     return out
@@ -294,23 +325,32 @@ def sample_slices(cases: Sequence[PreparedCase], n: int, rng: np.random.Generato
 def sample_patches(cases: Sequence[PreparedCase], n: int, rng: np.random.Generator, patch: Sequence[int],
                    foreground_fraction: Optional[float]) -> List[Tuple[int, Tuple[int, int, int]]]:
     """``n`` (case index, patch start (z, y, x)) pairs; with probability ``foreground_fraction`` the patch
-    holds a random foreground voxel (paper 002: 0.8), else it lies anywhere. Starts may be negative or run
-    past the end where a case is smaller than the patch (the crop pads)."""
+    holds a foreground voxel (paper 002: 0.8), class-balanced: a class picked uniformly among those with
+    foreground in ``cases``, then a case holding it, then one of its voxels of that class; else the patch
+    lies anywhere in a random case. Starts may be negative or run past the end where a case is smaller than
+    the patch (the crop pads)."""
     out = []
     patch = np.asarray(patch, dtype=int)
+    holders = [[ci for ci, c in enumerate(cases) if len(c.voxels_of(k))] for k in range(_n_classes(cases))]
+    classes = [k for k, h in enumerate(holders) if h]
     for _ in range(n):
-        ci = int(rng.integers(len(cases)))
-        c = cases[ci]
-        shape = np.asarray(c.image.shape[1:], dtype=int)
-        hi = np.maximum(shape - patch, 0)
-        if foreground_fraction is not None and len(c.fg_voxels) and rng.random() < foreground_fraction:
-            centre = c.fg_voxels[rng.integers(len(c.fg_voxels))]
+        if foreground_fraction is not None and classes and rng.random() < foreground_fraction:
+            k = classes[rng.integers(len(classes))]
+            ci = holders[k][rng.integers(len(holders[k]))]
+            c = cases[ci]
+            shape = np.asarray(c.image.shape[1:], dtype=int)
+            hi = np.maximum(shape - patch, 0)
+            vox = c.voxels_of(k)
+            centre = vox[rng.integers(len(vox))]
             # Any start that keeps the voxel inside the patch, clipped to the image where possible.
             lo_s = np.maximum(centre - patch + 1, 0)
             hi_s = np.minimum(centre, hi)
             lo_s = np.minimum(lo_s, hi_s)
             start = np.array([rng.integers(a, b + 1) for a, b in zip(lo_s, hi_s)])
         else:
+            ci = int(rng.integers(len(cases)))
+            shape = np.asarray(cases[ci].image.shape[1:], dtype=int)
+            hi = np.maximum(shape - patch, 0)
             start = np.array([rng.integers(0, h + 1) for h in hi])
         out.append((ci, tuple(int(s) for s in start)))
     return out

@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     cfg = StudyConfig.from_dict({"structures": list(args.structures), "cases": args.cases, "epochs": args.epochs,
                                  "samples_per_epoch": args.samples_per_epoch, "base_features": args.width,
                                  "lam": args.lam, "seed": args.seed, "device": args.device,
+                                 "per_structure": False,  # this script trains one multi-label model per loss
                                  "phantom_shape": list(args.shape) if args.shape else None},
                                 source="headless_slicer_study.py")
     out = prepare_out_dir(args.out, args.overwrite)
@@ -125,11 +126,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         # 2. training (engine)
         print(f"training: {spec.label}", flush=True)
         tcfg = TrainConfig.from_dict({
-            "model": cfg.model, "model_kwargs": {"base_features": cfg.base_features}, "loss": spec.loss,
+            "model": cfg.model, "model_kwargs": cfg.model_kwargs(), "loss": spec.loss,
             "loss_kwargs": dict(spec.loss_kwargs), "structures": list(cfg.structures), "intensity": cfg.intensity,
             "resize": cfg.resize,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "samples_per_epoch": cfg.samples_per_epoch,
-            "foreground_fraction": cfg.foreground_fraction, "lr": cfg.lr, "val_fraction": cfg.val_fraction,
+            "foreground_fraction": cfg.foreground_fraction, "lr": cfg.lr, "scheduler": dict(cfg.scheduler),
+            "val_fraction": cfg.val_fraction,
             "seed": cfg.seed, "early_stopping": {"rule": "running_mean", "window": cfg.early_stopping_window}},
             source="headless_slicer_study.py")
         res = train(tcfg, data_dir, out / "models" / spec.key, device=str(dev), progress_bar=False)
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         meta["data"].update({"training cases": list(model.info["split"]["train"]), "validation cases": val_cases})
         meta["losses"].append({"key": spec.key, "label": spec.label, "loss": spec.loss,
                                "loss_kwargs": spec.loss_kwargs, "model": cfg.model,
-                               "model_kwargs": {"base_features": cfg.base_features}, "multi_label": True,
+                               "model_kwargs": cfg.model_kwargs(), "multi_label": True,
                                "checkpoint": str(ckpt.relative_to(out)), "epochs_run": res.epochs_run,
                                "best_epoch": res.best_epoch, "train_config": tcfg.to_dict()})
 

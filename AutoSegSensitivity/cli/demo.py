@@ -1,14 +1,16 @@
 """Run the threshold-sensitivity study of Bice et al. (2021, paper 000) in miniature, end to end, on CPU.
 
-With no arguments: writes 8 synthetic head-and-neck phantom cases into OUT/data, trains two narrow 2D
-U-Nets (paper 000's Table A1 layout, slices resized to 64 x 64 as the paper resized to 150 x 150), one with binary cross entropy (BCE) and one with BCE + lambda * 2D
-Dice (lambda 0.5, paper Eq. 5), each a multi-label model with one sigmoid output per structure (Brain,
-Parotid_L, SpinalCord, Lens_L), on the same training cases and seed; predicts the validation cases
+With no arguments: writes 8 synthetic head-and-neck phantom cases into OUT/data and, as the paper ("10
+individual models were trained"), trains one binary narrow 2D U-Net (paper 000's Table A1 layout, width 8,
+no dropout, on the full 128 x 128 slices) per structure (Brain, Parotid_L, SpinalCord, Lens_L) and per training loss:
+binary cross entropy (BCE) and BCE + lambda * 2D Dice (lambda 0.5, paper Eq. 5), all on the same training
+cases and seed (--multi-label: one model per loss with one sigmoid output per structure instead; the
+foreground-biased sampling is then class-balanced); predicts the validation cases
 (probability maps in OUT/predictions); sweeps the threshold from 0 to 1 by 0.01 with Dice, MSD, HD and HD95
 per structure and loss (OUT/sweeps); computes each structure's training-set prominence (Eq. 4) and the
 Pearson r and p between prominence and optimal threshold, and the volume bias at the optimum and at 0.5;
 and writes OUT/report.html (one self-contained page) with summary.csv, volume_bias.csv, correlation.csv
-and study.json behind it. A few minutes on 2 CPU cores; options scale it up.
+and study.json behind it. About 5 minutes on 2 otherwise idle CPU cores; options scale it up.
 
 An OUT folder that is not empty is refused unless --overwrite. Ctrl-C stops cleanly and says what was kept
 (study.json records it; a partial report is written when some sweeps finished).
@@ -45,14 +47,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", type=int, default=d.cases, help=f"phantom cases (default {d.cases})")
     parser.add_argument("--structures", nargs="+", default=list(DEFAULT_STRUCTURES),
                         help=f"structures (default {' '.join(DEFAULT_STRUCTURES)})")
+    parser.add_argument("--multi-label", action="store_true",
+                        help="one multi-label model per loss (one sigmoid output per structure) instead of one "
+                        "binary model per structure and loss")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"training epochs per model (default {d.epochs})")
     parser.add_argument("--samples-per-epoch", type=int, default=d.samples_per_epoch,
                         help=f"slices per epoch (default {d.samples_per_epoch})")
     parser.add_argument("--width", type=int, default=d.base_features,
                         help=f"U-Net base features (paper: 16; default {d.base_features})")
+    parser.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
     parser.add_argument("--resize", type=int, nargs=2, metavar=("ROWS", "COLS"), default=d.resize,
-                        help=f"network input size: axial slices are resized to it and the probability maps back "
-                        f"(default {' '.join(map(str, d.resize))})")
+                        help="network input size: axial slices are resized to it and the probability maps back "
+                        "(default: " + ("none, the slices as they are" if d.resize is None else
+                                        " ".join(map(str, d.resize))) + ")")
     parser.add_argument("--full-resolution", action="store_true", help="train on the slices as they are (no resize)")
     parser.add_argument("--lam", type=float, default=d.lam, help=f"lambda of BCE + lambda * 2D Dice (default {d.lam})")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
@@ -60,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of the phantom, split and training "
                         f"(default {d.seed})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=d.num_threads,
+                        help=f"CPU threads for torch (default {d.num_threads})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -70,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = {"structures": list(args.structures), "cases": args.cases, "epochs": args.epochs,
                 "samples_per_epoch": args.samples_per_epoch, "base_features": args.width, "lam": args.lam,
-                "resize": None if args.full_resolution else list(args.resize),
+                "lr": args.lr, "per_structure": not args.multi_label,
+                "resize": None if args.full_resolution or args.resize is None else list(args.resize),
                 "seed": args.seed, "device": args.device, "num_threads": args.threads,
                 "phantom_shape": list(args.shape) if args.shape else None,
                 "data_dir": str(args.data) if args.data else None}
@@ -86,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     progress = None if not args.no_progress else False
     t0 = time.monotonic()
     result = run_study(cfg, out, progress=progress)
-    print(f"report: {result.report}")
+    print(f"report: {result.report} ("
+          + ("one binary model per structure and loss" if cfg.per_structure else "one multi-label model per loss")
+          + ")")
     for row in result.rows:
         print(f"  {row['structure']:<12s} {row['loss_label']:<28s} optimum {row['dice_optimum_threshold']:.2f} "
               f"Dice {row['dice_at_optimum']:.4f}; at 0.5 Dice {row['dice_at_0.5']:.4f} "

@@ -42,8 +42,13 @@ def test_demo_writes_everything(demo):
     meta = json.loads((out / "study.json").read_text())
     assert meta["settings"]["epochs"] == 1 and meta["settings"]["seed"] == 2
     assert len(list((out / "data").glob("case*/image.nrrd"))) == 3
+    assert meta["mode"] == "per_structure" and meta["settings"]["per_structure"] is True
+    assert all(e["multi_label"] is False and set(e["models"]) == {"Brain", "SpinalCord"} for e in meta["losses"])
+    assert "one model per structure" in (out / "report.html").read_text()
     for key in ("bce", "bce_dice2d"):
-        assert (out / "models" / key / "best.pt").is_file()
+        for s in ("Brain", "SpinalCord"):  # one binary model per structure and loss (the default)
+            assert (out / "models" / key / s / "best.pt").is_file()
+        assert not (out / "models" / key / "best.pt").exists()
         for c in meta["data"]["validation cases"]:
             assert (out / "predictions" / key / c / "Brain.nrrd").is_file()
         for s in ("Brain", "SpinalCord"):
@@ -106,7 +111,7 @@ def test_ctrl_c_stops_cleanly_and_says_what_was_kept(tmp_path):
     import time
 
     out = tmp_path / "demo"
-    args = [a for a in TINY_ARGS]
+    args = [a for a in TINY_ARGS] + ["--multi-label"]  # one model per loss: models/bce/
     args[args.index("--epochs") + 1] = "500"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "AutoSegSensitivity", "demo", "--out", str(out)] + args,
@@ -124,5 +129,6 @@ def test_ctrl_c_stops_cleanly_and_says_what_was_kept(tmp_path):
     assert "cancelled" in last and "kept: the phantom dataset" in last
     assert "the partly trained bce model" in last and "--resume" in last
     meta = json.loads((out / "study.json").read_text())
-    assert meta["status"] == "cancelled"
+    assert meta["status"] == "cancelled" and meta["mode"] == "multi_label"
+    assert meta["settings"]["per_structure"] is False and meta["losses"][0]["multi_label"] is True
     assert (out / "models" / "bce" / "last.pt").is_file() and not (out / "models" / "bce_dice2d").exists()

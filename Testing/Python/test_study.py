@@ -19,7 +19,8 @@ from AutoSegSensitivity.study import StudyConfig, run_study, volume_bias
 from AutoSegSensitivity.sweep import sweep_thresholds
 
 TINY = {"cases": 3, "phantom_shape": [8, 48, 48], "epochs": 1, "samples_per_epoch": 8, "base_features": 2,
-        "resize": [32, 32], "structures": ["Brain", "SpinalCord"], "seed": 1, "device": "cpu"}
+        "resize": [32, 32], "structures": ["Brain", "SpinalCord"], "seed": 1, "device": "cpu",
+        "num_threads": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +77,14 @@ def test_tiny_study_tables_agree(tiny_study):
     out, result = tiny_study
     meta = json.loads((out / "study.json").read_text())
     assert meta["status"] == "complete" and [e["key"] for e in meta["losses"]] == ["bce", "bce_dice2d"]
-    assert meta["losses"][1]["loss_kwargs"] == {"lam": 0.5} and meta["losses"][0]["multi_label"] is True
+    assert meta["losses"][1]["loss_kwargs"] == {"lam": 0.5} and meta["losses"][0]["multi_label"] is False
+    assert meta["mode"] == "per_structure" and "binary 2D U-Net per structure" in meta["description"]
+    for e in meta["losses"]:  # one binary model per structure, each with its own checkpoint and one output
+        assert set(e["models"]) == set(TINY["structures"])
+        for s, m in e["models"].items():
+            assert m["checkpoint"] == f"models/{e['key']}/{s}/best.pt" and (out / m["checkpoint"]).is_file()
+            assert m["train_config"]["structures"] == [s]
+    assert "one model per structure" in (out / "report.html").read_text()
     val = meta["data"]["validation cases"]
     assert val and not set(val) & set(meta["data"]["training cases"])
     # prominence: the fraction of true training voxels, between the two structures in the phantom's order
@@ -107,6 +115,23 @@ def test_tiny_study_tables_agree(tiny_study):
     assert (out / "report.html").stat().st_size > 10_000
 
 
+def test_multi_label_mode(tmp_path):
+    """``per_structure: false``: one model per loss with one output per structure; study.json and the
+    report say so."""
+    out = tmp_path / "s"
+    result = run_study(dict(TINY, per_structure=False), out, progress=False, log=lambda m: None)
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["status"] == "complete" and meta["mode"] == "multi_label"
+    assert "multi-label" in meta["description"]
+    for e in meta["losses"]:
+        assert e["multi_label"] is True and "models" not in e
+        assert e["checkpoint"] == f"models/{e['key']}/best.pt" and (out / e["checkpoint"]).is_file()
+        assert e["train_config"]["structures"] == TINY["structures"]
+    assert len(result.rows) == 4 and set(meta["prominence"]) == set(TINY["structures"])
+    page = (out / "report.html").read_text()
+    assert "multi-label (one sigmoid channel per structure)" in page and "one model per structure" not in page
+
+
 def test_ctrl_c_keeps_what_was_done(tmp_path, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -116,7 +141,7 @@ def test_ctrl_c_keeps_what_was_done(tmp_path, monkeypatch):
     with pytest.raises(CancelledError) as err:
         run_study(TINY, out, progress=False, log=lambda m: None)
     msg = str(err.value)
-    assert "kept:" in msg and "the bce model" in msg and "the bce_dice2d model" in msg
+    assert "kept:" in msg and "the bce Brain model" in msg and "the bce_dice2d SpinalCord model" in msg
     meta = json.loads((out / "study.json").read_text())
     assert meta["status"] == "cancelled" and "kept: the phantom dataset" in meta["status_detail"]
-    assert (out / "models" / "bce" / "last.pt").is_file() and not (out / "report.html").exists()
+    assert (out / "models" / "bce" / "Brain" / "last.pt").is_file() and not (out / "report.html").exists()

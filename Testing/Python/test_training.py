@@ -182,6 +182,33 @@ def test_foreground_biased_sampling_fraction():
     assert all(0 <= s[0] <= 32 and 0 <= s[1] <= 8 and 0 <= s[2] <= 8 for _, s in patches)
 
 
+def test_foreground_sampling_is_class_balanced():
+    """A large and a tiny class: the tiny class's slices get about fraction / K of the samples (plus their
+    share of the uniform rest), not their share of the foreground slices; a class absent from the
+    training set does not count; 3D patches hold the tiny class about as often."""
+    from AutoSegSensitivity.data import Preprocessor, prepare_case, resolve_transforms
+
+    masks = np.zeros((3, 40, 16, 16), bool)
+    masks[0, 5:35, 2:14, 2:14] = True  # large: 30 of 40 slices
+    masks[1, 20:22, 7, 7] = True  # tiny: 2 slices, one voxel each
+    # class 2 is empty everywhere
+    pre = Preprocessor(resolve_transforms("NLF1"))
+    cases = [prepare_case(f"c{i}", np.zeros((40, 16, 16), np.float32), masks, pre, seed=i) for i in range(2)]
+    assert [len(s) for s in cases[0].class_fg_slices] == [30, 2, 0]
+    assert [len(v) for v in cases[0].class_fg_voxels] == [30 * 144, 2, 0]
+    n, frac = 8000, 0.8
+    items = sample_slices(cases, n, np.random.default_rng(3), frac)
+    tiny = np.mean([z in (20, 21) for _, z in items])
+    expected = frac / 2 + (1 - frac) * 2 / 40  # K = 2 classes with foreground
+    assert abs(tiny - expected) < 0.03, (tiny, expected)
+    large = np.mean([5 <= z < 35 for _, z in items])
+    assert abs(large - (frac / 2 + frac / 2 + (1 - frac) * 30 / 40)) < 0.03  # tiny slices lie inside it
+    assert {ci for ci, _ in items} == {0, 1}
+    patches = sample_patches(cases, 4000, np.random.default_rng(4), (8, 8, 8), frac)
+    hit = np.mean([masks[1, s[0]:s[0] + 8, s[1]:s[1] + 8, s[2]:s[2] + 8].any() for _, s in patches])
+    assert frac / 2 - 0.03 <= hit <= frac / 2 + 0.15, hit  # plus the random patches that catch it
+
+
 def test_left_right_flip_swaps_paired_structures():
     names = ["Brain", "Parotid_L", "Parotid_R", "Lens_L"]
     perm = lr_swap_permutation(names)
