@@ -151,3 +151,16 @@ def test_mrml_layer_never_imports_qt_and_loads_without_slicer():
     code = ("import sys, AutoSegSensitivity.mrml, AutoSegSensitivity.mrml.nodes, AutoSegSensitivity.mrml.training_logic;"
             "assert 'slicer' not in sys.modules and 'qt' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_icon_and_screenshot_urls_point_at_files_in_the_repository() -> None:
+    """The ExtensionsIndex shows these images: each URL's path after the branch must exist here."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "CMakeLists.txt").read_text() + (root / "AutoSegSensitivity.s4ext").read_text()
+    urls = re.findall(r"https://raw\.githubusercontent\.com/\S+?/main/([^\s\"]+)", text)
+    assert any("Screenshots" in u for u in urls) and any("Icons" in u for u in urls)
+    for rel in urls:
+        assert (root / rel).is_file(), f"{rel} is named in the extension metadata but missing"
