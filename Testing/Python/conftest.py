@@ -19,6 +19,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test runs torch on one thread (and restores the setting): results and timings do not depend
+    on how many cores the machine has or on what else runs on it."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded random generator, so that every test is reproducible."""

@@ -7,21 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from AutoSegSensitivity.batch import BatchFailure, predict_dataset, run_batch
 from AutoSegSensitivity.errors import CancelledError, InputError
 from AutoSegSensitivity.io import load_case, read_volume
 from AutoSegSensitivity.phantom import make_phantom_dataset
 from AutoSegSensitivity.training import train
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _job(x):

@@ -19,14 +19,6 @@ CONFIG = {"model": "unet2d", "model_kwargs": {"base_features": 4}, "structures":
           "epochs": 2, "batch_size": 5, "samples_per_epoch": 10, "lr": 0.003, "crop": [48, 48], "resize": [32, 32]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     torch.set_num_threads(1)

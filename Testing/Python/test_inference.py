@@ -24,14 +24,6 @@ from AutoSegSensitivity.volume import Box, Volume
 TINY = {"base_features": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two short runs on a tiny phantom: one plain, one with centre crop 48 and resize 32."""

@@ -15,14 +15,6 @@ from AutoSegSensitivity.errors import InputError
 from AutoSegSensitivity.losses import available_losses, build_loss, class_weights, explog_from_probabilities
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _sig(v: float) -> float:
     return 1.0 / (1.0 + math.exp(-v))
 

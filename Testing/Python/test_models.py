@@ -18,14 +18,6 @@ from AutoSegSensitivity.models.sepnet3d import SepBlock
 from AutoSegSensitivity.models.unet2d import ConvBlock2d, UpBlock2d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ------------------------------------------------------------------------------------------------ registry
 
 def test_registry_lists_the_papers_networks() -> None:

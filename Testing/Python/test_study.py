@@ -23,14 +23,6 @@ TINY = {"cases": 3, "phantom_shape": [8, 48, 48], "epochs": 1, "samples_per_epoc
         "num_threads": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _csv(path: Path):
     with path.open() as fh:
         return list(csv.DictReader(fh))

@@ -30,14 +30,6 @@ PHANTOM_SHAPE = (12, 64, 64)
 TINY_MODEL = {"unet2d": {"base_features": 4}, "unet3d": {"base_features": 4}, "sepnet3d": {"base_features": 4}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantom")
