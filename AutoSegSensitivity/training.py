@@ -744,7 +744,7 @@ def train(config: Union[TrainConfig, Mapping[str, Any], str, Path], data_dir: Un
         cfg = TrainConfig.from_dict(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    last_path = out_dir / "last.pt"
     dev = resolve_device(device if device != "auto" else cfg.device)
 
     state: Optional[Dict[str, Any]] = None
@@ -795,7 +795,7 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
         train_names, val_names = state["split"]["train"], state["split"]["val"]
         missing = [n for n in train_names + val_names if n not in names]
         if missing:
-            raise InputError(data_dir, "cases", f"the cases the run being resumed used", got=f"missing {missing}")
+            raise InputError(data_dir, "cases", "the cases the run being resumed used", got=f"missing {missing}")
     else:
         train_names, val_names = split_cases(names, cfg.val_fraction, cfg.seed, cfg.val_cases)
     by_name = {r[0]: r for r in raw}
