@@ -37,7 +37,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
@@ -150,20 +150,33 @@ def make_lowres_dataset(src_root: Union[str, Path], dst_root: Union[str, Path],
     ``dst_root`` (same case folder names, standard layout), so that the training engine trains the
     localiser on it. Cases that cannot be read are skipped with a :class:`LocalisationWarning`.
     Returns the written case folders."""
+    return _derive_dataset(src_root, dst_root,
+                           lambda name, image, seg: make_lowres_case(image, seg, factors, mask_method))
+
+
+def _derive_dataset(src_root: Union[str, Path], dst_root: Union[str, Path],
+                    convert: Callable[[str, Volume, Segmentation], Union[Tuple[Volume, Segmentation], str]]
+                    ) -> List[Path]:
+    """Write ``convert(case name, image, segmentation)`` of every readable case of ``src_root`` as a case
+    folder of ``dst_root``. ``convert`` returns the new (image, segmentation), or a reason (str) to skip the
+    case; unreadable cases and :class:`InputError` also skip it. Every skip is a
+    :class:`LocalisationWarning`. Returns the written case folders."""
     from .io import load_case, scan_dataset, write_case
 
     scan = scan_dataset(src_root)
     for name, reason in scan.problems:
-        warnings.warn(LocalisationWarning(f"{name}: skipped ({reason})"), stacklevel=2)
+        warnings.warn(LocalisationWarning(f"{name}: skipped ({reason})"), stacklevel=3)
     written = []
     for case in scan.cases:
         try:
             image, seg = load_case(case)
-            low, low_seg = make_lowres_case(image, seg, factors, mask_method)
+            out = convert(case.name, image, seg)
         except InputError as exc:
-            warnings.warn(LocalisationWarning(f"{case.name}: skipped ({exc})"), stacklevel=2)
+            out = str(exc)
+        if isinstance(out, str):
+            warnings.warn(LocalisationWarning(f"{case.name}: skipped ({out})"), stacklevel=3)
             continue
-        written.append(Path(write_case(Path(dst_root) / case.name, low, low_seg)))
+        written.append(Path(write_case(Path(dst_root) / case.name, *out)))
     return written
 
 
@@ -276,28 +289,15 @@ def make_crop_dataset(src_root: Union[str, Path], dst_root: Union[str, Path], st
     (see :func:`crop_case`) into ``dst_root/<case>``. Cases without the structure, or unreadable, are
     skipped with a :class:`LocalisationWarning`. ``seed`` drives the padding jitter. Returns the written
     case folders."""
-    from .io import load_case, scan_dataset, write_case
-
     rng = np.random.default_rng(seed)
-    scan = scan_dataset(src_root)
-    for name, reason in scan.problems:
-        warnings.warn(LocalisationWarning(f"{name}: skipped ({reason})"), stacklevel=2)
-    written = []
-    for case in scan.cases:
-        try:
-            image, seg = load_case(case)
-            if structure not in seg:
-                raise InputError(case.name, "structure", f"a segment named {structure!r}", got=seg.names)
-            out = crop_case(image, seg, structure, padding, pad_value, jitter, rng)
-        except InputError as exc:
-            warnings.warn(LocalisationWarning(f"{case.name}: skipped ({exc})"), stacklevel=2)
-            continue
-        if out is None:
-            warnings.warn(LocalisationWarning(f"{case.name}: skipped ({structure} is empty)"), stacklevel=2)
-            continue
-        sub, sub_seg, _ = out
-        written.append(Path(write_case(Path(dst_root) / case.name, sub, sub_seg)))
-    return written
+
+    def convert(name: str, image: Volume, seg: Segmentation) -> Union[Tuple[Volume, Segmentation], str]:
+        if structure not in seg:
+            raise InputError(name, "structure", f"a segment named {structure!r}", got=seg.names)
+        out = crop_case(image, seg, structure, padding, pad_value, jitter, rng)
+        return f"{structure} is empty" if out is None else out[:2]
+
+    return _derive_dataset(src_root, dst_root, convert)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -36,3 +36,13 @@ def check_activation(source: str, value: Any) -> str:
     if value not in ("sigmoid", "softmax"):
         raise InputError(source, "final_activation", "'sigmoid' or 'softmax'", got=repr(value))
     return str(value)
+
+
+def resolve_widths(source: str, widths: Any, base_features: Any, depth: Any) -> Tuple[int, ...]:
+    """Feature widths per resolution level: ``widths`` when given, else ``base_features * 2**level`` for
+    ``depth`` levels (both checked)."""
+    if widths is None:
+        b = check_int(source, "base_features", base_features)
+        depth = check_int(source, "depth", depth, minimum=2)
+        widths = [b * 2 ** i for i in range(depth)]
+    return check_widths(source, widths)

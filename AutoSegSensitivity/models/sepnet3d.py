@@ -38,7 +38,7 @@ from torch import nn
 
 from ..errors import InputError
 from . import register
-from ._common import check_activation, check_fraction, check_int, check_widths
+from ._common import check_activation, check_fraction, check_int, resolve_widths
 from ._padding import crop_to, pad_to_multiple
 
 NAME = "sepnet3d"
@@ -77,11 +77,7 @@ class SepNet3d(nn.Module):
         super().__init__()
         self.in_channels = check_int(NAME, "in_channels", in_channels)
         self.out_channels = check_int(NAME, "out_channels", out_channels)
-        if widths is None:
-            b = check_int(NAME, "base_features", base_features)
-            depth = check_int(NAME, "depth", depth, minimum=2)
-            widths = [b * 2 ** i for i in range(depth)]
-        self.widths = list(check_widths(NAME, widths))
+        self.widths = list(resolve_widths(NAME, widths, base_features, depth))
         self.depth = len(self.widths)
         dilation = check_int(NAME, "dilation", dilation)
         dropout = check_fraction(NAME, "dropout", dropout)
