@@ -1,37 +1,193 @@
-"""Installing missing Python packages on first use, after a confirmation (the dialogs are stand-ins)."""
+"""Installing missing Python packages on first use, after a confirmation: torch first (through the PyTorch
+extension's PyTorchUtils), then pip. The dialogs and installers are recording callables; a pip "install"
+writes a real module onto sys.path, so that what is importable afterwards is really checked."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
 
 from AutoSegSensitivity.mrml import dependencies
 
 
+class Recorder:
+    """Stand-ins for Slicer's dialog and installers that log their calls in one list, in order."""
+
+    def __init__(self, site, answer=True, torch_result="torch-module", torch_brings=()):
+        self.calls, self.site, self.answer = [], site, answer
+        self.torch_result, self.torch_brings = torch_result, torch_brings
+        self.torch_present = False
+
+    def confirm(self, message):
+        self.calls.append(("confirm", message))
+        return self.answer
+
+    def pip_install(self, requirements):
+        self.calls.append(("pip", requirements))
+        for req in requirements.split():
+            name = req.strip('"').split(">")[0].split("=")[0].replace("-", "_")
+            (self.site / f"{name}.py").write_text("")
+
+    def install_torch(self):
+        self.calls.append(("torch", None))
+        if self.torch_result is not None:
+            self.torch_present = True
+            for name in self.torch_brings:  # packages that come along with torch (e.g. numpy)
+                (self.site / f"{name}.py").write_text("")
+        return self.torch_result
+
+    def kinds(self):
+        return [kind for kind, _ in self.calls]
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def fake_torch(monkeypatch):
+    """torch reported missing until the recorder's torch installer has run."""
+    state = {}
+
+    def attach(recorder):
+        state["r"] = recorder
+        return recorder
+
+    monkeypatch.setattr(dependencies, "torch_missing", lambda: not state["r"].torch_present)
+    return attach
+
+
+PACKAGES = {"json": "json", "asens_pkg_a": "asens-pkg-a>=1.0", "asens_pkg_b": "asens-pkg-b"}
+
+
 def test_nothing_missing_asks_nothing():
     asked = []
-    assert dependencies.ensure_dependencies(asked.append, lambda r: asked.append(r), need_torch=True)
+    assert dependencies.ensure_dependencies(asked.append, asked.append, need_torch=True)
     assert asked == []
 
 
-def test_missing_package_is_installed_only_after_confirmation():
+def test_torch_is_installed_before_the_pip_packages(site, fake_torch):
+    r = fake_torch(Recorder(site))
+    assert dependencies.missing_packages(PACKAGES) == ["asens-pkg-a>=1.0", "asens-pkg-b"]
+    assert dependencies.ensure_dependencies(r.confirm, r.pip_install, r.install_torch, need_torch=True,
+                                            packages=PACKAGES)
+    assert r.kinds() == ["confirm", "torch", "pip"]
+    message = r.calls[0][1]
+    assert "PyTorch" in message and "asens-pkg-a>=1.0" in message and "asens-pkg-b" in message
+    assert r.calls[2][1] == '"asens-pkg-a>=1.0" asens-pkg-b'
+    assert dependencies.missing_packages(PACKAGES) == []
+
+
+def test_failed_torch_install_installs_nothing_else_and_returns_false(site, fake_torch):
+    r = fake_torch(Recorder(site, torch_result=None))  # PyTorchUtils' installTorch returns None when declined
+    assert not dependencies.ensure_dependencies(r.confirm, r.pip_install, r.install_torch, need_torch=True,
+                                                packages=PACKAGES)
+    assert r.kinds() == ["confirm", "torch"]
+    assert dependencies.missing_packages(PACKAGES) == ["asens-pkg-a>=1.0", "asens-pkg-b"]
+
+
+def test_declined_confirmation_installs_nothing(site, fake_torch):
+    r = fake_torch(Recorder(site, answer=False))
+    assert not dependencies.ensure_dependencies(r.confirm, r.pip_install, r.install_torch, need_torch=True,
+                                                packages=PACKAGES)
+    assert r.kinds() == ["confirm"]
+
+
+def test_what_torch_brought_along_is_not_installed_again(site, fake_torch):
+    r = fake_torch(Recorder(site, torch_brings=["asens_pkg_b"]))
+    assert dependencies.ensure_dependencies(r.confirm, r.pip_install, r.install_torch, need_torch=True,
+                                            packages=PACKAGES)
+    assert r.calls[1:] == [("torch", None), ("pip", '"asens-pkg-a>=1.0"')]
+
+
+def test_present_torch_is_not_installed_again_and_packages_present_are_not_asked_for(site, fake_torch):
+    r = fake_torch(Recorder(site))
+    r.torch_present = True
+    assert dependencies.ensure_dependencies(r.confirm, r.pip_install, r.install_torch, need_torch=True,
+                                            packages={"json": "json", "asens_pkg_a": "asens-pkg-a"})
+    assert r.kinds() == ["confirm", "pip"] and r.calls[1] == ("pip", "asens-pkg-a")
+    assert "PyTorch" not in r.calls[0][1] and "json" not in r.calls[0][1]
+
+
+def test_missing_torch_without_an_installer_fails_before_asking(site, fake_torch):
+    r = fake_torch(Recorder(site))
+    assert not dependencies.ensure_dependencies(r.confirm, r.pip_install, None, need_torch=True, packages=PACKAGES)
+    assert r.calls == []
+
+
+def test_pip_install_that_does_not_deliver_gives_false(site):
     packages = {"json": "json", "no_such_module_xyz": "no-such-module-xyz>=1.0"}
-    assert dependencies.missing_packages(packages) == ["no-such-module-xyz>=1.0"]
-    messages, installed = [], []
-
-    def refuse(msg):
-        messages.append(msg)
-        return False
-
-    assert not dependencies.ensure_dependencies(refuse, installed.append, packages=packages)
-    assert installed == [] and "no-such-module-xyz" in messages[0]
-    # accepted: the installer is called with the quoted requirement; still missing afterwards -> False
+    installed = []
     assert not dependencies.ensure_dependencies(lambda m: True, installed.append, packages=packages)
     assert installed == ['"no-such-module-xyz>=1.0"']
 
 
-def test_torch_goes_through_the_torch_installer(monkeypatch):
+class FakePyTorchUtilsLogic:
+    """Follows SlicerPyTorch's PyTorchUtilsLogic: static ``torchInstalled()``, ``installTorch(askConfirmation,
+    forceComputationBackend, torchVersionRequirement, torchvisionVersionRequirement)`` returning the torch
+    module or None, and a ``torch`` property; records the calls."""
+
+    installed = False
+    result = "torch-module"
+    calls: list = []
+
+    @staticmethod
+    def torchInstalled():
+        FakePyTorchUtilsLogic.calls.append("torchInstalled")
+        return FakePyTorchUtilsLogic.installed
+
+    def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
+                     torchvisionVersionRequirement=None):
+        self.calls.append(("installTorch", askConfirmation, forceComputationBackend, torchVersionRequirement,
+                           torchvisionVersionRequirement))
+        return self.result
+
+    @property
+    def torch(self):
+        self.calls.append("torch")
+        return "installed-torch-module"
+
+
+@pytest.fixture
+def torch_logic(monkeypatch):
+    monkeypatch.setattr(FakePyTorchUtilsLogic, "calls", [])
+    return FakePyTorchUtilsLogic
+
+
+def test_torch_installer_asks_pytorchutils_with_the_version_requirement(torch_logic):
+    install = dependencies.torch_installer(torch_logic)
+    assert torch_logic.calls == []  # nothing happens until torch is really needed
+    assert install() == "torch-module"
+    assert torch_logic.calls == ["torchInstalled", ("installTorch", True, None, dependencies.TORCH_REQUIREMENT, None)]
+    assert dependencies.TORCH_REQUIREMENT == ">=2.1"
+
+
+def test_torch_installer_returns_the_installed_torch_without_installing(torch_logic, monkeypatch):
+    monkeypatch.setattr(torch_logic, "installed", True)
+    assert dependencies.torch_installer(torch_logic, ask_confirmation=False)() == "installed-torch-module"
+    assert torch_logic.calls == ["torchInstalled", "torch"]
+
+
+def test_torch_installer_declined_stops_ensure_dependencies(torch_logic, monkeypatch, site):
+    monkeypatch.setattr(torch_logic, "result", None)
     monkeypatch.setattr(dependencies, "torch_missing", lambda: True)
-    calls = []
-    assert not dependencies.ensure_dependencies(lambda m: calls.append(m) or True, calls.append,
-                                                install_torch=lambda: calls.append("torch"), need_torch=True,
-                                                packages={})
-    assert "PyTorch" in calls[0] and calls[1] == "torch"
+    pip = []
+    assert not dependencies.ensure_dependencies(lambda m: True, pip.append, dependencies.torch_installer(torch_logic),
+                                                need_torch=True, packages=PACKAGES)
+    assert pip == [] and torch_logic.calls[-1][0] == "installTorch"
+
+
+def test_pytorch_utils_logic_names_the_missing_extension_and_uses_it_when_present(site, monkeypatch):
+    monkeypatch.delitem(sys.modules, "PyTorchUtils", raising=False)
+    with pytest.raises(RuntimeError, match="PyTorch extension"):
+        dependencies.pytorch_utils_logic()
+    (site / "PyTorchUtils.py").write_text("class PyTorchUtilsLogic:\n    pass\n")
+    logic = dependencies.pytorch_utils_logic()
+    assert type(logic).__name__ == "PyTorchUtilsLogic" and type(logic).__module__ == "PyTorchUtils"
+    monkeypatch.delitem(sys.modules, "PyTorchUtils")
 
 
 def test_core_packages_are_a_subset_of_the_full_list():
