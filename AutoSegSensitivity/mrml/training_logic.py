@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -27,32 +27,118 @@ def default_python() -> str:
     return sys.executable
 
 
+STARTF_USESHOWWINDOW = 0x00000001
+"""``STARTUPINFO.dwFlags`` bit: use ``wShowWindow`` (Windows ``winbase.h``; ``subprocess.STARTF_USESHOWWINDOW``)."""
+SW_HIDE = 0
+"""``STARTUPINFO.wShowWindow`` value: the window is hidden (Windows ``winuser.h``)."""
+
+
+def popen_options(platform: str = sys.platform,
+                  startupinfo_factory: Optional[Callable[[], Any]] = None) -> Dict[str, Any]:
+    """Extra ``subprocess.Popen`` arguments for a background run on ``platform`` (a ``sys.platform`` value).
+
+    Windows: ``startupinfo`` with a hidden window (``dwFlags |= STARTF_USESHOWWINDOW``, ``wShowWindow =
+    SW_HIDE``), as Slicer's ``slicer.util.launchConsoleProcess`` does, so that no console window opens (closing
+    it would kill the run). ``startupinfo_factory`` makes that object (default ``subprocess.STARTUPINFO``, which
+    exists on Windows only; it is looked up only on the Windows branch). Elsewhere: ``start_new_session``, so
+    that the run and its children (``PythonSlicer`` is a launcher that starts the interpreter as a child) form
+    one process group that :func:`kill_process_tree` ends together."""
+    if platform.startswith("win"):
+        info = (startupinfo_factory or getattr(subprocess, "STARTUPINFO"))()
+        info.dwFlags |= STARTF_USESHOWWINDOW
+        info.wShowWindow = SW_HIDE
+        return {"startupinfo": info}
+    return {"start_new_session": True}
+
+
+def kill_command(platform: str, pid: int) -> Optional[List[str]]:
+    """The command that ends process ``pid`` and its children on Windows (``taskkill /F /T``); None elsewhere,
+    where the process group started by :func:`popen_options` is killed with a signal."""
+    if platform.startswith("win"):
+        return ["taskkill", "/F", "/T", "/PID", str(pid)]
+    return None
+
+
+def kill_process_tree(process: "subprocess.Popen[Any]", platform: str = sys.platform) -> None:
+    """End ``process`` and its children now (no clean-up in them): its process group when it leads one
+    (POSIX, see :func:`popen_options`), ``taskkill /T`` on Windows; the process alone otherwise."""
+    if process.poll() is not None:
+        return
+    command = kill_command(platform, process.pid)
+    if command is not None:
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+                       **popen_options(platform))
+    else:
+        import signal
+
+        try:
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if process.poll() is None:
+        process.kill()
+
+
 class TrainingProcess:
     """A training run of ``python -m AutoSegSensitivity train`` in the background: poll its events,
-    cancel it (the CLI stops at the next batch when ``OUT/CANCEL`` appears, keeping the last epoch)."""
+    cancel it (the CLI stops at the next batch when ``OUT/CANCEL`` appears, keeping the last complete epoch).
 
-    def __init__(self, command: List[str], out_dir: Path, env: Optional[Dict[str, str]] = None) -> None:
+    Nothing here blocks: :meth:`cancel` asks and returns at once; :meth:`poll` (the GUI's timer) sees the exit
+    and kills the run once ``grace_s`` seconds have passed since the cancel without an exit."""
+
+    def __init__(self, command: List[str], out_dir: Path, env: Optional[Dict[str, str]] = None,
+                 grace_s: float = 30.0) -> None:
         from ..progress import EventReader
 
         self.command = command
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "CANCEL").unlink(missing_ok=True)
+        self._cancel_file.unlink(missing_ok=True)
         self.log_path = self.out_dir / "train.log"
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                        **popen_options())
         self.reader = EventReader(self.out_dir / "events.jsonl")
         self.events: List[Dict[str, Any]] = []
+        self.grace_s = float(grace_s)
+        self.cancel_deadline: Optional[float] = None
+        """``time.monotonic()`` after which :meth:`poll` kills a cancelled run that is still alive."""
+        self.killed = False
+        """True when the run was killed after the grace period (its exit code is then the kill's)."""
+
+    @property
+    def _cancel_file(self) -> Path:
+        from ..training import CANCEL_FILE
+
+        return self.out_dir / CANCEL_FILE
 
     def poll(self) -> List[Dict[str, Any]]:
-        """Events written since the previous call (also kept in ``self.events``)."""
+        """Events written since the previous call (also kept in ``self.events``). After :meth:`cancel`: renews
+        the cancel request (training clears ``CANCEL`` when it starts), kills the run once the grace period
+        is over, and removes ``CANCEL`` once the run has exited."""
         new = self.reader.poll()
         self.events.extend(new)
+        if self.cancel_deadline is not None:
+            if self.returncode is not None:
+                self._cancel_file.unlink(missing_ok=True)
+            elif time.monotonic() >= self.cancel_deadline:
+                kill_process_tree(self.process)
+                self.killed = True
+            elif not self._cancel_file.exists():
+                self._request_stop()
         return new
+
+    def _request_stop(self) -> None:
+        try:
+            self._cancel_file.write_text("cancelled from Slicer\n", encoding="utf-8")
+        except OSError:  # the folder went away: the grace-period kill still ends the run
+            pass
 
     @property
     def returncode(self) -> Optional[int]:
-        """The exit code once finished (0 done, 1 failed, 2 bad input, 130 cancelled), else None."""
+        """The exit code once finished (0 done, 1 failed, 2 bad input, 130 cancelled; negative or 1 on Windows
+        after a kill), else None."""
         code = self.process.poll()
         if code is not None and not self._log.closed:
             self._log.close()
@@ -62,20 +148,21 @@ class TrainingProcess:
     def running(self) -> bool:
         return self.returncode is None
 
-    def cancel(self, wait_s: float = 30.0) -> Optional[int]:
-        """Ask the run to stop (``CANCEL`` file, which training clears when it starts, so the request is
-        made once its ``start`` event is out), wait up to ``wait_s`` seconds, then terminate it."""
-        deadline = time.monotonic() + wait_s
-        while self.running and not any(e.get("event") == "start" for e in self.events) and time.monotonic() < deadline:
-            self.poll()
-            time.sleep(0.1)
-        (self.out_dir / "CANCEL").write_text("cancelled from Slicer\n", encoding="utf-8")
-        try:
-            self.process.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        return self.returncode
+    @property
+    def cancel_requested(self) -> bool:
+        """True once :meth:`cancel` was called (the GUI then reports a cancel, not a failure)."""
+        return self.cancel_deadline is not None
+
+    def cancel(self, grace_s: Optional[float] = None) -> Optional[int]:
+        """Ask the run to stop at its next batch (``CANCEL`` file) and return at once, without waiting. The run
+        is killed by :meth:`poll` when it is still alive ``grace_s`` seconds later (default: the process's
+        ``grace_s``). Returns the exit code when the run has already exited, else None."""
+        if self.returncode is not None:
+            return self.returncode
+        if self.cancel_deadline is None:
+            self.cancel_deadline = time.monotonic() + (self.grace_s if grace_s is None else float(grace_s))
+        self._request_stop()
+        return None
 
     def wait(self, timeout: Optional[float] = None) -> Optional[int]:
         self.process.wait(timeout=timeout)

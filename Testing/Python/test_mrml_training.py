@@ -3,7 +3,11 @@ process, its event stream read into curves, cancel, and prediction into volume a
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,14 +105,120 @@ def test_predict_into_nodes_equals_engine(trained):
     assert again["Brain"] is prob_nodes["Brain"]
 
 
-def test_cancel_stops_the_background_run(trained, tmp_path):
+def _poll_until(process, condition, timeout_s):
+    """Call ``process.poll()`` like the GUI timer does until ``condition()`` holds; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        process.poll()
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_cancel_returns_at_once_and_the_run_stops_keeping_its_checkpoint(trained, tmp_path):
+    from AutoSegSensitivity.training import read_checkpoint
+
     _, logic, _, _, root, _ = trained
     process = logic.start(root / "cfg.yaml", root / "data", tmp_path / "run", device="cpu", extra_env=ONE_THREAD,
                           overrides=["epochs=50"])
-    code = process.cancel(wait_s=120)
-    process.poll()
-    assert code == 130, process.log_tail()
+    assert _poll_until(process, lambda: any(e["event"] == "epoch" for e in process.events), 180), process.log_tail()
+    t0 = time.monotonic()
+    assert process.cancel(grace_s=120) is None
+    assert time.monotonic() - t0 < 0.2 and process.cancel_requested
+    assert _poll_until(process, lambda: not process.running, 120), process.log_tail()
+    assert process.returncode == 130 and not process.killed, process.log_tail()
+    stop = [e for e in process.events if e["event"] == "stop"]
+    assert stop and stop[-1]["reason"] == "cancelled"
+    epochs = [e["epoch"] for e in process.events if e["event"] == "epoch"]
+    assert int(read_checkpoint(tmp_path / "run" / "last.pt")["epoch"]) == epochs[-1] == stop[-1]["epoch"] < 50
+    assert not (tmp_path / "run" / "CANCEL").exists()
+
+
+def test_cancel_before_the_run_has_started_still_reaches_it(trained, tmp_path):
+    """Training clears ``CANCEL`` when it starts; polling renews the request, so an early cancel is not lost."""
+    _, logic, _, _, root, _ = trained
+    process = logic.start(root / "cfg.yaml", root / "data", tmp_path / "run", device="cpu", extra_env=ONE_THREAD,
+                          overrides=["epochs=50"])
+    t0 = time.monotonic()
+    process.cancel(grace_s=120)
+    assert time.monotonic() - t0 < 0.2
+    assert _poll_until(process, lambda: not process.running, 150), process.log_tail()
+    assert process.returncode == 130 and not process.killed, process.log_tail()
     assert any(e["event"] == "stop" and e["reason"] == "cancelled" for e in process.events)
+
+
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+open(sys.argv[1], "w").write(str(child.pid))
+time.sleep(120)
+"""
+
+
+def _gone(pid):
+    """True when ``pid`` no longer runs: absent, or (Linux) a zombie waiting for its reaper."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="the process-group kill is the POSIX branch")
+def test_a_run_that_ignores_the_cancel_is_killed_with_its_children_after_the_grace_period(tmp_path):
+    from AutoSegSensitivity.mrml.training_logic import TrainingProcess
+
+    (tmp_path / "stubborn.py").write_text(STUBBORN)
+    pid_file = tmp_path / "child.pid"
+    process = TrainingProcess([sys.executable, str(tmp_path / "stubborn.py"), str(pid_file)], tmp_path / "out")
+    assert _poll_until(process, lambda: pid_file.is_file() and pid_file.read_text(), 30)
+    child = int(pid_file.read_text())
+    t0 = time.monotonic()
+    assert process.cancel(grace_s=1.0) is None
+    assert time.monotonic() - t0 < 0.2
+    assert (tmp_path / "out" / "CANCEL").is_file()
+    time.sleep(0.3)
+    process.poll()
+    assert process.running and not process.killed  # within the grace period nothing is killed
+    assert _poll_until(process, lambda: not process.running, 10)
+    assert time.monotonic() - t0 >= 1.0 and process.killed
+    assert process.returncode == -signal.SIGKILL
+    assert _poll_until(process, lambda: _gone(child), 5), "the run's child outlived the kill"
+    process.poll()
+    assert not (tmp_path / "out" / "CANCEL").exists()
+
+
+class FakeStartupInfo:
+    """The two fields of Windows' STARTUPINFO that a hidden window needs, with their defaults."""
+
+    def __init__(self):
+        self.dwFlags = 0
+        self.wShowWindow = 1
+
+
+def test_popen_options_hide_the_console_on_windows_and_group_the_run_elsewhere(monkeypatch):
+    from AutoSegSensitivity.mrml import training_logic as tl
+
+    monkeypatch.delattr(subprocess, "STARTUPINFO", raising=False)  # as on Linux: the Windows branch must not need it
+    options = tl.popen_options("win32", startupinfo_factory=FakeStartupInfo)
+    assert set(options) == {"startupinfo"}
+    info = options["startupinfo"]
+    assert info.dwFlags & tl.STARTF_USESHOWWINDOW and info.wShowWindow == tl.SW_HIDE
+    assert (tl.STARTF_USESHOWWINDOW, tl.SW_HIDE) == (1, 0)  # winbase.h / winuser.h, as launchConsoleProcess sets
+    assert tl.popen_options("linux") == {"start_new_session": True} == tl.popen_options("darwin")
+    assert tl.kill_command("win32", 1234) == ["taskkill", "/F", "/T", "/PID", "1234"]
+    assert tl.kill_command("linux", 1234) is None
+
+
+def test_background_runs_are_launched_with_the_platform_options(tmp_path):
+    from AutoSegSensitivity.mrml.training_logic import TrainingProcess
+
+    process = TrainingProcess([sys.executable, "-c", "import os; print(os.getpgid(0) == os.getpid())"], tmp_path)
+    assert process.wait(timeout=30) == 0
+    assert process.log_tail().strip() == ("True" if not sys.platform.startswith("win") else "False")
 
 
 def test_background_prediction_loads_the_same_maps_into_nodes(trained, tmp_path):
