@@ -1,5 +1,5 @@
 """The Slicer extension's files: module folders, their CMakeLists, .ui files against the code that uses
-them, the extension CMakeLists and ExtensionsIndex description, icons. Module .py files import slicer/qt
+them, the extension CMakeLists and ExtensionsIndex catalog entry (JSON), icons. Module .py files import slicer/qt
 that only exist in the Slicer application, so they are parsed and compiled here, never imported."""
 
 from __future__ import annotations
@@ -114,22 +114,105 @@ def test_extension_cmakelists_has_the_required_fields_and_one_subdirectory_per_m
     assert text.index("include(${Slicer_USE_FILE})") < text.index("add_subdirectory") < text.index("Slicer_EXTENSION_CPACK")
 
 
-def test_extensions_index_description_is_complete_and_agrees_with_cmake():
-    entries = {}
-    for line in (ROOT / "AutoSegSensitivity.s4ext").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition(" ")
-            entries[key] = value.strip()
-    for key in ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
-                "category", "iconurl", "status", "description", "screenshoturls", "enabled"):
-        assert entries.get(key), key
+# Slicer's ExtensionsIndex catalog entry (``<Extension>.json``), restated from Slicer/Slicer
+# ``Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json`` (the newest schema; added in Slicer commit
+# a31a04c293, 2026-03-03): a draft-07 object with ``additionalProperties: false``, required ``$schema``,
+# ``category`` and ``scm_url``; each property's JSON type and constraint below.
+CATALOG_SCHEMA_URL = ("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+                      "slicer-extension-catalog-entry-schema-v1.0.2.json#")
+CATALOG_REQUIRED = ("$schema", "category", "scm_url")
+CATALOG_PROPERTIES = {
+    "$schema": ("string", None),
+    "category": ("string", None),
+    "scm_url": ("string", None),
+    "scm_revision": ("string", None),
+    "scm_type": ("string", {"enum": ["git", "local"]}),
+    "build_dependencies": ("array", {"items": "string"}),
+    "dicom_support_rule": ("string", None),
+    "build_subdirectory": ("string", None),
+    "enabled": ("boolean", None),
+    "tier": ("integer", {"minimum": 1, "maximum": 5}),
+}
+_JSON_TYPES = {"string": lambda v: isinstance(v, str), "array": lambda v: isinstance(v, list),
+               "boolean": lambda v: isinstance(v, bool),
+               "integer": lambda v: isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _catalog_entry_errors(entry) -> list:
+    """What the schema above rejects in ``entry`` (empty when it is valid)."""
+    if not isinstance(entry, dict):
+        return ["not a JSON object"]
+    errors = [f"missing required {k}" for k in CATALOG_REQUIRED if k not in entry]
+    errors += [f"{k} is not a schema property" for k in entry if k not in CATALOG_PROPERTIES]
+    for key, value in entry.items():
+        if key not in CATALOG_PROPERTIES:
+            continue
+        kind, rule = CATALOG_PROPERTIES[key]
+        if not _JSON_TYPES[kind](value):
+            errors.append(f"{key} is not a JSON {kind}")
+            continue
+        rule = rule or {}
+        if "enum" in rule and value not in rule["enum"]:
+            errors.append(f"{key} not in {rule['enum']}")
+        if "items" in rule and not all(_JSON_TYPES[rule["items"]](v) for v in value):
+            errors.append(f"{key} items are not all {rule['items']}s")
+        if "minimum" in rule and not rule["minimum"] <= value <= rule["maximum"]:
+            errors.append(f"{key} out of range")
+    return errors
+
+
+def _catalog_entry() -> dict:
+    import json
+
+    return json.loads((ROOT / "AutoSegSensitivity.json").read_text(encoding="utf-8"))
+
+
+def _cmake_field(field: str) -> str:
+    m = re.search(rf'set\({field} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text())
+    assert m, field
+    return m.group(1)
+
+
+def test_catalog_entry_follows_slicers_schema_and_replaces_the_s4ext():
+    entry = _catalog_entry()
+    assert _catalog_entry_errors(entry) == []
+    assert entry["$schema"] == CATALOG_SCHEMA_URL
+    assert entry["scm_type"] == "git" and entry["scm_revision"] and entry["build_subdirectory"] == "."
+    assert not list(ROOT.glob("*.s4ext")), "the retired .s4ext description must not come back"
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"scmurl": "https://x/y.git"}, "scmurl is not a schema property"),  # the .s4ext-era key
+    ({"homepage": "https://x"}, "homepage is not a schema property"),  # CMakeLists-only metadata
+    ({"category": None}, "category is not a JSON string"),
+    ({"tier": 0}, "tier out of range"), ({"tier": 6}, "tier out of range"),
+    ({"tier": "1"}, "tier is not a JSON integer"), ({"tier": True}, "tier is not a JSON integer"),
+    ({"scm_type": "svn"}, "scm_type not in"),
+    ({"build_dependencies": "PyTorch"}, "build_dependencies is not a JSON array"),
+    ({"build_dependencies": [1]}, "build_dependencies items are not all strings"),
+    ({"enabled": 1}, "enabled is not a JSON boolean"),
+])
+def test_schema_checker_rejects_what_the_schema_rejects(change, error):
+    entry = {**_catalog_entry(), **change}
+    assert any(e.startswith(error) for e in _catalog_entry_errors(entry)), _catalog_entry_errors(entry)
+    for key in CATALOG_REQUIRED:
+        missing = {k: v for k, v in _catalog_entry().items() if k != key}
+        assert _catalog_entry_errors(missing) == [f"missing required {key}"]
+
+
+def test_catalog_entry_agrees_with_the_cmakelists():
+    entry = _catalog_entry()
     cmake = (ROOT / "CMakeLists.txt").read_text()
-    for key, field in (("homepage", "EXTENSION_HOMEPAGE"), ("category", "EXTENSION_CATEGORY"),
-                       ("iconurl", "EXTENSION_ICONURL"), ("description", "EXTENSION_DESCRIPTION"),
-                       ("depends", "EXTENSION_DEPENDS"), ("contributors", "EXTENSION_CONTRIBUTORS")):
-        assert re.search(rf'set\({field} "{re.escape(entries[key])}"\)', cmake), key
-    assert entries["scm"] == "git" and entries["enabled"] == "1"
-    assert entries["iconurl"].endswith("Resources/Icons/AutoSegSensitivity.png")
+    assert re.search(r"^project\((\w+)\)", cmake, re.M).group(1) + ".json" == "AutoSegSensitivity.json"
+    assert entry["category"] == _cmake_field("EXTENSION_CATEGORY")
+    depends = _cmake_field("EXTENSION_DEPENDS").split()
+    assert entry["build_dependencies"] == ([] if depends == ["NA"] else depends) == ["PyTorch"]
+    repo = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+?)(\.git)?", entry["scm_url"]).group(1)
+    assert re.fullmatch(rf"https://github\.com/{re.escape(repo)}(#\w+)?", _cmake_field("EXTENSION_HOMEPAGE"))
+    images = [_cmake_field("EXTENSION_ICONURL")] + _cmake_field("EXTENSION_SCREENSHOTURLS").split()
+    for url in images:  # the images come from the revision that the index builds
+        assert url.startswith(f"https://raw.githubusercontent.com/{repo}/{entry['scm_revision']}/"), url
+    assert _cmake_field("EXTENSION_STATUS") == "Beta"
 
 
 def test_icons_are_png_and_the_extension_icon_is_128_square():
@@ -159,7 +242,7 @@ def test_icon_and_screenshot_urls_point_at_files_in_the_repository() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    text = (root / "CMakeLists.txt").read_text() + (root / "AutoSegSensitivity.s4ext").read_text()
+    text = (root / "CMakeLists.txt").read_text()
     urls = re.findall(r"https://raw\.githubusercontent\.com/\S+?/main/([^\s\"]+)", text)
     assert any("Screenshots" in u for u in urls) and any("Icons" in u for u in urls)
     for rel in urls:
