@@ -290,3 +290,21 @@ def test_check_command_reports_each_missing_or_wrong_file(tmp_path, capsys):
     assert f"0 of {len(registry.files)} files valid in {tmp_path}" in out
     first = sorted(registry.files)[0]
     assert f"{tmp_path / first}: expected sha256 {registry.files[first].sha256}, got missing" in out
+
+
+def test_fetch_command_leaves_a_valid_folder_alone_and_reports_a_failed_download(tmp_path, monkeypatch, capsys, shared_data):
+    registry = ftd.load_registry()
+    dest = tmp_path / "data"
+    for rel in registry.files:  # plain copies: ../shared/data is read-only, its copy must not be
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes((shared_data / rel).read_bytes())
+    assert ftd.main(["--dest", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "0 files fetched (0.0 MB)" in out and f"{len(registry.files)} files valid in {dest}" in out
+    (dest / "breast-rtstruct" / "rtss.dcm").write_bytes(b"damaged")
+    (tmp_path / "empty").mkdir()
+    _pip_env(monkeypatch, tmp_path / "empty")  # the index is unreachable
+    assert ftd.main(["--dest", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert "pip download of dicompyler-core==0.5.6 (sdist) failed" in err
+    assert f"python -m pip download --no-deps --no-binary :all: dicompyler-core==0.5.6 -d {dest / 'archives'}" in err
