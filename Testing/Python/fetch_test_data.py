@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -47,7 +46,6 @@ ENV_DATA = "AUTOSEGSENS_TEST_DATA"
 ENV_CACHE = "AUTOSEGSENS_TEST_DATA_CACHE"
 DEFAULT_CACHE = Path("~") / ".cache" / "AutoSegSensitivity" / "testdata"
 ARCHIVES = "archives"  # sub-folder of a data folder where archives fetched by hand are looked for
-FETCH_COMMAND = "python Testing/Python/fetch_test_data.py"
 
 
 class FetchError(RuntimeError):
