@@ -30,7 +30,7 @@ def path_or_none(value: PathLike) -> Optional[Path]:
     if value is None:
         return None
     text = str(value).strip()
-    if text in ("", "."):
+    if not text or Path(text) == Path("."):
         return None
     return Path(text)
 

@@ -193,8 +193,7 @@ class AutoSegIntensityTest(ScriptedLoadableModuleTest):
         from AutoSegSensitivity.intensity import apply_transform
 
         self.delayDisplay("Driving the AutoSegIntensity widget on the phantom sample data")
-        slicer.util.selectModule("AutoSegIntensity")
-        widget = slicer.modules.AutoSegIntensityWidget
+        widget = slicer.util.getModuleWidget("AutoSegIntensity")  # set up (also without a main window)
         p = widget.binding.node
         p.inputVolume = None
         self.assertFalse(widget.ui.applyButton.enabled)

@@ -194,8 +194,7 @@ class AutoSegLocalisationTest(ScriptedLoadableModuleTest):
         from AutoSegSensitivity.volume import Box
 
         self.delayDisplay("Driving the AutoSegLocalisation widget on the phantom sample data")
-        slicer.util.selectModule("AutoSegLocalisation")
-        widget = slicer.modules.AutoSegLocalisationWidget
+        widget = slicer.util.getModuleWidget("AutoSegLocalisation")  # set up (also without a main window)
         p = widget.binding.node
         p.inputVolume = None
         self.assertFalse(widget.ui.runButton.enabled)

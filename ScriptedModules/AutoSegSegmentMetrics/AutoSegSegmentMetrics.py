@@ -186,8 +186,7 @@ class AutoSegSegmentMetricsTest(ScriptedLoadableModuleTest):
         import tempfile
 
         self.delayDisplay("Driving the AutoSegSegmentMetrics widget on the phantom sample data")
-        slicer.util.selectModule("AutoSegSegmentMetrics")
-        widget = slicer.modules.AutoSegSegmentMetricsWidget
+        widget = slicer.util.getModuleWidget("AutoSegSegmentMetrics")  # set up (also without a main window)
         p = widget.binding.node
         self.assertFalse(widget.ui.computeButton.enabled)
         self.assertIn("reference segmentation", widget.ui.computeButton.toolTip)

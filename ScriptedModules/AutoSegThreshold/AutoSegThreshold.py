@@ -222,8 +222,7 @@ class AutoSegThresholdTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Driving the AutoSegThreshold widget on the phantom sample data")
         phantom = sampledata.loadPhantom()
-        slicer.util.selectModule("AutoSegThreshold")
-        widget = slicer.modules.AutoSegThresholdWidget
+        widget = slicer.util.getModuleWidget("AutoSegThreshold")  # set up (also without a main window)
         p = widget.binding.node
         self.assertFalse(widget.ui.sweepButton.enabled)  # nothing checked, no structure
         self.assertIn("structure", widget.ui.sweepButton.toolTip)

@@ -314,8 +314,7 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
         from AutoSegSensitivity.phantom import make_phantom
 
         self.delayDisplay("Driving the AutoSegTraining widget: Train from checked scene volumes, then Predict")
-        slicer.util.selectModule("AutoSegTraining")
-        widget = slicer.modules.AutoSegTrainingWidget
+        widget = slicer.util.getModuleWidget("AutoSegTraining")  # set up (also without a main window)
         p = widget.binding.node
         for field in ("config", "outputDir", "dataDir", "checkpoint"):
             setattr(p, field, Path())  # what an empty ctkPathLineEdit gives: Path('.') means unset
