@@ -97,7 +97,11 @@ class ParameterNodeBinding:
 
 def loadModuleUI(widget: Any) -> Any:
     """Load ``Resources/UI/<Module>.ui`` into the widget's layout, give its MRML widgets the scene, and
-    return the child widgets as attributes (the template's ``self.ui``)."""
+    return the child widgets as attributes (the template's ``self.ui``). Also registers the phantom
+    sample data, for a module loaded after start-up (drag and drop), when startupCompleted has passed."""
+    from .sampledata import registerSampleData
+
+    registerSampleData(widget.resourcePath(f"Icons/{widget.moduleName}.png"))
     uiWidget = slicer.util.loadUI(widget.resourcePath(f"UI/{widget.moduleName}.ui"))
     widget.layout.addWidget(uiWidget)
     ui = slicer.util.childWidgetVariables(uiWidget)
