@@ -185,15 +185,17 @@ class AutoSegSegmentMetricsTest(ScriptedLoadableModuleTest):
         import csv
         import tempfile
 
+        from AutoSegSensitivity.mrml import nodes
+        from AutoSegSensitivity.mrml.sampledata import phantom_sample
+
         self.delayDisplay("Driving the AutoSegSegmentMetrics widget on the phantom sample data")
         widget = slicer.util.getModuleWidget("AutoSegSegmentMetrics")  # set up (also without a main window)
         p = widget.binding.node
         self.assertFalse(widget.ui.computeButton.enabled)
         self.assertIn("reference segmentation", widget.ui.computeButton.toolTip)
         phantom = sampledata.loadPhantom()
-        compared = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Compared")
-        compared.Copy(phantom.reference)
-        compared.SetName("Compared")
+        _, reference, _ = phantom_sample()
+        compared = nodes.segmentation_to_node(reference, slicer.mrmlScene, "Compared", reference_node=phantom.ct)
         widget.ui.referenceSegmentationSelector.setCurrentNode(phantom.reference)
         widget.ui.comparedSegmentationSelector.setCurrentNode(compared)
         widget.ui.gridVolumeSelector.setCurrentNode(phantom.ct)
