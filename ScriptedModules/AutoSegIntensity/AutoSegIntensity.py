@@ -194,6 +194,7 @@ class AutoSegIntensityTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Driving the AutoSegIntensity widget on the phantom sample data")
         widget = slicer.util.getModuleWidget("AutoSegIntensity")  # set up (also without a main window)
+        widget.enter()  # as when the module is opened: binds the parameter node of this scene
         p = widget.binding.node
         p.inputVolume = None
         self.assertFalse(widget.ui.applyButton.enabled)

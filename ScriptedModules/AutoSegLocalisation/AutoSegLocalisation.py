@@ -195,6 +195,7 @@ class AutoSegLocalisationTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Driving the AutoSegLocalisation widget on the phantom sample data")
         widget = slicer.util.getModuleWidget("AutoSegLocalisation")  # set up (also without a main window)
+        widget.enter()  # as when the module is opened: binds the parameter node of this scene
         p = widget.binding.node
         p.inputVolume = None
         self.assertFalse(widget.ui.runButton.enabled)

@@ -190,6 +190,7 @@ class AutoSegSegmentMetricsTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Driving the AutoSegSegmentMetrics widget on the phantom sample data")
         widget = slicer.util.getModuleWidget("AutoSegSegmentMetrics")  # set up (also without a main window)
+        widget.enter()  # as when the module is opened: binds the parameter node of this scene
         p = widget.binding.node
         self.assertFalse(widget.ui.computeButton.enabled)
         self.assertIn("reference segmentation", widget.ui.computeButton.toolTip)

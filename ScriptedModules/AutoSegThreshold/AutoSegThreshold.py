@@ -223,6 +223,7 @@ class AutoSegThresholdTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Driving the AutoSegThreshold widget on the phantom sample data")
         phantom = sampledata.loadPhantom()
         widget = slicer.util.getModuleWidget("AutoSegThreshold")  # set up (also without a main window)
+        widget.enter()  # as when the module is opened: binds the parameter node of this scene
         p = widget.binding.node
         self.assertFalse(widget.ui.sweepButton.enabled)  # nothing checked, no structure
         self.assertIn("structure", widget.ui.sweepButton.toolTip)

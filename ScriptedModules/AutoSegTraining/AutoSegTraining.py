@@ -315,6 +315,7 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Driving the AutoSegTraining widget: Train from checked scene volumes, then Predict")
         widget = slicer.util.getModuleWidget("AutoSegTraining")  # set up (also without a main window)
+        widget.enter()  # as when the module is opened: binds the parameter node of this scene
         p = widget.binding.node
         for field in ("config", "outputDir", "dataDir", "checkpoint"):
             setattr(p, field, Path())  # what an empty ctkPathLineEdit gives: Path('.') means unset
