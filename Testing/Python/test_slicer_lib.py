@@ -212,3 +212,23 @@ def test_the_phantom_sample_data_nodes():
     count = scene.GetNumberOfNodes()
     sampledata.load_phantom(scene, seed=3, shape=shape)  # loading again reuses the nodes
     assert scene.GetNumberOfNodes() == count
+
+
+def test_loading_a_module_needs_only_what_slicer_ships():
+    """The module files' own imports of the Lib and the engine (run here verbatim, with slicer-core as
+    ``slicer``) pull in none of the packages the confirmed dependency step installs, so a module opens
+    before they are installed."""
+    statements = set()
+    for module in MODULES:
+        tree = ast.parse(_module_source(module))
+        statements |= {ast.unparse(n) for n in tree.body if isinstance(n, ast.ImportFrom)
+                       and n.module and n.module.split(".")[0] in ("AutoSegSensitivity", "AutoSegSlicerLib")}
+    assert "from AutoSegSensitivity.mrml import actions" in statements
+    assert any(s.startswith("from AutoSegSlicerLib.widgets import") for s in statements)
+    code = ("import sys\n" + "\n".join(sorted(statements)) +
+            "\nheavy = {'scipy', 'yaml', 'torch', 'monai', 'matplotlib', 'slicerio', 'pydicom'}\n"
+            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
