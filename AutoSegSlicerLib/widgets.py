@@ -88,10 +88,10 @@ class ParameterNodeBinding:
         self.update()
 
     def _unbind(self) -> None:
-        if self.node is not None:
-            if self._guiTag is not None:
-                self.node.disconnectGui(self._guiTag)
-                self._guiTag = None
+        """Disconnect the GUI and the observer (added together in setNode; once only)."""
+        if self.node is not None and self._guiTag is not None:
+            self.node.disconnectGui(self._guiTag)
+            self._guiTag = None
             self.widget.removeObserver(self.node, vtk.vtkCommand.ModifiedEvent, self.onModified)
 
 
