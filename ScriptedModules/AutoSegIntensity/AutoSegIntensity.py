@@ -5,9 +5,10 @@ AutoSegSensitivity.mrml.intensity_logic.IntensityTransformLogic; all computing i
 """
 
 import logging
+import sys
+from pathlib import Path
 
 import slicer
-import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -17,6 +18,18 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+try:  # built extension: the shared Lib is installed beside the modules
+    import AutoSegSlicerLib  # noqa: F401
+except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+from AutoSegSlicerLib import sampledata
+from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.enginepath import find_engine
+from AutoSegSlicerLib.widgets import ParameterNodeBinding, firstVolumeDefaults, loadModuleUI, ready, showState
+
+find_engine(__file__)
+from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
 
 PRESETS = ["SLF1", "SLF2", "SLF3", "NLF1", "NLF2"]
 
@@ -32,8 +45,9 @@ class AutoSegIntensity(ScriptedLoadableModule):
             "Map CT numbers (HU) to [0, 1] with a Segmental Linear Function: presets SLF1-3 and the plain "
             "windows NLF1-2, or your own points. The result goes to a new volume named after the input and "
             "the transform (reused on re-run), to a chosen volume, or replaces the input. "
-            "'Show transfer curve' plots the function.")
+            "'Show transfer curve' plots the function." + sampledata.HELP)
         self.parent.acknowledgementText = "SLF presets after Lei et al. (see the extension's papers list)."
+        sampledata.registerAtStartup(self)
 
 
 @parameterNodeWrapper
@@ -57,16 +71,6 @@ class AutoSegIntensityLogic(ScriptedLoadableModuleLogic):
         return IntensityTransformLogic(slicer.mrmlScene)
 
 
-def ensureDependencies():
-    """Packages the engine needs (scipy, PyYAML, ...) pip-installed after a confirmation; no torch needed here."""
-    from AutoSegSensitivity.mrml.dependencies import CORE_PACKAGES, ensure_dependencies
-
-    try:
-        return ensure_dependencies(slicer.util.confirmOkCancelDisplay, slicer.util.pip_install, need_torch=False,
-                                   packages=CORE_PACKAGES)
-    except Exception as exc:  # shown to the user, not only in the Python console
-        slicer.util.errorDisplay(f"Could not install the Python packages this module needs: {exc}")
-        return False
 
 
 class AutoSegIntensityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -74,71 +78,44 @@ class AutoSegIntensityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self.binding = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoSegIntensity.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui = loadModuleUI(self)
         self.logic = AutoSegIntensityLogic()
         self.ui.pointsTableWidget.setHorizontalHeaderLabels(["HU", "value"])
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.binding = ParameterNodeBinding(self, self.logic, self.updateButtons, self.defaults)
         self.ui.presetComboBox.currentTextChanged.connect(self.onPresetChanged)
         self.ui.applyButton.clicked.connect(self.onApply)
         self.ui.showCurveButton.clicked.connect(self.onShowCurve)
-        self.initializeParameterNode()
+        self.binding.initialize()
 
     def cleanup(self):
-        self.removeObservers()
+        self.binding.cleanup()
 
     def enter(self):
-        self.initializeParameterNode()
+        self.binding.enter()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.binding.exit()
 
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
+    def defaults(self, node):
+        firstVolumeDefaults("inputVolume")(node)
+        self.ui.presetComboBox.setCurrentText(node.preset)
+        self._pointsToTable(node.points)
 
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
+    def applyState(self):
+        p = self.binding.node
+        return actions.intensity_apply(p.inputVolume if p else None)
 
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.inputVolume = first
-        self.ui.presetComboBox.setCurrentText(self._parameterNode.preset)
-        self._pointsToTable(self._parameterNode.points)
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
-    def _checkCanApply(self, caller=None, event=None):
-        ok = bool(self._parameterNode and self._parameterNode.inputVolume)
-        self.ui.applyButton.enabled = ok
-        self.ui.applyButton.toolTip = "Apply the transform" if ok else "Select an input volume"
+    def updateButtons(self):
+        showState(self.ui.applyButton, self.applyState())
 
     # ---- GUI <-> parameter node -------------------------------------------------------------------
     def onPresetChanged(self, text):
-        if self._parameterNode:
-            self._parameterNode.preset = text
+        if self.binding and self.binding.node:
+            self.binding.node.preset = text
         self.ui.pointsTableWidget.enabled = text == "Custom"
 
     def _pointsToTable(self, text):
@@ -157,17 +134,18 @@ class AutoSegIntensityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _transform(self):
         """The preset name, or the custom points as 'HU:value,...' (validated by the engine)."""
-        if self._parameterNode.preset == "Custom":
-            self._parameterNode.points = self._tableToPoints()
-            return self._parameterNode.points
-        return self._parameterNode.preset
+        p = self.binding.node
+        if p.preset == "Custom":
+            p.points = self._tableToPoints()
+            return p.points
+        return p.preset
 
     # ---- actions ------------------------------------------------------------------------------------
     def onApply(self):
-        if not ensureDependencies():
+        if not ready(self.applyState()) or not ensureDependencies():
             return
         with slicer.util.tryWithErrorDisplay("Intensity transform failed.", waitCursor=True):
-            p = self._parameterNode
+            p = self.binding.node
             out = self.logic.engine().apply(p.inputVolume, self._transform(), p.outputVolume, p.inPlace)
             if not p.inPlace:
                 p.outputVolume = out
@@ -190,6 +168,8 @@ class AutoSegIntensityTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_slf1_on_phantom()
+        self.setUp()
+        self.test_widget_on_phantom()
 
     def test_slf1_on_phantom(self):
         import numpy as np
@@ -206,5 +186,29 @@ class AutoSegIntensityTest(ScriptedLoadableModuleTest):
         self.assertEqual(out.GetName(), "CT_SLF1")
         self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(out), apply_transform(volume.array, "SLF1")))
         self.assertIs(logic.apply(ct, "SLF1"), out)
+
+    def test_widget_on_phantom(self):
+        import numpy as np
+
+        from AutoSegSensitivity.intensity import apply_transform
+
+        self.delayDisplay("Driving the AutoSegIntensity widget on the phantom sample data")
+        widget = slicer.util.getModuleWidget("AutoSegIntensity")  # set up (also without a main window)
+        widget.enter()  # as when the module is opened: binds the parameter node of this scene
+        p = widget.binding.node
+        p.inputVolume = None
+        self.assertFalse(widget.ui.applyButton.enabled)
+        self.assertIn("input volume", widget.ui.applyButton.toolTip)
+        phantom = sampledata.loadPhantom()
+        widget.ui.inputVolumeSelector.setCurrentNode(phantom.ct)
+        self.assertIs(p.inputVolume, phantom.ct)  # bound through the parameter node
+        self.assertTrue(widget.ui.applyButton.enabled)
+        widget.ui.presetComboBox.setCurrentText("SLF2")
+        self.assertEqual(p.preset, "SLF2")
+        widget.ui.applyButton.click()
+        self.assertIsNotNone(p.outputVolume)
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(p.outputVolume),
+                                       apply_transform(slicer.util.arrayFromVolume(phantom.ct), "SLF2")))
+        widget.ui.showCurveButton.click()
         logging.info("AutoSegIntensity self-test passed")
         self.delayDisplay("Test passed")

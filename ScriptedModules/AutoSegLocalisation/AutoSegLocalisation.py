@@ -7,12 +7,13 @@ AutoSegSensitivity.mrml.localisation_logic.LocalisationLogic.
 """
 
 import logging
+import sys
 from pathlib import Path
+from typing import Annotated
 
 import slicer
-import vtk
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -20,6 +21,18 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+try:  # built extension: the shared Lib is installed beside the modules
+    import AutoSegSlicerLib  # noqa: F401
+except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+from AutoSegSlicerLib import sampledata
+from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.enginepath import find_engine
+from AutoSegSlicerLib.widgets import ParameterNodeBinding, firstVolumeDefaults, loadModuleUI, ready, showState
+
+find_engine(__file__)
+from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
 
 
 class AutoSegLocalisation(ScriptedLoadableModule):
@@ -32,8 +45,9 @@ class AutoSegLocalisation(ScriptedLoadableModule):
         self.parent.helpText = (
             "Segment one organ in two stages: an ROI around it (placed by you, or proposed by a localisation "
             "model and then adjusted), then the organ model on the padded crop. Results: '<volume>_<organ>_prob' "
-            "(probability map on the full grid) and '<volume>_<organ>_seg', reused on re-run.")
+            "(probability map on the full grid) and '<volume>_<organ>_seg', reused on re-run." + sampledata.HELP)
         self.parent.acknowledgementText = "Two-stage localisation after Lei et al. (see the extension's papers list)."
+        sampledata.registerAtStartup(self)
 
 
 @parameterNodeWrapper
@@ -43,8 +57,8 @@ class AutoSegLocalisationParameterNode:
     localiserModel: Path
     organModel: Path
     structure: str = ""
-    padding: int = 15
-    threshold: float = 0.5
+    padding: Annotated[int, WithinRange(0, 200)] = 15
+    threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
 
 
 class AutoSegLocalisationLogic(ScriptedLoadableModuleLogic):
@@ -59,22 +73,6 @@ class AutoSegLocalisationLogic(ScriptedLoadableModuleLogic):
         return LocalisationLogic(slicer.mrmlScene)
 
 
-def ensureTorch():
-    """torch through the PyTorch extension and the other packages with pip, after a confirmation."""
-    from AutoSegSensitivity.mrml.dependencies import ensure_dependencies
-
-    def installTorch():
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise RuntimeError("This module needs the PyTorch extension: install it from the Extensions Manager.")
-        PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
-
-    try:
-        return ensure_dependencies(slicer.util.confirmOkCancelDisplay, slicer.util.pip_install, installTorch, need_torch=True)
-    except Exception as exc:  # shown to the user, not only in the Python console
-        slicer.util.errorDisplay(f"Could not install the Python packages this module needs: {exc}")
-        return False
 
 
 class AutoSegLocalisationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -82,82 +80,75 @@ class AutoSegLocalisationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self.binding = None
+        self._output = None  # (probability node, segmentation node, segment name) of the last Run
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoSegLocalisation.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui = loadModuleUI(self)
         self.logic = AutoSegLocalisationLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.binding = ParameterNodeBinding(self, self.logic, self.updateButtons, firstVolumeDefaults("inputVolume"))
         self.ui.proposeRoiButton.clicked.connect(self.onProposeRoi)
         self.ui.runButton.clicked.connect(self.onRun)
-        self.initializeParameterNode()
+        # ctkSliderWidget without tracking: valueIsChanging while dragged, valueChanged once released
+        self.ui.thresholdSlider.tracking = False
+        self.ui.thresholdSlider.valueIsChanging.connect(lambda value: self.onThresholdChanged(value, True))
+        self.ui.thresholdSlider.valueChanged.connect(lambda value: self.onThresholdChanged(value, False))
+        self.binding.initialize()
 
     def cleanup(self):
-        self.removeObservers()
+        self.binding.cleanup()
 
     def enter(self):
-        self.initializeParameterNode()
+        self.binding.enter()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.binding.exit()
 
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
+    def proposeRoiState(self):
+        p = self.binding.node
+        return actions.propose_roi(p.inputVolume if p else None, p.localiserModel if p else None)
 
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
+    def runState(self):
+        p = self.binding.node
+        if not p:
+            return actions.localisation_run(None, None, None, None)
+        return actions.localisation_run(p.inputVolume, p.organModel, p.roi, p.localiserModel)
 
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.inputVolume = first
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
-    def _checkCanApply(self, caller=None, event=None):
-        p = self._parameterNode
-        has_localiser = bool(p and p.localiserModel and Path(p.localiserModel).is_file())
-        self.ui.proposeRoiButton.enabled = bool(p and p.inputVolume and has_localiser)
-        self.ui.runButton.enabled = bool(p and p.inputVolume and p.organModel and (p.roi or has_localiser))
+    def updateButtons(self):
+        showState(self.ui.proposeRoiButton, self.proposeRoiState())
+        showState(self.ui.runButton, self.runState())
 
     def onProposeRoi(self):
-        if not ensureTorch():
+        if not ready(self.proposeRoiState()) or not ensureDependencies(needTorch=True):
             return
         with slicer.util.tryWithErrorDisplay("Localisation failed.", waitCursor=True):
-            p = self._parameterNode
+            p = self.binding.node
             p.roi = self.logic.engine().propose_roi(p.inputVolume, p.localiserModel, p.structure or None, p.roi)
 
     def onRun(self):
-        if not ensureTorch():
+        if not ready(self.runState()) or not ensureDependencies(needTorch=True):
             return
         with slicer.util.tryWithErrorDisplay("Two-stage segmentation failed.", waitCursor=True):
-            p = self._parameterNode
-            localiser = p.localiserModel if p.localiserModel and Path(p.localiserModel).is_file() else None
+            p = self.binding.node
+            localiser = p.localiserModel if actions.propose_roi(p.inputVolume, p.localiserModel).enabled else None
             prob, seg, roi, message = self.logic.engine().run(
                 p.inputVolume, p.organModel, p.roi, localiser, p.structure or None, p.padding, p.threshold)
             p.roi = roi
+            self._output = (prob, seg, p.structure or "organ")
             slicer.util.setSliceViewerLayers(background=p.inputVolume, foreground=prob, foregroundOpacity=0.4)
             slicer.util.showStatusMessage(message, 5000)
+
+    def onThresholdChanged(self, value, interactive):
+        """Re-threshold the last probability map into its segment: labelmap only while the slider is
+        dragged (interactive), every representation once it is released."""
+        if self._output is None or slicer.mrmlScene.IsNodePresent(self._output[1]) == 0:
+            return
+        prob, seg, organ = self._output
+        from AutoSegSensitivity.mrml.threshold_logic import ThresholdTuningLogic
+
+        with slicer.util.tryWithErrorDisplay("Could not update the segmentation.", waitCursor=False):
+            ThresholdTuningLogic(slicer.mrmlScene).apply_threshold(prob, value, seg, organ, interactive=interactive)
 
 
 class AutoSegLocalisationTest(ScriptedLoadableModuleTest):
@@ -170,6 +161,8 @@ class AutoSegLocalisationTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_roi_on_phantom()
+        self.setUp()
+        self.test_widget_on_phantom()
 
     def test_roi_on_phantom(self):
         import numpy as np
@@ -193,5 +186,44 @@ class AutoSegLocalisationTest(ScriptedLoadableModuleTest):
         outside[box.pad(2).clip(arr.shape).slices] = False
         self.assertFalse(arr[outside].any())
         self.assertTrue(arr[~outside].any())
+
+    def test_widget_on_phantom(self):
+        import numpy as np
+
+        from AutoSegSensitivity.mrml import nodes
+        from AutoSegSensitivity.volume import Box
+
+        self.delayDisplay("Driving the AutoSegLocalisation widget on the phantom sample data")
+        widget = slicer.util.getModuleWidget("AutoSegLocalisation")  # set up (also without a main window)
+        widget.enter()  # as when the module is opened: binds the parameter node of this scene
+        p = widget.binding.node
+        p.inputVolume = None
+        self.assertFalse(widget.ui.runButton.enabled)
+        self.assertFalse(widget.ui.proposeRoiButton.enabled)
+        phantom = sampledata.loadPhantom()
+        widget.ui.inputVolumeSelector.setCurrentNode(phantom.ct)
+        self.assertIs(p.inputVolume, phantom.ct)
+        # an empty organ-model field is unset, a missing file is named in the tooltip
+        self.assertIn("organ model", widget.ui.runButton.toolTip)
+        widget.ui.organModelPathLineEdit.currentPath = "/no/such/organ.pt"
+        self.assertFalse(widget.ui.runButton.enabled)
+        self.assertIn("/no/such/organ.pt", widget.ui.runButton.toolTip)
+        widget.ui.paddingSpinBox.value = 500  # above the field's WithinRange(0, 200)
+        self.assertEqual(p.padding, 200)
+        # the slider re-thresholds the last probability map, labelmap while moving and in full on release
+        volume = nodes.volume_from_node(phantom.ct)
+        box = Box.from_mask(slicer.util.arrayFromVolume(phantom.probabilities["Brain"]) > 0.5)
+        roi = nodes.box_to_roi_node(box, volume, slicer.mrmlScene, "Brain ROI")
+
+        def model(v):
+            return {"Brain": v.with_array(np.clip((v.array + 100.0) / 400.0, 0, 1).astype(np.float32))}
+
+        prob, seg, _, _ = widget.logic.engine().run(phantom.ct, model, roi, structure="Brain", padding=2)
+        widget._output = (prob, seg, "Brain")
+        for interactive in (True, False):
+            widget.onThresholdChanged(0.35, interactive)
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(
+                seg, seg.GetSegmentation().GetSegmentIdBySegmentName("Brain"), phantom.ct)
+            np.testing.assert_array_equal(mask > 0, slicer.util.arrayFromVolume(prob) >= 0.35)
         logging.info("AutoSegLocalisation self-test passed")
         self.delayDisplay("Test passed")

@@ -7,10 +7,10 @@ AutoSegSensitivity.mrml.segment_metrics_logic.SegmentMetricsLogic.
 """
 
 import logging
+import sys
 from pathlib import Path
 
 import slicer
-import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -20,6 +20,18 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+try:  # built extension: the shared Lib is installed beside the modules
+    import AutoSegSlicerLib  # noqa: F401
+except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+from AutoSegSlicerLib import sampledata
+from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.enginepath import find_engine
+from AutoSegSlicerLib.widgets import ParameterNodeBinding, firstVolumeDefaults, loadModuleUI, ready, showState
+
+find_engine(__file__)
+from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
 
 
 class AutoSegSegmentMetrics(ScriptedLoadableModule):
@@ -33,8 +45,9 @@ class AutoSegSegmentMetrics(ScriptedLoadableModule):
             "Compare a reference and a compared segmentation segment by segment on the grid of a chosen volume: "
             "volumes (ml), volume difference, Dice, Jaccard, sensitivity, precision, centre-of-mass distance, "
             "HD, HD95 and mean surface distance (mm), and the intensity statistics of each segment. Segments are "
-            "paired by name or by hand in the pairs table. The result is a table node; export it as CSV.")
+            "paired by name or by hand in the pairs table. The result is a table node; export it as CSV." + sampledata.HELP)
         self.parent.acknowledgementText = ""
+        sampledata.registerAtStartup(self)
 
 
 @parameterNodeWrapper
@@ -59,16 +72,6 @@ class AutoSegSegmentMetricsLogic(ScriptedLoadableModuleLogic):
         return SegmentMetricsLogic(slicer.mrmlScene)
 
 
-def ensureDependencies():
-    """Packages the engine needs (scipy, PyYAML, ...) pip-installed after a confirmation; no torch needed here."""
-    from AutoSegSensitivity.mrml.dependencies import CORE_PACKAGES, ensure_dependencies
-
-    try:
-        return ensure_dependencies(slicer.util.confirmOkCancelDisplay, slicer.util.pip_install, need_torch=False,
-                                   packages=CORE_PACKAGES)
-    except Exception as exc:  # shown to the user, not only in the Python console
-        slicer.util.errorDisplay(f"Could not install the Python packages this module needs: {exc}")
-        return False
 
 
 class AutoSegSegmentMetricsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -76,65 +79,40 @@ class AutoSegSegmentMetricsWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self.binding = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoSegSegmentMetrics.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui = loadModuleUI(self)
         self.logic = AutoSegSegmentMetricsLogic()
         self.ui.pairsTableWidget.setHorizontalHeaderLabels(["Reference segment", "Compared segment"])
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.binding = ParameterNodeBinding(self, self.logic, self.updateButtons, firstVolumeDefaults("gridVolume"))
         self.ui.pairByNameButton.clicked.connect(self.onPairByName)
         self.ui.computeButton.clicked.connect(self.onCompute)
         self.ui.exportCsvButton.clicked.connect(self.onExportCsv)
-        self.initializeParameterNode()
+        self.binding.initialize()
 
     def cleanup(self):
-        self.removeObservers()
+        self.binding.cleanup()
 
     def enter(self):
-        self.initializeParameterNode()
+        self.binding.enter()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.binding.exit()
 
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
+    def states(self):
+        """ActionState of Pair by name, Compute and Export CSV."""
+        p = self.binding.node
+        if not p:
+            return actions.pair_by_name(None, None), actions.compute_metrics(None, None, None), actions.export_csv(None, None)
+        return (actions.pair_by_name(p.referenceSegmentation, p.comparedSegmentation),
+                actions.compute_metrics(p.referenceSegmentation, p.comparedSegmentation, p.gridVolume),
+                actions.export_csv(p.outputTable, p.csvPath))
 
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.gridVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.gridVolume = first
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
-    def _checkCanApply(self, caller=None, event=None):
-        p = self._parameterNode
-        ok = bool(p and p.referenceSegmentation and p.comparedSegmentation and p.gridVolume)
-        self.ui.computeButton.enabled = ok
-        self.ui.exportCsvButton.enabled = bool(p and p.outputTable)
+    def updateButtons(self):
+        for button, state in zip((self.ui.pairByNameButton, self.ui.computeButton, self.ui.exportCsvButton), self.states()):
+            showState(button, state)
 
     def _pairs(self):
         table = self.ui.pairsTableWidget
@@ -144,8 +122,10 @@ class AutoSegSegmentMetricsWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def onPairByName(self):
         import qt
 
+        if not ready(self.states()[0]):
+            return
         with slicer.util.tryWithErrorDisplay("Could not pair the segments.", waitCursor=True):
-            p = self._parameterNode
+            p = self.binding.node
             pairs = self.logic.engine().pairs_by_name(p.referenceSegmentation, p.comparedSegmentation)
             self.ui.pairsTableWidget.setRowCount(len(pairs))
             for r, (a, b) in enumerate(pairs):
@@ -153,10 +133,10 @@ class AutoSegSegmentMetricsWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self.ui.pairsTableWidget.setItem(r, 1, qt.QTableWidgetItem(b))
 
     def onCompute(self):
-        if not ensureDependencies():
+        if not ready(self.states()[1]) or not ensureDependencies():
             return
         with slicer.util.tryWithErrorDisplay("Segment comparison failed.", waitCursor=True):
-            p = self._parameterNode
+            p = self.binding.node
             intensity = p.gridVolume if p.intensityStatistics else None
             name = p.outputTable.GetName() if p.outputTable else None
             table, _ = self.logic.engine().compare(p.referenceSegmentation, p.comparedSegmentation, p.gridVolume,
@@ -165,10 +145,10 @@ class AutoSegSegmentMetricsWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             self.ui.resultsTableView.setMRMLTableNode(table)
 
     def onExportCsv(self):
+        if not ready(self.states()[2]):
+            return
         with slicer.util.tryWithErrorDisplay("CSV export failed.", waitCursor=True):
-            p = self._parameterNode
-            if not p.csvPath or str(p.csvPath) in ("", "."):
-                raise ValueError("Choose a CSV file to write.")
+            p = self.binding.node
             path = self.logic.engine().export_csv(p.outputTable, p.csvPath)
             slicer.util.infoDisplay(f"Written {path}")
 
@@ -182,6 +162,8 @@ class AutoSegSegmentMetricsTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_phantom_against_itself()
+        self.setUp()
+        self.test_widget_on_phantom()
 
     def test_phantom_against_itself(self):
         from AutoSegSensitivity.mrml import nodes
@@ -198,5 +180,39 @@ class AutoSegSegmentMetricsTest(ScriptedLoadableModuleTest):
             self.assertEqual(row["dice"], 1.0)
             self.assertEqual(row["hd_mm"], 0.0)
         self.assertEqual(table.GetNumberOfRows(), len(seg.names))
+
+    def test_widget_on_phantom(self):
+        import csv
+        import tempfile
+
+        from AutoSegSensitivity.mrml import nodes
+        from AutoSegSensitivity.mrml.sampledata import phantom_sample
+
+        self.delayDisplay("Driving the AutoSegSegmentMetrics widget on the phantom sample data")
+        widget = slicer.util.getModuleWidget("AutoSegSegmentMetrics")  # set up (also without a main window)
+        widget.enter()  # as when the module is opened: binds the parameter node of this scene
+        p = widget.binding.node
+        self.assertFalse(widget.ui.computeButton.enabled)
+        self.assertIn("reference segmentation", widget.ui.computeButton.toolTip)
+        phantom = sampledata.loadPhantom()
+        _, reference, _ = phantom_sample()
+        compared = nodes.segmentation_to_node(reference, slicer.mrmlScene, "Compared", reference_node=phantom.ct)
+        widget.ui.referenceSegmentationSelector.setCurrentNode(phantom.reference)
+        widget.ui.comparedSegmentationSelector.setCurrentNode(compared)
+        widget.ui.gridVolumeSelector.setCurrentNode(phantom.ct)
+        self.assertIs(p.comparedSegmentation, compared)
+        self.assertTrue(widget.ui.computeButton.enabled, widget.ui.computeButton.toolTip)
+        widget.ui.pairByNameButton.click()
+        self.assertEqual(widget.ui.pairsTableWidget.rowCount, phantom.reference.GetSegmentation().GetNumberOfSegments())
+        self.assertFalse(widget.ui.exportCsvButton.enabled)  # no table, no file name
+        widget.ui.computeButton.click()
+        self.assertIsNotNone(p.outputTable)
+        self.assertFalse(widget.ui.exportCsvButton.enabled)  # still no file name (an empty path is unset)
+        csvPath = Path(tempfile.mkdtemp()) / "metrics.csv"
+        widget.ui.csvPathLineEdit.currentPath = str(csvPath)
+        self.assertTrue(widget.ui.exportCsvButton.enabled, widget.ui.exportCsvButton.toolTip)
+        widget.ui.exportCsvButton.click()
+        rows = list(csv.DictReader(csvPath.open()))
+        self.assertEqual(len(rows), phantom.reference.GetSegmentation().GetNumberOfSegments())
         logging.info("AutoSegSegmentMetrics self-test passed")
         self.delayDisplay("Test passed")

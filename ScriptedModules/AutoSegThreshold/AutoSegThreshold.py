@@ -8,12 +8,13 @@ AutoSegSensitivity.mrml.threshold_logic.ThresholdTuningLogic.
 """
 
 import logging
+import sys
 from pathlib import Path
+from typing import Annotated
 
 import slicer
-import vtk
 from slicer import vtkMRMLSegmentationNode
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -21,6 +22,18 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+try:  # built extension: the shared Lib is installed beside the modules
+    import AutoSegSlicerLib  # noqa: F401
+except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+from AutoSegSlicerLib import sampledata
+from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.enginepath import find_engine
+from AutoSegSlicerLib.widgets import ParameterNodeBinding, loadModuleUI, ready, showState
+
+find_engine(__file__)
+from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
 
 
 class AutoSegThreshold(ScriptedLoadableModule):
@@ -35,16 +48,17 @@ class AutoSegThreshold(ScriptedLoadableModule):
             "structure; Sweep. The table and chart show the metrics against the threshold, with the optimum "
             "and 0.5 marked; the summary table gives the loss at 0.5, the perturbation losses and the "
             "prominence. The slider thresholds the first map into the live segmentation. For many cases "
-            "on disk use the command line: autosegsens sweep.")
+            "on disk use the command line: autosegsens sweep." + sampledata.HELP)
         self.parent.acknowledgementText = "Threshold sensitivity after Bice et al. (see the extension's papers list)."
+        sampledata.registerAtStartup(self)
 
 
 @parameterNodeWrapper
 class AutoSegThresholdParameterNode:
     structure: str = ""
-    step: float = 0.01
+    step: Annotated[float, WithinRange(0.005, 0.25)] = 0.01
     surfaceMetrics: bool = True
-    threshold: float = 0.5
+    threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     liveSegmentation: vtkMRMLSegmentationNode
     liveUpdate: bool = True
     checkpoint: Path
@@ -62,94 +76,71 @@ class AutoSegThresholdLogic(ScriptedLoadableModuleLogic):
         return ThresholdTuningLogic(slicer.mrmlScene)
 
 
-def ensureDependencies():
-    """Packages the engine needs (scipy, PyYAML, ...) pip-installed after a confirmation; no torch needed here."""
-    from AutoSegSensitivity.mrml.dependencies import CORE_PACKAGES, ensure_dependencies
-
-    try:
-        return ensure_dependencies(slicer.util.confirmOkCancelDisplay, slicer.util.pip_install, need_torch=False,
-                                   packages=CORE_PACKAGES)
-    except Exception as exc:  # shown to the user, not only in the Python console
-        slicer.util.errorDisplay(f"Could not install the Python packages this module needs: {exc}")
-        return False
-
-
 class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self.binding = None
         self._result = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoSegThreshold.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui = loadModuleUI(self)
         self.logic = AutoSegThresholdLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.binding = ParameterNodeBinding(self, self.logic, self.updateButtons)
         self.ui.sweepButton.clicked.connect(self.onSweep)
-        self.ui.thresholdSlider.valueChanged.connect(self.onThresholdChanged)
         self.ui.applyOptimumButton.clicked.connect(self.onApplyOptimum)
-        self.initializeParameterNode()
+        self.ui.probabilityVolumesSelector.checkedNodesChanged.connect(self.updateButtons)
+        self.ui.referenceSegmentationsSelector.checkedNodesChanged.connect(self.updateButtons)
+        # ctkSliderWidget without tracking: valueIsChanging while dragged, valueChanged once released
+        self.ui.thresholdSlider.tracking = False
+        self.ui.thresholdSlider.valueIsChanging.connect(lambda value: self.onThresholdChanged(value, True))
+        self.ui.thresholdSlider.valueChanged.connect(lambda value: self.onThresholdChanged(value, False))
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.binding.initialize()
 
     def cleanup(self):
-        self.removeObservers()
+        self.binding.cleanup()
 
     def enter(self):
-        self.initializeParameterNode()
+        self.binding.enter()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.binding.exit()
 
     def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
         self._result = None
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
-    def _checkCanApply(self, caller=None, event=None):
-        p = self._parameterNode
-        self.ui.sweepButton.enabled = bool(p and p.structure)
-        self.ui.applyOptimumButton.enabled = self._result is not None
 
     def _maps(self):
         return list(self.ui.probabilityVolumesSelector.checkedNodes())
 
+    def _references(self):
+        return list(self.ui.referenceSegmentationsSelector.checkedNodes())
+
+    def sweepState(self):
+        p = self.binding.node
+        return actions.sweep(len(self._maps()), len(self._references()), p.structure if p else "")
+
+    def applyOptimumState(self):
+        p = self.binding.node
+        return actions.apply_optimum(self._result is not None, len(self._maps()), p.checkpoint if p else None)
+
+    def updateButtons(self):
+        showState(self.ui.sweepButton, self.sweepState())
+        showState(self.ui.applyOptimumButton, self.applyOptimumState())
+
     def onSweep(self):
-        if not ensureDependencies():
+        if not ready(self.sweepState()) or not ensureDependencies():
             return
         import numpy as np
 
         with slicer.util.tryWithErrorDisplay("Threshold sweep failed.", waitCursor=True):
-            p = self._parameterNode
+            p = self.binding.node
             thresholds = np.round(np.arange(0.0, 1.0 + 1e-9, p.step), 6)
             metrics = ("dice", "msd", "hd", "hd95") if p.surfaceMetrics else ("dice",)
             result, table, chart, summary = self.logic.engine().sweep(
-                self._maps(), list(self.ui.referenceSegmentationsSelector.checkedNodes()), p.structure,
-                thresholds=thresholds, metrics=metrics)
+                self._maps(), self._references(), p.structure, thresholds=thresholds, metrics=metrics)
             self._result = result
             t_opt, v_opt = result.optimum("dice")
             loss = result.loss_at(0.5, "dice")
@@ -157,34 +148,45 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         f"{100 * loss:.2f} %" if loss is not None else f"Dice optimum at t = {t_opt:.2f}")
             slicer.modules.plots.logic().ShowChartInLayout(chart)
             p.threshold = t_opt
-            self._checkCanApply()
+            self.updateButtons()
 
-    def onThresholdChanged(self, value):
-        p = self._parameterNode
-        if not p or not p.liveUpdate or not p.liveSegmentation or not self._maps():
+    def onThresholdChanged(self, value, interactive):
+        """While the slider is dragged only the labelmap is updated (interactive); on release, all
+        representations."""
+        p = self.binding.node
+        maps = self._maps()
+        if not p or not p.liveUpdate or not p.liveSegmentation or not maps:
             return
         with slicer.util.tryWithErrorDisplay("Could not update the segmentation.", waitCursor=False):
-            self.logic.engine().apply_threshold(self._maps()[0], value, p.liveSegmentation, p.structure or None)
+            self.logic.engine().apply_threshold(maps[0], value, p.liveSegmentation, p.structure or None,
+                                                interactive=interactive)
 
     def onApplyOptimum(self):
+        """Store the optimum in the checkpoint (when one is chosen) first, then write the segments: a
+        checkpoint that cannot be read, or torch that cannot be installed, leaves the scene unchanged."""
+        p = self.binding.node
+        checkpoint = actions.path_or_none(p.checkpoint if p else None)
+        if not ready(self.applyOptimumState()) or not ensureDependencies(needTorch=checkpoint is not None):
+            return
         with slicer.util.tryWithErrorDisplay("Could not apply the optimum threshold.", waitCursor=True):
-            p = self._parameterNode
             t_opt, _ = self._result.optimum("dice")
-            p.threshold = t_opt
             engine = self.logic.engine()
-            for prob in self._maps():
-                seg = engine.apply_threshold(prob, t_opt, p.liveSegmentation if len(self._maps()) == 1 else None,
+            if checkpoint is not None:
+                engine.store_threshold(checkpoint, p.structure, t_opt, source="sweep dice (Slicer)")
+            maps = self._maps()
+            for prob in maps:
+                seg = engine.apply_threshold(prob, t_opt, p.liveSegmentation if len(maps) == 1 else None,
                                              p.structure or None)
                 if p.liveSegmentation is None:
                     p.liveSegmentation = seg
-            if p.checkpoint and Path(p.checkpoint).is_file():
-                engine.store_threshold(p.checkpoint, p.structure, t_opt, source="sweep dice (Slicer)")
-                slicer.util.infoDisplay(f"Threshold {t_opt:.2f} for {p.structure} stored in {p.checkpoint}")
+            p.threshold = t_opt
+            if checkpoint is not None:
+                slicer.util.infoDisplay(f"Threshold {t_opt:.2f} for {p.structure} stored in {checkpoint}")
 
 
 class AutoSegThresholdTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: a sweep on a phantom structure with a soft map has its Dice optimum where the
-    engine finds it."""
+    """Runs inside Slicer on the phantom sample data: the engine's sweep agrees with the array sweep, and
+    the widget (parameter node, buttons, slider) sweeps, updates and applies."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -192,6 +194,8 @@ class AutoSegThresholdTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_sweep_on_phantom()
+        self.setUp()
+        self.test_widget_on_phantom()
 
     def test_sweep_on_phantom(self):
         import numpy as np
@@ -211,5 +215,45 @@ class AutoSegThresholdTest(ScriptedLoadableModuleTest):
         engine = sweep_thresholds([soft], [ref], [volume.spacing_zyx], th, metrics=("dice",))
         self.assertEqual(result.optimum("dice"), engine.optimum("dice"))
         self.assertGreater(chart.GetNumberOfPlotSeriesNodes(), 1)
+
+    def test_widget_on_phantom(self):
+        import numpy as np
+        import qt
+
+        self.delayDisplay("Driving the AutoSegThreshold widget on the phantom sample data")
+        phantom = sampledata.loadPhantom()
+        widget = slicer.util.getModuleWidget("AutoSegThreshold")  # set up (also without a main window)
+        widget.enter()  # as when the module is opened: binds the parameter node of this scene
+        p = widget.binding.node
+        self.assertFalse(widget.ui.sweepButton.enabled)  # nothing checked, no structure
+        self.assertIn("structure", widget.ui.sweepButton.toolTip)
+        widget.ui.probabilityVolumesSelector.setCheckState(phantom.probabilities["Parotid_L"], qt.Qt.Checked)
+        widget.ui.referenceSegmentationsSelector.setCheckState(phantom.reference, qt.Qt.Checked)
+        widget.ui.structureLineEdit.text = "Parotid_L"
+        self.assertEqual(p.structure, "Parotid_L")  # bound through the parameter node
+        p.surfaceMetrics = False
+        p.step = 0.05
+        self.assertEqual(widget.ui.stepSpinBox.value, 0.05)
+        self.assertTrue(widget.ui.sweepButton.enabled, widget.ui.sweepButton.toolTip)
+        self.assertFalse(widget.ui.applyOptimumButton.enabled)
+        widget.ui.sweepButton.click()
+        self.assertIsNotNone(widget._result)
+        t_opt = widget._result.optimum("dice")[0]
+        self.assertLess(t_opt, 0.5)  # the phantom maps are cautious (peak 0.85)
+        self.assertAlmostEqual(widget.ui.thresholdSlider.value, t_opt)
+        live = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "live")
+        p.liveSegmentation = live
+        widget.onThresholdChanged(0.3, True)
+        widget.onThresholdChanged(0.3, False)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(
+            live, live.GetSegmentation().GetSegmentIdBySegmentName("Parotid_L"), phantom.ct)
+        prob = slicer.util.arrayFromVolume(phantom.probabilities["Parotid_L"])
+        np.testing.assert_array_equal(mask > 0, prob >= 0.3)
+        self.assertTrue(widget.ui.applyOptimumButton.enabled)
+        widget.ui.applyOptimumButton.click()
+        self.assertAlmostEqual(p.threshold, t_opt)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(
+            live, live.GetSegmentation().GetSegmentIdBySegmentName("Parotid_L"), phantom.ct)
+        np.testing.assert_array_equal(mask > 0, prob >= t_opt)
         logging.info("AutoSegThreshold self-test passed")
         self.delayDisplay("Test passed")

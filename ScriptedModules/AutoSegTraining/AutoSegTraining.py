@@ -9,13 +9,14 @@ into the parameter node and calls AutoSegSensitivity.mrml.training_logic.Trainin
 """
 
 import logging
+import sys
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import slicer
-import vtk
 from slicer import vtkMRMLScalarVolumeNode
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -23,6 +24,18 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+try:  # built extension: the shared Lib is installed beside the modules
+    import AutoSegSlicerLib  # noqa: F401
+except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+from AutoSegSlicerLib import sampledata
+from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.enginepath import find_engine
+from AutoSegSlicerLib.widgets import ParameterNodeBinding, loadModuleUI, ready, showState
+
+find_engine(__file__)
+from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
 
 POLL_MS = 1000
 
@@ -39,8 +52,9 @@ class AutoSegTraining(ScriptedLoadableModule):
             "with the segmentation that references it), a base config, and override the network, loss, "
             "intensity transform, epochs and device. Training runs in a background process; the chart shows the "
             "training and validation loss and the validation Dice as epochs finish. Predict: a checkpoint and a "
-            "volume give '<volume>_<class>_prob' volumes and the segmentation '<volume>_AutoSeg'.")
+            "volume give '<volume>_<class>_prob' volumes and the segmentation '<volume>_AutoSeg'." + sampledata.HELP)
         self.parent.acknowledgementText = ""
+        sampledata.registerAtStartup(self)
 
 
 @parameterNodeWrapper
@@ -50,7 +64,7 @@ class AutoSegTrainingParameterNode:
     network: str = "unet2d"
     loss: str = "bce"
     intensity: str = "SLF1"
-    epochs: int = 50
+    epochs: Annotated[int, WithinRange(1, 10000)] = 50
     device: str = "auto"
     outputDir: Path
     resume: bool = False
@@ -71,32 +85,14 @@ class AutoSegTrainingLogic(ScriptedLoadableModuleLogic):
         return TrainingLogic(slicer.mrmlScene)
 
 
-def ensureDependencies(needTorch=True):
-    """torch through the PyTorch extension and the other packages with pip, after a confirmation."""
-    from AutoSegSensitivity.mrml.dependencies import ensure_dependencies
-
-    def installTorch():
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise RuntimeError("This module needs the PyTorch extension: install it from the Extensions Manager.")
-        PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
-
-    try:
-        return ensure_dependencies(slicer.util.confirmOkCancelDisplay, slicer.util.pip_install, installTorch, need_torch=needTorch)
-    except Exception as exc:  # shown to the user, not only in the Python console
-        slicer.util.errorDisplay(f"Could not install the Python packages this module needs: {exc}")
-        return False
-
-
 class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self.binding = None
         self._process = None
+        self._chartShown = False
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self.onPoll)
@@ -108,70 +104,58 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoSegTraining.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui = loadModuleUI(self)
         self.logic = AutoSegTrainingLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.binding = ParameterNodeBinding(self, self.logic, self.updateButtons, self.defaults)
         for combo, field in ((self.ui.networkComboBox, "network"), (self.ui.lossComboBox, "loss"),
                              (self.ui.intensityComboBox, "intensity"), (self.ui.deviceComboBox, "device")):
             combo.currentTextChanged.connect(lambda text, f=field: self._setField(f, text))
+        self.ui.sceneVolumesSelector.checkedNodesChanged.connect(self.updateButtons)
         self.ui.trainButton.clicked.connect(self.onTrain)
         self.ui.cancelButton.clicked.connect(self.onCancel)
         self.ui.predictButton.clicked.connect(self.onPredict)
-        self.initializeParameterNode()
+        self.binding.initialize()
 
     def cleanup(self):
         self._timer.stop()
         self._predictTimer.stop()
-        self.removeObservers()
+        self.binding.cleanup()
 
     def enter(self):
-        self.initializeParameterNode()
+        self.binding.enter()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.binding.exit()
 
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-        p = self._parameterNode
-        self.ui.networkComboBox.setCurrentText(p.network)
-        self.ui.lossComboBox.setCurrentText(p.loss)
-        self.ui.intensityComboBox.setCurrentText(p.intensity)
-        self.ui.deviceComboBox.setCurrentText(p.device)
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+    def defaults(self, node):
+        self.ui.networkComboBox.setCurrentText(node.network)
+        self.ui.lossComboBox.setCurrentText(node.loss)
+        self.ui.intensityComboBox.setCurrentText(node.intensity)
+        self.ui.deviceComboBox.setCurrentText(node.device)
 
     def _setField(self, field, value):
-        if self._parameterNode:
-            setattr(self._parameterNode, field, value)
+        if self.binding and self.binding.node:
+            setattr(self.binding.node, field, value)
 
-    def _checkCanApply(self, caller=None, event=None):
-        p = self._parameterNode
-        running = self._process is not None and self._process.running
-        self.ui.trainButton.enabled = bool(p and p.config and p.outputDir) and not running
-        self.ui.cancelButton.enabled = running
-        self.ui.predictButton.enabled = bool(p and p.checkpoint and p.predictVolume) and self._predictProcess is None
+    def _running(self):
+        return self._process is not None and self._process.running
+
+    def trainState(self):
+        p = self.binding.node
+        volumes = len(self.ui.sceneVolumesSelector.checkedNodes())
+        if not p:
+            return actions.train(None, None, None, volumes, self._running())
+        return actions.train(p.config, p.outputDir, p.dataDir, volumes, self._running())
+
+    def predictState(self):
+        p = self.binding.node
+        return actions.predict(p.checkpoint if p else None, p.predictVolume if p else None,
+                               self._predictProcess is not None)
+
+    def updateButtons(self):
+        showState(self.ui.trainButton, self.trainState())
+        showState(self.ui.cancelButton, actions.cancel(self._running()))
+        showState(self.ui.predictButton, self.predictState())
 
     def _showCudaIfPresent(self):
         if self.logic.engine().cuda_available() and self.ui.deviceComboBox.findText("cuda") < 0:
@@ -179,17 +163,15 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- training -----------------------------------------------------------------------------------
     def onTrain(self):
-        if not ensureDependencies():
+        if not ready(self.trainState()) or not ensureDependencies(needTorch=True):
             return
         self._showCudaIfPresent()
         with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
-            p = self._parameterNode
+            p = self.binding.node
             engine = self.logic.engine()
-            data = p.dataDir if p.dataDir and str(p.dataDir) not in ("", ".") else None
+            data = actions.path_or_none(p.dataDir)
             if data is None:
                 volumes = list(self.ui.sceneVolumesSelector.checkedNodes())
-                if not volumes:
-                    raise ValueError("Choose a dataset folder or check volumes of the scene.")
                 data = Path(p.outputDir) / "scene-cases"
                 engine.export_cases(engine.pair_scene_cases(volumes), data)
             overrides = [f"model={p.network}", f"loss={p.loss}", f"intensity={p.intensity}", f"epochs={p.epochs}"]
@@ -197,8 +179,9 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          overrides=overrides)
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = "Training started..."
+            self._chartShown = False
             self._timer.start()
-            self._checkCanApply()
+            self.updateButtons()
 
     def onPoll(self):
         from AutoSegSensitivity.progress import describe_epoch
@@ -217,8 +200,9 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if epochs:
                 self.ui.statusLabel.text = describe_epoch(epochs[-1])
                 _, chart = self.logic.engine().update_curves(process)
-                if len(process.curve_rows()) == 1:
+                if not self._chartShown:  # once per run, whatever number of epochs the first poll read
                     slicer.modules.plots.logic().ShowChartInLayout(chart)
+                    self._chartShown = True
             code = process.returncode
         except Exception as exc:  # a broken event line or a scene change must not kill the timer silently
             logging.exception("AutoSegTraining poll")
@@ -226,10 +210,10 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Progress could not be read: {exc}"
         if code is not None:
             self._timer.stop()
-            self._checkCanApply()
+            self.updateButtons()
             if code == 0:
                 self.ui.statusLabel.text = f"Done. Checkpoints in {process.out_dir}"
-                self._parameterNode.checkpoint = process.out_dir / "best.pt"
+                self.binding.node.checkpoint = process.out_dir / "best.pt"
             elif code == 130:
                 self.ui.statusLabel.text = "Cancelled; the last complete epoch is kept (tick Resume to continue)."
             else:
@@ -248,16 +232,16 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPredict(self):
         import tempfile
 
-        if not ensureDependencies():
+        if not ready(self.predictState()) or not ensureDependencies(needTorch=True):
             return
         with slicer.util.tryWithErrorDisplay("Prediction failed to start.", waitCursor=True):
-            p = self._parameterNode
+            p = self.binding.node
             outDir = Path(tempfile.mkdtemp(prefix="AutoSegPredict-", dir=slicer.app.temporaryPath))
             self._predictProcess = self.logic.engine().start_predict(p.checkpoint, p.predictVolume, outDir,
                                                                       p.device, p.makeSegmentation)
             self._predictVolume = p.predictVolume
-            self.ui.predictButton.enabled = False
             self.ui.statusLabel.text = "Predicting..."
+            self.updateButtons()
             self._predictTimer.start()
 
     def onPredictPoll(self):
@@ -266,7 +250,7 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._predictTimer.stop()
         self._predictProcess = None
-        self._checkCanApply()
+        self.updateButtons()
         if process.returncode != 0:
             slicer.util.errorDisplay(f"Prediction stopped with exit code {process.returncode}.",
                                      detailedText=process.log_tail())
@@ -288,6 +272,8 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_train_and_predict_on_phantom()
+        self.setUp()
+        self.test_widget_on_phantom()
 
     def test_train_and_predict_on_phantom(self):
         import tempfile
@@ -319,5 +305,56 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
         probs, seg = engine.predict(tmp / "run" / "best.pt", volumes[0])
         self.assertEqual(list(probs), ["Brain"])
         self.assertEqual(seg.GetName(), "case0_AutoSeg")
+
+    def test_widget_on_phantom(self):
+        import tempfile
+        import time
+
+        from AutoSegSensitivity.mrml import nodes
+        from AutoSegSensitivity.phantom import make_phantom
+
+        self.delayDisplay("Driving the AutoSegTraining widget: Train from checked scene volumes, then Predict")
+        widget = slicer.util.getModuleWidget("AutoSegTraining")  # set up (also without a main window)
+        widget.enter()  # as when the module is opened: binds the parameter node of this scene
+        p = widget.binding.node
+        for field in ("config", "outputDir", "dataDir", "checkpoint"):
+            setattr(p, field, Path())  # what an empty ctkPathLineEdit gives: Path('.') means unset
+        self.assertFalse(widget.ui.trainButton.enabled)
+        for missing in ("config", "output folder", "dataset folder"):
+            self.assertIn(missing, widget.ui.trainButton.toolTip)
+        self.assertFalse(widget.ui.predictButton.enabled)
+        tmp = Path(tempfile.mkdtemp(prefix="AutoSegTrainingWidget-"))
+        volumes = []
+        for i in range(3):
+            volume, seg = make_phantom(seed=(2, i), shape=(8, 64, 64))
+            node = nodes.volume_to_node(volume, slicer.mrmlScene, f"case{i}")
+            nodes.segmentation_to_node(seg, slicer.mrmlScene, f"case{i} structures", reference_node=node)
+            widget.ui.sceneVolumesSelector.setCheckState(node, qt.Qt.Checked)
+            volumes.append(node)
+        (tmp / "cfg.json").write_text('{"model": "unet2d", "model_kwargs": {"base_features": 4}, "structures": ["Brain"],'
+                                      ' "batch_size": 4, "samples_per_epoch": 8}')
+        widget.ui.configPathLineEdit.currentPath = str(tmp / "cfg.json")
+        widget.ui.outputDirPathLineEdit.currentPath = str(tmp / "run")
+        widget.ui.epochsSpinBox.value = 0  # below the field's WithinRange(1, 10000)
+        self.assertEqual(p.epochs, 1)
+        widget.ui.deviceComboBox.setCurrentText("cpu")
+        self.assertTrue(widget.ui.trainButton.enabled, widget.ui.trainButton.toolTip)
+        widget.ui.trainButton.click()
+        self.assertTrue(widget.ui.cancelButton.enabled)
+        self.assertFalse(widget.ui.trainButton.enabled)
+        deadline = time.time() + 600
+        while widget._timer.active and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.1)
+        self.assertEqual(widget._process.returncode, 0, widget._process.log_tail())
+        self.assertTrue(widget._chartShown)
+        self.assertEqual(Path(p.checkpoint), tmp / "run" / "best.pt")
+        widget.ui.predictVolumeSelector.setCurrentNode(volumes[0])
+        self.assertTrue(widget.ui.predictButton.enabled, widget.ui.predictButton.toolTip)
+        widget.ui.predictButton.click()
+        while widget._predictTimer.active and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.1)
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("case0_Brain_prob"))
         logging.info("AutoSegTraining self-test passed")
         self.delayDisplay("Test passed")

@@ -1,0 +1,117 @@
+"""The parameter-node wiring every module widget shares (Slicer's scripted-module template, once).
+
+A widget keeps a :class:`ParameterNodeBinding`: it binds the widget's ``ui`` to the module's parameter
+node (``connectGui``), re-evaluates the buttons whenever the node changes, follows scene close and
+module enter/exit, and sets defaults. The widget keeps only its own handlers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import slicer
+import vtk
+
+
+def showState(button: Any, state: Any) -> None:
+    """Enable ``button`` and set its tooltip from an ``AutoSegSensitivity.mrml.actions.ActionState``."""
+    button.enabled = bool(state.enabled)
+    button.toolTip = state.tooltip
+
+
+def firstVolumeDefaults(*fields: str) -> Callable[[Any], None]:
+    """Defaults that put the scene's first scalar volume into each empty node field of ``fields``."""
+
+    def apply(node: Any) -> None:
+        first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        for field in fields:
+            if first is not None and getattr(node, field) is None:
+                setattr(node, field, first)
+
+    return apply
+
+
+class ParameterNodeBinding:
+    """Binds ``widget.ui`` to ``logic.getParameterNode()``; calls ``update()`` on every change.
+
+    ``widget`` is a ScriptedLoadableModuleWidget with VTKObservationMixin (its observers are used, so
+    ``widget.removeObservers()`` removes them); ``defaults(node)`` fills empty fields on initialisation.
+    """
+
+    def __init__(self, widget: Any, logic: Any, update: Callable[[], None],
+                 defaults: Optional[Callable[[Any], None]] = None) -> None:
+        self.widget = widget
+        self.logic = logic
+        self.update = update
+        self.defaults = defaults
+        self.node = None
+        self._guiTag = None
+        widget.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        widget.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+    # ---- module life cycle ---------------------------------------------------------------------------
+    def initialize(self) -> None:
+        """Bind the module's parameter node (created on first use) and fill its defaults."""
+        self.setNode(self.logic.getParameterNode())
+        if self.defaults is not None:
+            self.defaults(self.node)
+
+    def enter(self) -> None:
+        self.initialize()
+
+    def exit(self) -> None:
+        """Unbind the GUI (the node keeps its values; entering again binds it again)."""
+        self._unbind()
+
+    def cleanup(self) -> None:
+        self._unbind()
+        self.widget.removeObservers()
+
+    def onSceneStartClose(self, caller: Any = None, event: Any = None) -> None:
+        self.setNode(None)
+
+    def onSceneEndClose(self, caller: Any = None, event: Any = None) -> None:
+        if self.widget.parent.isEntered:
+            self.initialize()
+
+    # ---- binding -------------------------------------------------------------------------------------
+    def setNode(self, node: Any) -> None:
+        """Bind ``node`` (a parameterNodeWrapper instance, or None) in place of the current one."""
+        self._unbind()
+        self.node = node
+        if node is not None:
+            self._guiTag = node.connectGui(self.widget.ui)
+            self.widget.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.onModified)
+        self.update()
+
+    def onModified(self, caller: Any = None, event: Any = None) -> None:
+        self.update()
+
+    def _unbind(self) -> None:
+        """Disconnect the GUI and the observer (added together in setNode; once only)."""
+        if self.node is not None and self._guiTag is not None:
+            self.node.disconnectGui(self._guiTag)
+            self._guiTag = None
+            self.widget.removeObserver(self.node, vtk.vtkCommand.ModifiedEvent, self.onModified)
+
+
+def loadModuleUI(widget: Any) -> Any:
+    """Load ``Resources/UI/<Module>.ui`` into the widget's layout, give its MRML widgets the scene, and
+    return the child widgets as attributes (the template's ``self.ui``). Also registers the phantom
+    sample data, for a module loaded after start-up (drag and drop), when startupCompleted has passed."""
+    from .sampledata import registerSampleData
+
+    registerSampleData(widget.resourcePath(f"Icons/{widget.moduleName}.png"))
+    uiWidget = slicer.util.loadUI(widget.resourcePath(f"UI/{widget.moduleName}.ui"))
+    widget.layout.addWidget(uiWidget)
+    ui = slicer.util.childWidgetVariables(uiWidget)
+    uiWidget.setMRMLScene(slicer.mrmlScene)
+    return ui
+
+
+def ready(state: Any) -> bool:
+    """True when the action may run; else its tooltip (what is missing) is shown and nothing happens.
+    Checked before any dependency dialog, so an empty field never starts an install."""
+    if not state.enabled:
+        slicer.util.errorDisplay(state.tooltip)
+    return bool(state.enabled)

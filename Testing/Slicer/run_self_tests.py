@@ -1,0 +1,53 @@
+"""Run the self-tests of the five AutoSegSensitivity modules inside Slicer and exit non-zero on failure.
+
+    Slicer --no-main-window --testing --python-script Testing/Slicer/run_self_tests.py
+
+with the modules loaded (extension installed, or the clone's ScriptedModules/<Module> folders in the
+module paths, or given with --additional-module-paths). --testing makes Slicer's message boxes close
+by themselves (slicer.util.messageBox / confirmOkCancelDisplay in Base/Python/slicer/util.py). Each
+module's ScriptedLoadableModuleTest drives its widget (setup, parameter node, button handlers) on the
+phantom. ScriptedLoadableModule registers each test as ``slicer.selfTests[<module>]``
+(Base/Python/slicer/ScriptedLoadableModule.py); ``slicer.util.exit(status)`` ends Slicer with that
+status (Base/Python/slicer/util.py).
+"""
+
+import traceback
+
+MODULES = ["AutoSegTraining", "AutoSegIntensity", "AutoSegLocalisation", "AutoSegThreshold", "AutoSegSegmentMetrics"]
+
+
+def run_all():
+    """Run every module's self-test; return the names of those that failed or were not found."""
+    import slicer
+
+    failed = []
+    tests = getattr(slicer, "selfTests", {})
+    for name in MODULES:
+        test = tests.get(name)
+        if test is None:
+            print(f"FAIL {name}: module not loaded (no slicer.selfTests entry)", flush=True)
+            failed.append(name)
+            continue
+        try:
+            test(msec=0)
+            print(f"PASS {name}", flush=True)
+        except Exception:  # every failure is reported, then the next module runs
+            traceback.print_exc()
+            print(f"FAIL {name}", flush=True)
+            failed.append(name)
+    return failed
+
+
+def main():
+    import slicer
+
+    try:
+        failed = run_all()
+    except Exception:
+        traceback.print_exc()
+        failed = ["(runner)"]
+    print(f"{len(MODULES) - len(failed)}/{len(MODULES)} module self-tests passed", flush=True)
+    slicer.util.exit(1 if failed else 0)
+
+
+main()  # --python-script executes this file in Slicer's Python (qSlicerCoreApplication executeFile)
