@@ -214,19 +214,19 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if code == 0:
                 self.ui.statusLabel.text = f"Done. Checkpoints in {process.out_dir}"
                 self.binding.node.checkpoint = process.out_dir / "best.pt"
-            elif code == 130:
+            elif code == 130 or process.cancel_requested:  # a killed run exits -9 (POSIX) or taskkill's code
                 self.ui.statusLabel.text = "Cancelled; the last complete epoch is kept (tick Resume to continue)."
             else:
                 slicer.util.errorDisplay(f"Training stopped with exit code {code}.",
                                          detailedText=process.log_tail())
 
     def onCancel(self):
+        """Asks the run to stop and returns at once; the poll timer sees the exit (and kills the run after
+        the grace period if it does not stop by itself)."""
         if self._process is not None and self._process.running:
-            with slicer.util.tryWithErrorDisplay("Could not cancel training.", waitCursor=True):
-                self.ui.statusLabel.text = "Cancelling at the next batch..."
-                slicer.app.processEvents()
+            with slicer.util.tryWithErrorDisplay("Could not cancel training."):
                 self._process.cancel()
-                self.onPoll()
+                self.ui.statusLabel.text = "Cancelling at the next batch..."
 
     # ---- prediction (background process, polled like training) ---------------------------------------
     def onPredict(self):

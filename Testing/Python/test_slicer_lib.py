@@ -110,13 +110,12 @@ def test_the_dependency_wrapper_calls_the_engine_step_with_torch_through_pytorch
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func).endswith("ensure_dependencies")]
     assert len(calls) == 1
     keywords = {k.arg: ast.unparse(k.value) for k in calls[0].keywords}
-    assert keywords["install_torch"] == "installTorch" and keywords["need_torch"] == "needTorch"
+    assert keywords["install_torch"] == "dependencies.torch_installer()" and keywords["need_torch"] == "needTorch"
     assert [ast.unparse(a) for a in calls[0].args] == ["slicer.util.confirmOkCancelDisplay", "slicer.util.pip_install"]
-    source = (LIB / "dependencies.py").read_text()
-    assert "installTorch(askConfirmation=True, torchVersionRequirement=TORCH_VERSION_REQUIREMENT)" in source
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    requirement = re.search(r'TORCH_VERSION_REQUIREMENT = "([^"]+)"', source).group(1)
-    assert f'"torch{requirement}"' in pyproject
+    # the version handed to PyTorchUtils is the one pyproject.toml requires
+    from AutoSegSensitivity.mrml.dependencies import TORCH_REQUIREMENT
+
+    assert f'"torch{TORCH_REQUIREMENT}"' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_apply_optimum_asks_for_torch_and_stores_the_threshold_before_writing_any_segment():
@@ -232,3 +231,16 @@ def test_loading_a_module_needs_only_what_slicer_ships():
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_training_cancel_returns_at_once_and_a_killed_run_reads_as_cancelled():
+    """Issue 10 item 6: Cancel must not block Slicer's main thread (no wait cursor, no processEvents, no
+    sleep); ``TrainingProcess.cancel`` returns at once and the poll timer sees the exit. A run killed after
+    the grace period exits -9 (POSIX) or with taskkill's code, and must still read as cancelled."""
+    source = _module_source("AutoSegTraining")
+    handler = source[source.index("    def onCancel"):source.index("    # ---- prediction")]
+    for blocking in ("waitCursor=True", "processEvents", "sleep", ".wait("):
+        assert blocking not in handler, blocking
+    assert "self._process.cancel()" in handler
+    poll = source[source.index("    def onPoll"):source.index("    def onCancel")]
+    assert "process.cancel_requested" in poll
