@@ -420,7 +420,7 @@ def write_segment_box(segmentation_node: Any, name: str, mask: np.ndarray, box: 
     so other segments are never touched. ``interactive`` (a slider being dragged) updates the binary
     labelmap only: the segment's other representations (closed surface) stay as they were; otherwise they
     are regenerated from the new labelmap. A segmentation whose source representation is not a binary
-    labelmap is written through :func:`write_segment`."""
+    labelmap (e.g. contours) is an :class:`InputError`."""
     import slicer
 
     mask = np.asarray(mask, dtype=bool)
@@ -431,9 +431,8 @@ def write_segment_box(segmentation_node: Any, name: str, mask: np.ndarray, box: 
     source = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
         else segmentation.GetMasterRepresentationName()
     if segmentation.GetNumberOfSegments() and source != rep_name:
-        full = np.zeros(geometry.shape, bool)
-        full[box.slices] = mask
-        return write_segment(segmentation_node, name, full, geometry, color)
+        raise InputError(_node_name(segmentation_node), "source representation", f"{rep_name!r} (a segmentation "
+                         "edited as voxels; convert it in the Segmentations module, or pick another one)", got=source)
     sid = segment_id_by_name(segmentation_node, name)
     segment = None if sid is None else segmentation.GetSegment(sid)
     if segment is not None and _labelmap_layer_shared(segmentation, sid):
