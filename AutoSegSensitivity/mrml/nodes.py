@@ -12,7 +12,7 @@ composed with the node's own geometry, as Slicer displays it); a non-linear pare
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -118,8 +118,7 @@ def volume_from_node(node: Any, copy: bool = True) -> Volume:
     return geometry_from_ijk_to_ras(node_to_world(node) @ ijk_to_ras_of(node), array.shape, array)
 
 
-def _image_data_from_array(array: np.ndarray, start_zyx: Sequence[int] = (0, 0, 0)) -> Any:
-    """A vtkImageData holding a copy of ``array`` (z, y, x) whose first voxel has index ``start_zyx``."""
+def _image_data_from_array(array: np.ndarray) -> Any:
     import vtk
     from vtk.util import numpy_support
 
@@ -127,8 +126,7 @@ def _image_data_from_array(array: np.ndarray, start_zyx: Sequence[int] = (0, 0, 
     if array.dtype == bool:
         array = array.astype(np.uint8)
     image = vtk.vtkImageData()
-    (k0, j0, i0), (nk, nj, ni) = start_zyx, array.shape
-    image.SetExtent(i0, i0 + ni - 1, j0, j0 + nj - 1, k0, k0 + nk - 1)
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
     vtk_array = numpy_support.numpy_to_vtk(array.reshape(-1), deep=True)
     vtk_array.SetName("ImageScalars")
     image.GetPointData().SetScalars(vtk_array)
@@ -159,10 +157,7 @@ def volume_to_node(volume: Volume, scene: Any, name: str, node: Any = None,
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _oriented_image(geometry: Volume, array: Optional[np.ndarray] = None, world_to_node: Optional[np.ndarray] = None,
-                    start_zyx: Sequence[int] = (0, 0, 0)) -> Any:
-    """A vtkOrientedImageData on ``geometry``'s grid: zeros over the whole grid, or ``array`` placed with its
-    first voxel at index ``start_zyx`` (a sub-box of the grid; an empty array gives an empty extent)."""
+def _oriented_image(geometry: Volume, array: Optional[np.ndarray] = None, world_to_node: Optional[np.ndarray] = None) -> Any:
     import slicer
 
     img = slicer.vtkOrientedImageData()
@@ -171,7 +166,7 @@ def _oriented_image(geometry: Volume, array: Optional[np.ndarray] = None, world_
         img.AllocateScalars(3, 1)  # VTK_UNSIGNED_CHAR
         img.GetPointData().GetScalars().Fill(0)
     else:
-        img.ShallowCopy(_image_data_from_array(array, start_zyx))
+        img.ShallowCopy(_image_data_from_array(array))
     matrix = geometry.ijk_to_ras() if world_to_node is None else world_to_node @ geometry.ijk_to_ras()
     img.SetImageToWorldMatrix(_vtk_matrix(matrix))
     return img
@@ -409,10 +404,39 @@ def _labelmap_layer_shared(segmentation: Any, segment_id: str) -> bool:
     return bool(others)
 
 
-def write_segment_box(segmentation_node: Any, name: str, mask: np.ndarray, box: Box, geometry: Volume,
-                      interactive: bool = False, color: Optional[Sequence[float]] = None) -> str:
+def _box_labelmap(geometry: Volume, box: Box, world_to_node: np.ndarray, label: int,
+                  fill: Callable[[np.ndarray], Any]) -> Any:
+    """A vtkOrientedImageData on ``geometry``'s grid whose extent is ``box``, holding ``label`` where
+    ``fill`` sets its boolean argument (the box's shape) true. ``fill`` writes into the image's own
+    memory (no copy) when the label fits a byte."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    (k0, j0, i0), (k1, j1, i1) = box.start, box.stop
+    image.SetExtent(i0, i1 - 1, j0, j1 - 1, k0, k1 - 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR if label < 256 else vtk.VTK_INT, 1)
+    image.SetImageToWorldMatrix(_vtk_matrix(world_to_node @ geometry.ijk_to_ras()))
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(box.size)
+    if label < 256:
+        fill(values.view(bool))
+        if label != 1:
+            values *= np.uint8(label)
+    else:
+        inside = np.empty(box.size, bool)
+        fill(inside)
+        np.multiply(inside, label, out=values)
+    return image
+
+
+def write_segment_box(segmentation_node: Any, name: str, mask: Union[np.ndarray, Callable[[np.ndarray], Any]],
+                      box: Box, geometry: Volume, interactive: bool = False,
+                      color: Optional[Sequence[float]] = None) -> str:
     """Set segment ``name`` (created if absent) to ``mask`` placed at ``box`` on ``geometry``'s grid, empty
-    elsewhere; returns the segment id. Costs what the box holds, not what the grid holds.
+    elsewhere; returns the segment id. Costs what the box holds, not what the grid holds. ``mask`` is a
+    boolean array of the box's shape, or a function that writes it into the boolean array it is given
+    (then straight into the labelmap's memory).
 
     The segment gets a new binary labelmap whose extent is the box (Slicer's
     ``vtkSegmentationModifier`` replaces a labelmap the same way); a segment sharing its labelmap layer
@@ -421,12 +445,18 @@ def write_segment_box(segmentation_node: Any, name: str, mask: np.ndarray, box: 
     labelmap only: the segment's other representations (closed surface) stay as they were; otherwise they
     are regenerated from the new labelmap. A segmentation whose source representation is not a binary
     labelmap (e.g. contours) is an :class:`InputError`."""
-    import slicer
+    if callable(mask):
+        fill = mask
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != tuple(box.size):
+            raise InputError(f"segment {name!r}", "mask", f"the shape {box.size} of its box", got=mask.shape)
 
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != tuple(box.size) or not box.inside(geometry.shape):
-        raise InputError(f"segment {name!r}", "mask", f"the shape {box.size} of a box inside {geometry.shape}",
-                         got=f"shape {mask.shape} at {box.start}")
+        def fill(out: np.ndarray) -> None:
+            np.copyto(out, mask, casting="unsafe")
+    if not box.inside(geometry.shape):
+        raise InputError(f"segment {name!r}", "box", f"a box inside the grid {geometry.shape}",
+                         got=f"{box.start} to {box.stop}")
     segmentation, rep_name = _prepare_segmentation(segmentation_node, geometry)
     source = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
         else segmentation.GetMasterRepresentationName()
@@ -438,10 +468,7 @@ def write_segment_box(segmentation_node: Any, name: str, mask: np.ndarray, box: 
     if segment is not None and _labelmap_layer_shared(segmentation, sid):
         segmentation.SeparateSegmentLabelmap(sid)
     label = 1 if segment is None else int(segment.GetLabelValue())
-    values = mask.astype(np.uint8 if label < 256 else np.uint16 if label < 65536 else np.int32)
-    if label != 1:
-        values *= values.dtype.type(label)
-    image = _oriented_image(geometry, values, np.linalg.inv(node_to_world(segmentation_node)), box.start)
+    image = _box_labelmap(geometry, box, np.linalg.inv(node_to_world(segmentation_node)), label, fill)
     if segment is None:
         return _add_segment(segmentation_node, name, image, color)
     contained: List[str] = []
@@ -477,14 +504,13 @@ def threshold_to_segment(probability_node: Any, threshold: float, segmentation_n
     slider move costs about what the organ's box holds."""
     t = checked_threshold(threshold)
     prob = volume_from_node(probability_node, copy=False)
-    box = threshold_profiles(probability_node, prob.array).work_box(t)
-    if box is None:
-        box = Box((0, 0, 0), (0, 0, 0))
-        mask = np.zeros((0, 0, 0), bool)
-    else:
-        sub = _floating(prob.array[box.slices], _node_name(probability_node))
-        mask = sub >= sub.dtype.type(t)
-    return write_segment_box(segmentation_node, name, mask, box, prob, interactive)
+    box = threshold_profiles(probability_node, prob.array).work_box(t) or Box((0, 0, 0), (0, 0, 0))
+    sub = _floating(prob.array[box.slices], _node_name(probability_node))
+
+    def fill(out: np.ndarray) -> None:
+        np.greater_equal(sub, sub.dtype.type(t), out=out)
+
+    return write_segment_box(segmentation_node, name, fill, box, prob, interactive)
 
 
 # ---------------------------------------------------------------------------------------------------------

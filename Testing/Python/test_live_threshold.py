@@ -17,6 +17,7 @@ from vtk.util import numpy_support  # noqa: E402
 
 from AutoSegSensitivity.errors import InputError  # noqa: E402
 from AutoSegSensitivity.mrml import nodes  # noqa: E402
+from AutoSegSensitivity.mrml.converters import ensure_segmentation_converters  # noqa: E402
 from AutoSegSensitivity.mrml.threshold_logic import ThresholdTuningLogic  # noqa: E402
 from AutoSegSensitivity.segmentation import Segmentation  # noqa: E402
 from AutoSegSensitivity.volume import Box, Volume  # noqa: E402
@@ -27,6 +28,9 @@ SURFACE = "Closed surface"
 
 @pytest.fixture
 def scene():
+    # converter rules registered before any segmentation exists, as the Slicer application does at start-up
+    # (a vtkSegmentation copies the registered rules when it is created)
+    ensure_segmentation_converters()
     return slicer.vtkMRMLScene()
 
 
@@ -213,18 +217,33 @@ def test_a_segment_on_a_shared_layer_leaves_the_other_segments_of_the_layer_unto
     assert set(np.unique(shared_values)) == {0, *labels.values()}
 
 
-def test_a_segment_alone_on_its_layer_keeps_its_label_value(scene, rng):
+@pytest.mark.parametrize("label", [7, 300])
+def test_a_segment_alone_on_its_layer_keeps_its_label_value(scene, rng, label):
     p = _smooth_map(rng)
     grid = Volume(p)
     prob_node = nodes.volume_to_node(grid, scene, "map")
     seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Live")
     sid = nodes.write_segment(seg_node, "Organ", p > 0.5, grid)
-    seg_node.GetSegmentation().GetSegment(sid).SetLabelValue(7)
+    seg_node.GetSegmentation().GetSegment(sid).SetLabelValue(label)
     ThresholdTuningLogic(scene).apply_threshold(prob_node, 0.3, seg_node, "Organ", interactive=True)
-    assert seg_node.GetSegmentation().GetSegment(sid).GetLabelValue() == 7
+    assert seg_node.GetSegmentation().GetSegment(sid).GetLabelValue() == label
     values = numpy_support.vtk_to_numpy(_labelmap(seg_node, sid).GetPointData().GetScalars())
-    assert set(np.unique(values)) == {0, 7}
+    assert set(np.unique(values)) == {0, label}
     assert np.array_equal(_mask(seg_node, "Organ", grid), p >= np.float32(0.3))
+
+
+def test_write_segment_box_places_an_array_mask_at_its_box(scene, oblique_map):
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Live")
+    box = Box((2, 3, 4), (9, 15, 11))
+    inner = np.random.default_rng(5).random(box.size) > 0.5
+    sid = nodes.write_segment_box(seg_node, "Blob", inner, box, oblique_map, color=(0.2, 0.3, 0.4))
+    expected = np.zeros(oblique_map.shape, bool)
+    expected[box.slices] = inner
+    assert np.array_equal(_mask(seg_node, "Blob", oblique_map), expected)
+    assert np.allclose(seg_node.GetSegmentation().GetSegment(sid).GetColor(), (0.2, 0.3, 0.4))
+    assert nodes.write_segment_box(seg_node, "Blob", ~inner, box, oblique_map) == sid  # replaced, same id
+    expected[box.slices] = ~inner
+    assert np.array_equal(_mask(seg_node, "Blob", oblique_map), expected)
 
 
 # ---- other representations -------------------------------------------------------------------------------
