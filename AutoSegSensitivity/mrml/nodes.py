@@ -330,14 +330,12 @@ def segmentation_to_node(segmentation: Segmentation, scene: Any, name: str, node
 _PROFILES_ATTRIBUTE = "_autoseg_threshold_profiles"
 
 
-def _floating(array: np.ndarray, source: str) -> np.ndarray:
-    """``array`` itself when float32/float64, else as float32 (bool, integers, other floats); the
-    threshold is compared in this type, as ``sweep.apply_threshold`` does."""
-    if array.dtype in (np.float32, np.float64):
-        return array
-    if array.dtype != bool and not np.issubdtype(array.dtype, np.number):
+def _float32(array: np.ndarray, source: str) -> np.ndarray:
+    """``array`` as float32 (itself when it is): the slider compares thresholds in float32, as the sweep
+    of ``ThresholdTuningLogic`` evaluates them, so that a tuned threshold gives the segment it was tuned on."""
+    if array.dtype != bool and not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise InputError(source, "dtype", "a numeric probability map", got=array.dtype)
-    return array.astype(np.float32)
+    return array.astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -358,8 +356,8 @@ class ThresholdProfiles:
         [0, 1], as ``sweep.check_probability``."""
         if array.ndim != 3 or array.size == 0:
             raise InputError(source, "shape", "a non-empty 3D array", got=array.shape)
-        yx = _floating(array.max(axis=0), source)
-        z = _floating(array.max(axis=(1, 2)), source)
+        yx = _float32(array.max(axis=0), source)
+        z = _float32(array.max(axis=(1, 2)), source)
         lo, hi = float(array.min()), float(z.max())
         if np.isnan(lo) or np.isnan(hi):
             raise InputError(source, "values", "no NaN", got="NaN")
@@ -368,11 +366,11 @@ class ThresholdProfiles:
         return cls(key, (z, yx.max(axis=1), yx.max(axis=0)))
 
     def work_box(self, threshold: float) -> Optional[Box]:
-        """The tightest box (array order) around the voxels with ``p >= threshold`` (compared in the map's
-        floating type), or None when there is none."""
+        """The tightest box (array order) around the voxels with ``p >= threshold`` (compared in float32),
+        or None when there is none."""
         start, stop = [], []
         for m in self.maxima:
-            hits = np.flatnonzero(m >= m.dtype.type(threshold))
+            hits = np.flatnonzero(m >= np.float32(threshold))
             if hits.size == 0:
                 return None
             start.append(int(hits[0]))
@@ -399,6 +397,7 @@ def threshold_profiles(probability_node: Any, array: Optional[np.ndarray] = None
 
 
 def _labelmap_layer_shared(segmentation: Any, segment_id: str) -> bool:
+    """True when other segments hold their voxels in the same labelmap object (a shared layer)."""
     others: List[str] = []
     segmentation.GetSegmentIDsSharingBinaryLabelmapRepresentation(segment_id, others, False)
     return bool(others)
@@ -497,18 +496,18 @@ def checked_threshold(threshold: Any) -> float:
 
 def threshold_to_segment(probability_node: Any, threshold: float, segmentation_node: Any, name: str,
                          interactive: bool = False) -> str:
-    """Segment ``name`` of ``segmentation_node`` := ``p >= threshold`` (compared in the map's floating
-    type) of a probability-map volume node; returns the segment id. Only the map's work box for this
+    """Segment ``name`` of ``segmentation_node`` := ``p >= threshold`` (compared in float32) of a
+    probability-map volume node; returns the segment id. Only the map's work box for this
     threshold (:class:`ThresholdProfiles`, cached per version of the map) is thresholded and written, and
     ``interactive`` leaves the other representations for the final call (:func:`write_segment_box`), so a
     slider move costs about what the organ's box holds."""
     t = checked_threshold(threshold)
     prob = volume_from_node(probability_node, copy=False)
     box = threshold_profiles(probability_node, prob.array).work_box(t) or Box((0, 0, 0), (0, 0, 0))
-    sub = _floating(prob.array[box.slices], _node_name(probability_node))
+    sub = _float32(prob.array[box.slices], _node_name(probability_node))
 
     def fill(out: np.ndarray) -> None:
-        np.greater_equal(sub, sub.dtype.type(t), out=out)
+        np.greater_equal(sub, np.float32(t), out=out)
 
     return write_segment_box(segmentation_node, name, fill, box, prob, interactive)
 

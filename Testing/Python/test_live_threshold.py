@@ -78,7 +78,7 @@ def test_work_box_is_the_tightest_box_of_p_ge_t_for_every_threshold(rng, dtype):
     p = p.astype(dtype)
     profiles = nodes.ThresholdProfiles.of(p)
     for t in (0.0, 0.01, 0.05, 0.2, 0.4, 0.41, 0.5, 0.9, 0.99, 1.0):
-        expected = _brute_force_box(p >= (np.float32(t) if dtype == np.uint8 else p.dtype.type(t)))
+        expected = _brute_force_box(p.astype(np.float32) >= np.float32(t))  # float32, as the logic's sweep
         assert profiles.work_box(t) == expected, t
     assert profiles.work_box(0.0) == Box((0, 0, 0), p.shape)
 
@@ -162,6 +162,19 @@ def test_moves_and_release_give_p_ge_t_on_an_oblique_anisotropic_map_with_a_tran
     # the labelmap lies on the map's grid, in the segmentation node's own (transformed) space
     labelmap = _labelmap(seg_node, nodes.segment_id_by_name(seg_node, "Organ"))
     assert np.allclose(np.linalg.inv(m) @ oblique_map.ijk_to_ras(), nodes.ijk_to_ras_of(labelmap))
+
+
+def test_a_float64_map_is_thresholded_in_float32_as_the_sweep_evaluates_it(scene, rng):
+    p = _smooth_map(rng).astype(np.float64)
+    p[7, 10, 14] = 0.5 - 1e-12  # below 0.5 in float64, equal to it in float32
+    grid = Volume(p)
+    prob_node = nodes.volume_to_node(grid, scene, "map")
+    logic = ThresholdTuningLogic(scene)
+    probs, _, _, _ = logic.case_arrays([prob_node], [scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "ref")], "x")
+    seg_node = logic.apply_threshold(prob_node, 0.5, interactive=True)
+    mask = _mask(seg_node, "map", grid)
+    assert np.array_equal(mask, probs[0] >= np.float32(0.5)) and mask[7, 10, 14]
+    assert not np.array_equal(mask, p >= 0.5)
 
 
 def test_thresholds_above_the_maximum_give_an_empty_segment_and_zero_gives_the_whole_grid(scene, rng):
