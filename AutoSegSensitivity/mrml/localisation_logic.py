@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Tuple, Union
 
-import numpy as np
-
 from ..errors import InputError
 from . import nodes
 
 ModelSpec = Union[str, Path, Any]
+
+# How a probability map written by LocalisationLogic.run names its segmentation (a MRML node reference,
+# saved with the scene) and its segment (a node attribute), so that its threshold can be moved later.
+SEGMENTATION_REFERENCE = "AutoSegSensitivity.segmentation"
+SEGMENT_ATTRIBUTE = "AutoSegSensitivity.segment"
 
 
 def load_model(spec: ModelSpec, device: str = "cpu") -> Any:
@@ -72,7 +75,24 @@ class LocalisationLogic:
         base = f"{volume_node.GetName()}_{label}"
         prob_node = nodes.volume_to_node(result.probability, self.scene, f"{base}_prob")
         seg_node = nodes.get_or_create_node(self.scene, "vtkMRMLSegmentationNode", f"{base}_seg")
-        nodes.write_segment(seg_node, label, np.asarray(result.probability.array) >= threshold, image)
+        prob_node.SetNodeReferenceID(SEGMENTATION_REFERENCE, seg_node.GetID())
+        prob_node.SetAttribute(SEGMENT_ATTRIBUTE, label)
+        self.apply_threshold(prob_node, threshold)
         if roi_node is None and result.roi is not None:
             roi_node = nodes.roi_to_node(result.roi, self.scene, f"{base}_ROI")
         return prob_node, seg_node, roi_node, result.message
+
+    def apply_threshold(self, probability_node: Any, threshold: float, segmentation_node: Any = None,
+                        segment: Optional[str] = None, interactive: bool = False) -> Any:
+        """Re-threshold a probability map of :meth:`run` (foreground where p >= t) into its segment; returns
+        the segmentation node. Defaults: the segmentation and segment that :meth:`run` wrote for this map
+        (else ``<map> segmentation`` and the map's name). ``interactive`` as in
+        ``ThresholdTuningLogic.apply_threshold``: True while a slider is dragged (binary labelmap of the
+        work box only), False on release (other representations regenerated)."""
+        nodes.checked_threshold(threshold)
+        if segmentation_node is None:
+            segmentation_node = probability_node.GetNodeReference(SEGMENTATION_REFERENCE) or nodes.get_or_create_node(
+                self.scene, "vtkMRMLSegmentationNode", f"{probability_node.GetName()} segmentation")
+        name = segment or probability_node.GetAttribute(SEGMENT_ATTRIBUTE) or probability_node.GetName()
+        nodes.threshold_to_segment(probability_node, threshold, segmentation_node, name, interactive)
+        return segmentation_node

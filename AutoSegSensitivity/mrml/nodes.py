@@ -11,7 +11,8 @@ composed with the node's own geometry, as Slicer displays it); a non-linear pare
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -244,19 +245,15 @@ def segment_id_by_name(segmentation_node: Any, name: str) -> Optional[str]:
     return None
 
 
-def write_segment(segmentation_node: Any, name: str, mask: np.ndarray, geometry: Volume,
-                  color: Optional[Sequence[float]] = None, segment_id: str = "") -> str:
-    """Create segment ``name`` from a boolean mask on ``geometry``'s grid, or replace the voxels of the
-    existing segment with that name (its id and, unless given, its colour kept). Other segments are not
-    touched. Returns the segment id."""
+def _prepare_segmentation(segmentation_node: Any, geometry: Volume) -> Tuple[Any, str]:
+    """Converter rules registered, display nodes present and, for a segmentation without segments, the
+    binary labelmap as source representation with ``geometry`` as reference image geometry. Returns the
+    vtkSegmentation and the binary labelmap representation name."""
     import slicer
 
     from .converters import ensure_segmentation_converters
 
     ensure_segmentation_converters()
-    mask = np.asarray(mask)
-    if mask.shape != geometry.shape:
-        raise InputError(f"segment {name!r}", "mask", f"shape {geometry.shape}", got=mask.shape)
     if segmentation_node.GetDisplayNode() is None and segmentation_node.GetScene() is not None:
         segmentation_node.CreateDefaultDisplayNodes()
     segmentation = segmentation_node.GetSegmentation()
@@ -268,19 +265,41 @@ def write_segment(segmentation_node: Any, name: str, mask: np.ndarray, geometry:
         geometry_string = slicer.vtkSegmentationConverter.SerializeImageGeometry(geometry_image)
         segmentation.SetConversionParameter(
             slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), geometry_string)
+    return segmentation, rep_name
+
+
+def _add_segment(segmentation_node: Any, name: str, labelmap: Any, color: Optional[Sequence[float]] = None,
+                 segment_id: str = "") -> str:
+    """Add a new segment ``name`` whose binary labelmap is ``labelmap``; returns its id."""
+    import slicer
+
+    segment = slicer.vtkSegment()
+    segment.SetName(name)
+    if color is not None:
+        segment.SetColor(*[float(c) for c in color])
+    segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), labelmap)
+    if segment_id:
+        segmentation_node.GetSegmentation().AddSegment(segment, segment_id)
+        return segment_id
+    segmentation_node.GetSegmentation().AddSegment(segment)
+    return segment_id_by_name(segmentation_node, name)  # type: ignore[return-value]
+
+
+def write_segment(segmentation_node: Any, name: str, mask: np.ndarray, geometry: Volume,
+                  color: Optional[Sequence[float]] = None, segment_id: str = "") -> str:
+    """Create segment ``name`` from a boolean mask on ``geometry``'s grid, or replace the voxels of the
+    existing segment with that name (its id and, unless given, its colour kept). Other segments are not
+    touched. Returns the segment id."""
+    import slicer
+
+    mask = np.asarray(mask)
+    if mask.shape != geometry.shape:
+        raise InputError(f"segment {name!r}", "mask", f"shape {geometry.shape}", got=mask.shape)
+    segmentation, rep_name = _prepare_segmentation(segmentation_node, geometry)
     image = _oriented_image(geometry, mask.astype(np.uint8), np.linalg.inv(node_to_world(segmentation_node)))
     sid = segment_id_by_name(segmentation_node, name)
     if sid is None:
-        segment = slicer.vtkSegment()
-        segment.SetName(name)
-        if color is not None:
-            segment.SetColor(*[float(c) for c in color])
-        segment.AddRepresentation(rep_name, image)
-        if segment_id:
-            segmentation.AddSegment(segment, segment_id)
-            return segment_id
-        segmentation.AddSegment(segment)
-        return segment_id_by_name(segmentation_node, name)  # type: ignore[return-value]
+        return _add_segment(segmentation_node, name, image, color, segment_id)
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         image, segmentation_node, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, image.GetExtent())
     if color is not None:
@@ -299,6 +318,198 @@ def segmentation_to_node(segmentation: Segmentation, scene: Any, name: str, node
     for s in segmentation:
         write_segment(node, s.name, s.mask, segmentation.geometry, s.color, s.id if s.id != s.name else "")
     return node
+
+
+# ---------------------------------------------------------------------------------------------------------
+# live thresholding (the threshold slider)
+# ---------------------------------------------------------------------------------------------------------
+
+# Name of the Python attribute under which a map node keeps its ThresholdProfiles. VTK keeps the attributes
+# of a Python wrapper for as long as the C++ object lives, so the cache lives and dies with the map node
+# (no module-level state) and is found again by every logic instance that gets the same node.
+_PROFILES_ATTRIBUTE = "_autoseg_threshold_profiles"
+
+
+def _float32(array: np.ndarray, source: str) -> np.ndarray:
+    """``array`` as float32 (itself when it is): the slider compares thresholds in float32, as the sweep
+    of ``ThresholdTuningLogic`` evaluates them, so that a tuned threshold gives the segment it was tuned on."""
+    if array.dtype != bool and not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise InputError(source, "dtype", "a numeric probability map", got=array.dtype)
+    return array.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ThresholdProfiles:
+    """The maximum of a probability map over each slice along each array axis (z, y, x).
+
+    Index ``i`` along an axis holds a voxel with ``p >= t`` exactly when that axis's maximum at ``i`` is
+    ``>= t``, so the tightest box around the foreground of any threshold (its *work box*) comes from three
+    short scans instead of a pass over the map. ``key`` names the voxels the maxima were computed from
+    (the image object and its modification time)."""
+
+    key: Tuple[str, int]
+    maxima: Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    @classmethod
+    def of(cls, array: np.ndarray, key: Tuple[str, int] = ("", 0), source: str = "probability map") -> "ThresholdProfiles":
+        """Profiles of a 3D map (three passes over it); :class:`InputError` for NaN or values outside
+        [0, 1], as ``sweep.check_probability``."""
+        if array.ndim != 3 or array.size == 0:
+            raise InputError(source, "shape", "a non-empty 3D array", got=array.shape)
+        yx = _float32(array.max(axis=0), source)
+        z = _float32(array.max(axis=(1, 2)), source)
+        lo, hi = float(array.min()), float(z.max())
+        if np.isnan(lo) or np.isnan(hi):
+            raise InputError(source, "values", "no NaN", got="NaN")
+        if lo < 0 or hi > 1:
+            raise InputError(source, "values", "probabilities in [0, 1]", got=f"range [{lo:.4g}, {hi:.4g}]")
+        return cls(key, (z, yx.max(axis=1), yx.max(axis=0)))
+
+    def work_box(self, threshold: float) -> Optional[Box]:
+        """The tightest box (array order) around the voxels with ``p >= threshold`` (compared in float32),
+        or None when there is none."""
+        start, stop = [], []
+        for m in self.maxima:
+            hits = np.flatnonzero(m >= np.float32(threshold))
+            if hits.size == 0:
+                return None
+            start.append(int(hits[0]))
+            stop.append(int(hits[-1]) + 1)
+        return Box(tuple(start), tuple(stop))
+
+
+def threshold_profiles(probability_node: Any, array: Optional[np.ndarray] = None) -> ThresholdProfiles:
+    """The :class:`ThresholdProfiles` of a map node, computed once per version of its voxels (the image
+    data object and its MTime) and kept with the node. ``array`` is the node's voxel array if the caller
+    has it already."""
+    image = probability_node.GetImageData() if probability_node is not None else None
+    if image is None:
+        raise InputError(_node_name(probability_node), "image data", "a volume node with voxels")
+    key = (image.GetAddressAsString("vtkImageData"), int(image.GetMTime()))
+    cached = getattr(probability_node, _PROFILES_ATTRIBUTE, None)
+    if isinstance(cached, ThresholdProfiles) and cached.key == key:
+        return cached
+    if array is None:
+        array = volume_from_node(probability_node, copy=False).array
+    profiles = ThresholdProfiles.of(array, key, _node_name(probability_node))
+    setattr(probability_node, _PROFILES_ATTRIBUTE, profiles)
+    return profiles
+
+
+def _labelmap_layer_shared(segmentation: Any, segment_id: str) -> bool:
+    """True when other segments hold their voxels in the same labelmap object (a shared layer)."""
+    others: List[str] = []
+    segmentation.GetSegmentIDsSharingBinaryLabelmapRepresentation(segment_id, others, False)
+    return bool(others)
+
+
+def _box_labelmap(geometry: Volume, box: Box, world_to_node: np.ndarray, label: int,
+                  fill: Callable[[np.ndarray], Any]) -> Any:
+    """A vtkOrientedImageData on ``geometry``'s grid whose extent is ``box``, holding ``label`` where
+    ``fill`` sets its boolean argument (the box's shape) true. ``fill`` writes into the image's own
+    memory (no copy) when the label fits a byte."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    (k0, j0, i0), (k1, j1, i1) = box.start, box.stop
+    image.SetExtent(i0, i1 - 1, j0, j1 - 1, k0, k1 - 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR if label < 256 else vtk.VTK_INT, 1)
+    image.SetImageToWorldMatrix(_vtk_matrix(world_to_node @ geometry.ijk_to_ras()))
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(box.size)
+    if label < 256:
+        fill(values.view(bool))
+        if label != 1:
+            values *= np.uint8(label)
+    else:
+        inside = np.empty(box.size, bool)
+        fill(inside)
+        np.multiply(inside, label, out=values)
+    return image
+
+
+def write_segment_box(segmentation_node: Any, name: str, mask: Union[np.ndarray, Callable[[np.ndarray], Any]],
+                      box: Box, geometry: Volume, interactive: bool = False,
+                      color: Optional[Sequence[float]] = None) -> str:
+    """Set segment ``name`` (created if absent) to ``mask`` placed at ``box`` on ``geometry``'s grid, empty
+    elsewhere; returns the segment id. Costs what the box holds, not what the grid holds. ``mask`` is a
+    boolean array of the box's shape, or a function that writes it into the boolean array it is given
+    (then straight into the labelmap's memory).
+
+    The segment gets a new binary labelmap whose extent is the box (Slicer's
+    ``vtkSegmentationModifier`` replaces a labelmap the same way); a segment sharing its labelmap layer
+    with other segments is first moved to a layer of its own (``vtkSegmentation::SeparateSegmentLabelmap``),
+    so other segments are never touched. ``interactive`` (a slider being dragged) updates the binary
+    labelmap only: the segment's other representations (closed surface) stay as they were; otherwise they
+    are regenerated from the new labelmap. A segmentation whose source representation is not a binary
+    labelmap (e.g. contours) is an :class:`InputError`."""
+    if callable(mask):
+        fill = mask
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != tuple(box.size):
+            raise InputError(f"segment {name!r}", "mask", f"the shape {box.size} of its box", got=mask.shape)
+
+        def fill(out: np.ndarray) -> None:
+            np.copyto(out, mask, casting="unsafe")
+    if not box.inside(geometry.shape):
+        raise InputError(f"segment {name!r}", "box", f"a box inside the grid {geometry.shape}",
+                         got=f"{box.start} to {box.stop}")
+    segmentation, rep_name = _prepare_segmentation(segmentation_node, geometry)
+    source = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
+        else segmentation.GetMasterRepresentationName()
+    if segmentation.GetNumberOfSegments() and source != rep_name:
+        raise InputError(_node_name(segmentation_node), "source representation", f"{rep_name!r} (a segmentation "
+                         "edited as voxels; convert it in the Segmentations module, or pick another one)", got=source)
+    sid = segment_id_by_name(segmentation_node, name)
+    segment = None if sid is None else segmentation.GetSegment(sid)
+    if segment is not None and _labelmap_layer_shared(segmentation, sid):
+        segmentation.SeparateSegmentLabelmap(sid)
+    label = 1 if segment is None else int(segment.GetLabelValue())
+    image = _box_labelmap(geometry, box, np.linalg.inv(node_to_world(segmentation_node)), label, fill)
+    if segment is None:
+        return _add_segment(segmentation_node, name, image, color)
+    contained: List[str] = []
+    segment.GetContainedRepresentationNames(contained)
+    segment.AddRepresentation(rep_name, image)  # a new object: no source-modified invalidation of others
+    if not interactive:
+        for rep in contained:
+            if rep != rep_name:  # regenerate from the new labelmap, this segment only
+                segment.RemoveRepresentation(rep)
+                segmentation.CreateRepresentation(rep)
+    if color is not None:
+        segment.SetColor(*[float(c) for c in color])
+    return sid
+
+
+def checked_threshold(threshold: Any) -> float:
+    """``threshold`` as a float in [0, 1]; :class:`InputError` otherwise."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not 0.0 <= t <= 1.0:
+        raise InputError("threshold", "value", "a number in [0, 1]", got=threshold)
+    return t
+
+
+def threshold_to_segment(probability_node: Any, threshold: float, segmentation_node: Any, name: str,
+                         interactive: bool = False) -> str:
+    """Segment ``name`` of ``segmentation_node`` := ``p >= threshold`` (compared in float32) of a
+    probability-map volume node; returns the segment id. Only the map's work box for this
+    threshold (:class:`ThresholdProfiles`, cached per version of the map) is thresholded and written, and
+    ``interactive`` leaves the other representations for the final call (:func:`write_segment_box`), so a
+    slider move costs about what the organ's box holds."""
+    t = checked_threshold(threshold)
+    prob = volume_from_node(probability_node, copy=False)
+    box = threshold_profiles(probability_node, prob.array).work_box(t) or Box((0, 0, 0), (0, 0, 0))
+    sub = _float32(prob.array[box.slices], _node_name(probability_node))
+
+    def fill(out: np.ndarray) -> None:
+        np.greater_equal(sub, np.float32(t), out=out)
+
+    return write_segment_box(segmentation_node, name, fill, box, prob, interactive)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -86,19 +86,19 @@ class ThresholdTuningLogic:
         return result, table, chart, summary
 
     def apply_threshold(self, probability_node: Any, threshold: float, segmentation_node: Any = None,
-                        segment: Optional[str] = None) -> Any:
+                        segment: Optional[str] = None, interactive: bool = False) -> Any:
         """Threshold a probability map (foreground where p >= t) into segment ``segment`` (default the
-        map's name) of ``segmentation_node`` (default ``<map> segmentation``, reused); other segments kept."""
-        from ..sweep import apply_threshold
+        map's name) of ``segmentation_node`` (default ``<map> segmentation``, reused); other segments kept.
 
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise InputError("threshold", "value", "a number in [0, 1]", got=threshold)
-        prob = nodes.volume_from_node(probability_node, copy=False)
-        mask = apply_threshold(prob.array.astype(np.float32, copy=False), float(threshold))
+        For a slider: ``interactive=True`` while it is dragged (only the map's work box is thresholded and
+        only the binary labelmap is updated), ``interactive=False`` on release (the segment's other
+        representations, e.g. the closed surface, are regenerated). See ``nodes.threshold_to_segment``."""
+        nodes.checked_threshold(threshold)
         if segmentation_node is None:
             segmentation_node = nodes.get_or_create_node(self.scene, "vtkMRMLSegmentationNode",
                                                          f"{probability_node.GetName()} segmentation")
-        nodes.write_segment(segmentation_node, segment or probability_node.GetName(), mask, prob)
+        nodes.threshold_to_segment(probability_node, threshold, segmentation_node,
+                                   segment or probability_node.GetName(), interactive)
         return segmentation_node
 
     @staticmethod

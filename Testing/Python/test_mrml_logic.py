@@ -232,6 +232,27 @@ def test_localisation_with_user_roi_equals_engine(scene, phantom):
     assert _count(scene, "vtkMRMLScalarVolumeNode", "CT_Brain_prob") == 1
 
 
+def test_localisation_threshold_moves_the_segment_that_run_wrote(scene, phantom):
+    volume, seg = phantom
+    ct = nodes.volume_to_node(volume, scene, "CT")
+    roi_node = nodes.box_to_roi_node(Box.from_mask(seg.mask("Brain")), volume, scene, "Brain ROI")
+    logic = LocalisationLogic(scene)
+    prob_node, seg_node, _, _ = logic.run(ct, _organ_model, roi_node=roi_node, structure="Brain", padding=2)
+    other = np.zeros(volume.shape, bool)
+    other[0, :3, :3] = True
+    nodes.write_segment(seg_node, "Other", other, volume)
+    p = nodes.volume_from_node(prob_node).array
+    n_seg = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    for t, interactive in ((0.8, True), (0.3, True), (0.65, False)):
+        assert logic.apply_threshold(prob_node, t, interactive=interactive) is seg_node  # run's node and segment
+        assert np.array_equal(nodes.segment_mask(seg_node, nodes.segment_id_by_name(seg_node, "Brain"), volume),
+                              p >= np.float32(t))
+        assert np.array_equal(nodes.segment_mask(seg_node, nodes.segment_id_by_name(seg_node, "Other"), volume), other)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == n_seg
+    with pytest.raises(ValueError, match="0, 1"):
+        logic.apply_threshold(prob_node, 2.0)
+
+
 def test_localisation_proposes_an_adjustable_roi_from_a_localiser(scene, phantom):
     volume, seg = phantom
     ct = nodes.volume_to_node(volume, scene, "CT")
