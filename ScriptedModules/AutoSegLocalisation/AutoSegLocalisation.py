@@ -145,10 +145,8 @@ class AutoSegLocalisationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if self._output is None or slicer.mrmlScene.IsNodePresent(self._output[1]) == 0:
             return
         prob, seg, organ = self._output
-        from AutoSegSensitivity.mrml.threshold_logic import ThresholdTuningLogic
-
         with slicer.util.tryWithErrorDisplay("Could not update the segmentation.", waitCursor=False):
-            ThresholdTuningLogic(slicer.mrmlScene).apply_threshold(prob, value, seg, organ, interactive=interactive)
+            self.logic.engine().apply_threshold(prob, value, seg, organ, interactive=interactive)
 
 
 class AutoSegLocalisationTest(ScriptedLoadableModuleTest):
