@@ -17,8 +17,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .checkpoint import amp_dtype, read_checkpoint, resolve_device, save_checkpoint
 from .data import Preprocessor, pad_to_multiple
 from .errors import InputError
+from .train_config import TrainConfig
 from .volume import Volume
 
 
@@ -58,7 +60,6 @@ def load_checkpoint(path: Union[str, Path], device: str = "cpu") -> LoadedModel:
     import torch
 
     from .models import build_model
-    from .training import TrainConfig, read_checkpoint, resolve_device
 
     path = Path(path)
     data = read_checkpoint(path)
@@ -84,8 +85,6 @@ def load_checkpoint(path: Union[str, Path], device: str = "cpu") -> LoadedModel:
 def store_thresholds(path: Union[str, Path], thresholds: Mapping[str, float], source: str = "tuned") -> Path:
     """Store tuned thresholds (``{structure: t}``, t in [0, 1]) inside a checkpoint, atomically; structures
     not named keep their threshold. ``source`` says where they came from (e.g. ``"sweep dice val"``)."""
-    from .training import read_checkpoint, save_checkpoint
-
     path = Path(path)
     data = read_checkpoint(path)
     names = list(data["class_names"])
@@ -111,10 +110,11 @@ def _activation(logits: Any, kind: str) -> Any:
 
 
 def sliding_window_logits(model: Any, x: Any, roi: Sequence[int], overlap: float, sw_batch_size: int,
-                          pad_values: Any, divisor: int, use_amp: bool = False,
+                          pad_values: Any, divisor: int, dtype: Any = None,
                           out_device: Any = None) -> Any:
     """Gaussian-blended sliding-window logits of a 3D model for ``x`` (1, C, D, H, W); volumes smaller than
-    ``roi`` are padded with ``pad_values`` (per channel) and the output cropped back."""
+    ``roi`` are padded with ``pad_values`` (per channel) and the output cropped back. ``dtype``: the
+    autocast dtype (``None``: float32)."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -127,7 +127,7 @@ def sliding_window_logits(model: Any, x: Any, roi: Sequence[int], overlap: float
         x = big
 
     def predictor(patch: Any) -> Any:
-        with torch.autocast(device_type=patch.device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=patch.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return model(patch).float()
 
     out = sliding_window_inference(x, tuple(int(r) for r in roi), int(sw_batch_size), predictor, overlap=float(overlap),
@@ -137,10 +137,13 @@ def sliding_window_logits(model: Any, x: Any, roi: Sequence[int], overlap: float
 
 
 def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch_size: Optional[int] = None,
-                   progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Volume]:
+                   progress: Optional[Callable[[int, int], None]] = None, channels_last: Optional[bool] = None,
+                   amp: Optional[bool] = None) -> Dict[str, Volume]:
     """Probability maps (float32 in [0, 1], one Volume per structure, on ``volume``'s grid) for a CT in HU.
 
     ``batch_size``: slices per forward pass (2D) or windows per pass (3D); default from the config.
+    ``channels_last`` (2D models) and ``amp`` (mixed precision on CUDA, the config's ``amp_dtype``) default
+    to the checkpoint's config. On CUDA each batch goes through page-locked memory with a non-blocking copy.
     ``progress(done, total)`` is called after each batch (slices for 2D, once for 3D)."""
     import torch
 
@@ -157,7 +160,9 @@ def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch
     batch = int(batch_size or cfg.inference_batch_size)
     if batch < 1:
         raise InputError("predict_volume", "batch_size", "a positive integer", got=batch_size)
-    use_amp = bool(cfg.amp and dev.type == "cuda")
+    dtype = amp_dtype(dev, cfg.amp_dtype) if (cfg.amp if amp is None else amp) else None
+    cl = bool(cfg.channels_last if channels_last is None else channels_last) and model.spatial_dims == 2
+    net.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
     pad_values = pre.pad_values()
     divisor = int(getattr(net, "size_divisor", 16))
     nz, ny, nx = volume.shape
@@ -167,9 +172,11 @@ def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch
     with torch.inference_mode():
         if model.spatial_dims == 2:
             for s in range(0, nz, batch):
-                x = torch.from_numpy(pre.image(hu[s:s + batch])).to(dev, non_blocking=True)
+                x = _to_device(torch.from_numpy(pre.image(hu[s:s + batch])), dev)
                 xp, sizes = pad_to_multiple(x, divisor, pad_values, dims=2)
-                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                if cl:
+                    xp = xp.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     logits = net(xp)
                 prob = _activation(logits[..., : sizes[0], : sizes[1]], model.final_activation).cpu().numpy()
                 prob = pre.invert(prob, (ny, nx))
@@ -178,9 +185,9 @@ def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch
                 if progress is not None:
                     progress(min(nz, s + batch), nz)
         else:
-            x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pre.image(hu), 1, 0)))[None].to(dev)
+            x = _to_device(torch.from_numpy(np.ascontiguousarray(np.moveaxis(pre.image(hu), 1, 0)))[None], dev)
             logits = sliding_window_logits(net, x, tuple(cfg.patch_size), cfg.sliding_window_overlap, batch,
-                                           pad_values, divisor, use_amp, out_device=torch.device("cpu"))
+                                           pad_values, divisor, dtype, out_device=torch.device("cpu"))
             del x
             prob = _activation(logits, model.final_activation)[0]  # (K, D, ry, rx)
             del logits
@@ -193,6 +200,13 @@ def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch
                 progress(nz, nz)
     return {name: Volume(np.clip(arr, 0.0, 1.0, out=arr), volume.spacing, volume.origin, volume.direction.copy())
             for name, arr in zip(model.class_names, out)}
+
+
+def _to_device(x: Any, dev: Any) -> Any:
+    """``x`` on ``dev``; to CUDA through page-locked memory with a non-blocking copy."""
+    if dev.type != "cuda":
+        return x
+    return x.pin_memory().to(dev, non_blocking=True)
 
 
 def threshold_maps(probs: Mapping[str, Volume], thresholds: Union[float, Mapping[str, float]]) -> "Any":
