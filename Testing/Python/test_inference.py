@@ -158,3 +158,36 @@ def test_threshold_maps_and_bad_inputs(trained, tmp_path):
         predict_volume(m, vol.array)
     with pytest.raises(InputError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_channels_last_and_batching_give_the_same_maps(trained):
+    """channels_last (NHWC) and the slices-per-pass batch change speed, not the maps (1e-5: the two
+    layouts' CPU kernels sum in different orders)."""
+    m = load_checkpoint(trained["cropped"])
+    vol = oblique_volume()
+    ref = predict_volume(m, vol, batch_size=1)
+    fast = predict_volume(m, vol, batch_size=7, channels_last=True)
+    for name in ref:
+        np.testing.assert_allclose(fast[name].array, ref[name].array, rtol=0, atol=1e-5)
+    assert m.model.encoders[0][0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    predict_volume(m, vol, channels_last=False)
+    assert m.model.encoders[0][0][0].weight.is_contiguous()
+
+
+def test_checkpoint_with_ddp_prefixes_loads_without_them(trained, tmp_path):
+    """A state dict saved from a DistributedDataParallel wrapper (keys ``module.*``) reads back plain."""
+    from AutoSegSensitivity.checkpoint import plain_state_dict, save_checkpoint
+
+    ck = read_checkpoint(trained["plain"])
+    ck["state_dict"] = {f"module.{k}": v for k, v in ck["state_dict"].items()}
+    save_checkpoint(tmp_path / "ddp.pt", ck)
+    m = load_checkpoint(tmp_path / "ddp.pt")
+    plain = read_checkpoint(trained["plain"])["state_dict"]
+    assert set(read_checkpoint(tmp_path / "ddp.pt")["state_dict"]) == set(plain)
+    assert all(torch.equal(v, plain[k]) for k, v in m.model.state_dict().items())
+
+    class Wrapper(torch.nn.Module):  # what DDP looks like to plain_state_dict: the network in .module
+        def __init__(self, net):
+            super().__init__()
+            self.module = net
+    assert set(plain_state_dict(Wrapper(m.model))) == set(plain)
