@@ -88,11 +88,12 @@ class ShardResult:
 
 def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int = 0, count: int = 1,
                   fmt: str = "nrrd", thresholds: Any = None, batch_size: Optional[int] = None,
-                  progress: Optional[bool] = None,
+                  channels_last: Optional[bool] = None, progress: Optional[bool] = None,
                   on_failure: Optional[Callable[[BatchFailure], None]] = None) -> ShardResult:
     """Predict shard ``index`` of ``count`` of the dataset folder ``data_dir`` into ``out_dir`` (see the
     module docstring). ``model``: a :class:`~AutoSegSensitivity.inference.LoadedModel`; ``thresholds``: a
-    number or ``{structure: t}`` to also write ``segmentation.seg.nrrd`` (``None``: maps only). Writes the
+    number or ``{structure: t}`` to also write ``segmentation.seg.nrrd`` (``None``: maps only);
+    ``batch_size`` / ``channels_last`` go to :func:`~AutoSegSensitivity.inference.predict_volume`. Writes the
     shard summary ``out_dir/shard-<index>-of-<count>.json``."""
     from .inference import predict_volume, threshold_maps
     from .io import load_case, scan_dataset, write_segmentation, write_volume
@@ -115,7 +116,7 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
 
     def job(case: Any) -> List[str]:
         image, _ = load_case(case)
-        probs = predict_volume(model, image, batch_size=batch_size)
+        probs = predict_volume(model, image, batch_size=batch_size, channels_last=channels_last)
         case_dir = out_dir / case.name
         (case_dir / MARKER).unlink(missing_ok=True)
         for vol, fname in zip(probs.values(), files):
