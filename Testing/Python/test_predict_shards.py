@@ -99,3 +99,27 @@ def test_predict_command_with_data_and_shard(setup, tmp_path, capsys):
     assert main(["predict", "--model", model, "--image", str(setup / "data" / "case000" / "image.nrrd"),
                  "--out", str(tmp_path / "one"), "--shard", "0/2"]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+SLURM = Path(__file__).resolve().parents[2] / "examples" / "slurm"
+
+
+def test_slurm_array_script_predicts_its_shard(setup, tmp_path):
+    """examples/slurm/predict_array.sbatch run as array task 1 of 2 (the variables SLURM sets): it predicts
+    shard 1/2, reports the broken case and exits 1; without the array variables it refuses to start."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MODEL=str(setup / "run" / "last.pt"), DATA=str(setup / "data"), OUT=str(tmp_path / "p"),
+               SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="2", AUTOSEGSENS=f"{sys.executable} -m AutoSegSensitivity")
+    proc = subprocess.run(["bash", str(SLURM / "predict_array.sbatch")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "failed case005" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "p").iterdir() if p.is_dir()) == ["case001", "case003"]
+    assert json.loads((tmp_path / "p" / "shard-1-of-2.json").read_text())["done"] == ["case001", "case003"]
+    env.pop("SLURM_ARRAY_TASK_ID")
+    proc = subprocess.run(["bash", str(SLURM / "predict_array.sbatch")], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "job array" in proc.stderr
+    train_script = (SLURM / "train_torchrun.sbatch").read_text()
+    assert "-m AutoSegSensitivity" in train_script and "--rdzv_endpoint" in train_script
+    assert subprocess.run(["bash", "-n", str(SLURM / "train_torchrun.sbatch")]).returncode == 0
