@@ -1,4 +1,4 @@
-"""Training: config, data split, the Adam loop with early stopping, atomic checkpoints, resume, events.
+"""Training: data split, the Adam loop with early stopping, atomic checkpoints, resume, events, DDP.
 
 ``train(config, data_dir, out_dir)`` reads a dataset folder (``AutoSegSensitivity.io.scan_dataset``),
 splits the cases into training and validation by name (seeded), preprocesses them (intensity transform,
@@ -17,7 +17,15 @@ optional centre crop and resize as paper 000), and fits the configured network w
   scheduler, AMP scaler and RNG states, history and library versions. ``resume=True`` continues from
   ``last.pt``: every epoch seeds its own sampling and dropout from ``(seed, epoch)``, so an interrupted and
   resumed run gives exactly the weights of an uninterrupted one (deterministic CPU).
-* CUDA with mixed precision (``torch.autocast`` + ``GradScaler``) when available, CPU otherwise.
+* 2D inputs are padded to the network's size divisor and the logits cropped back before the loss, so
+  padding pixels never enter it; validation Dice counts ``sigmoid(logit) >= 0.5`` (the sweep's ``p >= t``).
+* Batches are built by :class:`EpochBatches` (in the process or in persistent DataLoader workers); each
+  sample's crop and augmentation is seeded by ``(seed, epoch, index)``, so the batches do not depend on
+  the number of workers or processes.
+* CUDA with mixed precision (``torch.autocast`` in bfloat16 where supported, else float16 with a
+  ``GradScaler``), optional channels_last, cuDNN benchmark mode and pinned memory (config keys, see
+  :class:`~AutoSegSensitivity.train_config.TrainConfig`); CPU otherwise.
+* Under ``torchrun`` the run is DistributedDataParallel (:mod:`AutoSegSensitivity.distributed`).
 * Events (``progress`` module) go to ``out_dir/events.jsonl`` and to ``on_event``.
 * Cancel (SIGINT/SIGTERM, a file ``out_dir/CANCEL``, or the ``cancel`` flag) stops at the next batch; the
   last complete epoch stays in ``last.pt`` and :class:`~AutoSegSensitivity.errors.CancelledError` is raised.
