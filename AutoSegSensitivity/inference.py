@@ -17,8 +17,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .checkpoint import amp_dtype, read_checkpoint, resolve_device, save_checkpoint
 from .data import Preprocessor, pad_to_multiple
 from .errors import InputError
+from .train_config import TrainConfig
 from .volume import Volume
 
 
@@ -38,6 +40,23 @@ class LoadedModel:
     epoch: int = 0
     device: Any = "cpu"
     info: Dict[str, Any] = field(default_factory=dict)
+    _fast: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def inference_network(self, channels_last: bool = False) -> Any:
+        """An eval-only copy of :attr:`model` for prediction: BatchNorm folded into the convolution before it
+        (:func:`fold_batchnorm`), in the given memory layout. Cached; rebuilt when the weights, the device or
+        the layout change (so :attr:`model` itself stays exactly the checkpoint's network)."""
+        import torch
+
+        tensors = list(self.model.parameters()) + list(self.model.buffers())
+        key = (id(self.model), str(tensors[0].device) if tensors else "cpu", bool(channels_last),
+               sum(t._version for t in tensors))
+        if key not in self._fast:
+            net = fold_batchnorm(self.model)
+            net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            self._fast.clear()
+            self._fast[key] = net
+        return self._fast[key]
 
     @property
     def spatial_dims(self) -> int:
@@ -58,7 +77,6 @@ def load_checkpoint(path: Union[str, Path], device: str = "cpu") -> LoadedModel:
     import torch
 
     from .models import build_model
-    from .training import TrainConfig, read_checkpoint, resolve_device
 
     path = Path(path)
     data = read_checkpoint(path)
@@ -81,11 +99,40 @@ def load_checkpoint(path: Union[str, Path], device: str = "cpu") -> LoadedModel:
                        epoch=int(data.get("epoch", 0)), device=dev, info=info)
 
 
+def fold_batchnorm(net: Any) -> Any:
+    """An eval-mode copy of ``net`` in which every BatchNorm that directly follows a convolution (2D/3D,
+    also transposed) in an ``nn.Sequential`` is folded into that convolution's weights and bias (the
+    running statistics are fixed at inference, so ``bn(conv(x))`` is one affine map: same outputs up to
+    float rounding, one memory pass fewer per block), and ReLU/LeakyReLU run in place. ``net`` itself is
+    unchanged."""
+    import copy
+
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    convs = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    net = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
+                module.inplace = True
+            if not isinstance(module, nn.Sequential):
+                continue
+            names = list(module._modules)
+            for a, b in zip(names, names[1:]):
+                conv, bn = module._modules[a], module._modules[b]
+                if (isinstance(conv, convs) and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                        and bn.track_running_stats and bn.running_mean is not None):
+                    transpose = isinstance(conv, (nn.ConvTranspose2d, nn.ConvTranspose3d))
+                    module._modules[a] = fuse_conv_bn_eval(conv, bn, transpose=transpose)
+                    module._modules[b] = nn.Identity()
+    return net
+
+
 def store_thresholds(path: Union[str, Path], thresholds: Mapping[str, float], source: str = "tuned") -> Path:
     """Store tuned thresholds (``{structure: t}``, t in [0, 1]) inside a checkpoint, atomically; structures
     not named keep their threshold. ``source`` says where they came from (e.g. ``"sweep dice val"``)."""
-    from .training import read_checkpoint, save_checkpoint
-
     path = Path(path)
     data = read_checkpoint(path)
     names = list(data["class_names"])
@@ -111,10 +158,11 @@ def _activation(logits: Any, kind: str) -> Any:
 
 
 def sliding_window_logits(model: Any, x: Any, roi: Sequence[int], overlap: float, sw_batch_size: int,
-                          pad_values: Any, divisor: int, use_amp: bool = False,
+                          pad_values: Any, divisor: int, dtype: Any = None,
                           out_device: Any = None) -> Any:
     """Gaussian-blended sliding-window logits of a 3D model for ``x`` (1, C, D, H, W); volumes smaller than
-    ``roi`` are padded with ``pad_values`` (per channel) and the output cropped back."""
+    ``roi`` are padded with ``pad_values`` (per channel) and the output cropped back. ``dtype``: the
+    autocast dtype (``None``: float32)."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -127,7 +175,7 @@ def sliding_window_logits(model: Any, x: Any, roi: Sequence[int], overlap: float
         x = big
 
     def predictor(patch: Any) -> Any:
-        with torch.autocast(device_type=patch.device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=patch.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return model(patch).float()
 
     out = sliding_window_inference(x, tuple(int(r) for r in roi), int(sw_batch_size), predictor, overlap=float(overlap),
@@ -137,10 +185,16 @@ def sliding_window_logits(model: Any, x: Any, roi: Sequence[int], overlap: float
 
 
 def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch_size: Optional[int] = None,
-                   progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Volume]:
+                   progress: Optional[Callable[[int, int], None]] = None, channels_last: Optional[bool] = None,
+                   amp: Optional[bool] = None) -> Dict[str, Volume]:
     """Probability maps (float32 in [0, 1], one Volume per structure, on ``volume``'s grid) for a CT in HU.
 
     ``batch_size``: slices per forward pass (2D) or windows per pass (3D); default from the config.
+    The network runs with its BatchNorm folded into the convolutions (:meth:`LoadedModel.inference_network`).
+    ``channels_last`` (2D models; NHWC layout, default on: 1.5-3x faster with CPU oneDNN kernels and on
+    tensor-core GPUs, maps equal to 1e-5) and ``amp`` (mixed
+    precision on CUDA in the config's ``amp_dtype``; default: the config's ``amp``). On CUDA each batch
+    goes through page-locked memory with a non-blocking copy.
     ``progress(done, total)`` is called after each batch (slices for 2D, once for 3D)."""
     import torch
 
@@ -150,14 +204,14 @@ def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch
     if str(dev) != str(model.device) or next(model.model.parameters()).device != dev:
         model.model.to(dev)
         model.device = dev
-    net = model.model
-    net.eval()
     pre = model.preprocessor
     cfg = model.config
     batch = int(batch_size or cfg.inference_batch_size)
     if batch < 1:
         raise InputError("predict_volume", "batch_size", "a positive integer", got=batch_size)
-    use_amp = bool(cfg.amp and dev.type == "cuda")
+    dtype = amp_dtype(dev, cfg.amp_dtype) if (cfg.amp if amp is None else amp) else None
+    cl = (True if channels_last is None else bool(channels_last)) and model.spatial_dims == 2
+    net = model.inference_network(cl)
     pad_values = pre.pad_values()
     divisor = int(getattr(net, "size_divisor", 16))
     nz, ny, nx = volume.shape
@@ -167,9 +221,11 @@ def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch
     with torch.inference_mode():
         if model.spatial_dims == 2:
             for s in range(0, nz, batch):
-                x = torch.from_numpy(pre.image(hu[s:s + batch])).to(dev, non_blocking=True)
+                x = _to_device(torch.from_numpy(pre.image(hu[s:s + batch])), dev)
                 xp, sizes = pad_to_multiple(x, divisor, pad_values, dims=2)
-                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                if cl:
+                    xp = xp.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     logits = net(xp)
                 prob = _activation(logits[..., : sizes[0], : sizes[1]], model.final_activation).cpu().numpy()
                 prob = pre.invert(prob, (ny, nx))
@@ -178,9 +234,9 @@ def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch
                 if progress is not None:
                     progress(min(nz, s + batch), nz)
         else:
-            x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pre.image(hu), 1, 0)))[None].to(dev)
+            x = _to_device(torch.from_numpy(np.ascontiguousarray(np.moveaxis(pre.image(hu), 1, 0)))[None], dev)
             logits = sliding_window_logits(net, x, tuple(cfg.patch_size), cfg.sliding_window_overlap, batch,
-                                           pad_values, divisor, use_amp, out_device=torch.device("cpu"))
+                                           pad_values, divisor, dtype, out_device=torch.device("cpu"))
             del x
             prob = _activation(logits, model.final_activation)[0]  # (K, D, ry, rx)
             del logits
@@ -193,6 +249,13 @@ def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch
                 progress(nz, nz)
     return {name: Volume(np.clip(arr, 0.0, 1.0, out=arr), volume.spacing, volume.origin, volume.direction.copy())
             for name, arr in zip(model.class_names, out)}
+
+
+def _to_device(x: Any, dev: Any) -> Any:
+    """``x`` on ``dev``; to CUDA through page-locked memory with a non-blocking copy."""
+    if dev.type != "cuda":
+        return x
+    return x.pin_memory().to(dev, non_blocking=True)
 
 
 def threshold_maps(probs: Mapping[str, Volume], thresholds: Union[float, Mapping[str, float]]) -> "Any":

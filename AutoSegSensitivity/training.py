@@ -1,4 +1,4 @@
-"""Training: config, data split, the Adam loop with early stopping, atomic checkpoints, resume, events.
+"""Training: data split, the Adam loop with early stopping, atomic checkpoints, resume, events, DDP.
 
 ``train(config, data_dir, out_dir)`` reads a dataset folder (``AutoSegSensitivity.io.scan_dataset``),
 splits the cases into training and validation by name (seeded), preprocesses them (intensity transform,
@@ -17,7 +17,15 @@ optional centre crop and resize as paper 000), and fits the configured network w
   scheduler, AMP scaler and RNG states, history and library versions. ``resume=True`` continues from
   ``last.pt``: every epoch seeds its own sampling and dropout from ``(seed, epoch)``, so an interrupted and
   resumed run gives exactly the weights of an uninterrupted one (deterministic CPU).
-* CUDA with mixed precision (``torch.autocast`` + ``GradScaler``) when available, CPU otherwise.
+* 2D inputs are padded to the network's size divisor and the logits cropped back before the loss, so
+  padding pixels never enter it; validation Dice counts ``sigmoid(logit) >= 0.5`` (the sweep's ``p >= t``).
+* Batches are built by :class:`EpochBatches` (in the process or in persistent DataLoader workers); each
+  sample's crop and augmentation is seeded by ``(seed, epoch, index)``, so the batches do not depend on
+  the number of workers or processes.
+* CUDA with mixed precision (``torch.autocast`` in bfloat16 where supported, else float16 with a
+  ``GradScaler``), optional channels_last, cuDNN benchmark mode and pinned memory (config keys, see
+  :class:`~AutoSegSensitivity.train_config.TrainConfig`); CPU otherwise.
+* Under ``torchrun`` the run is DistributedDataParallel (:mod:`AutoSegSensitivity.distributed`).
 * Events (``progress`` module) go to ``out_dir/events.jsonl`` and to ``on_event``.
 * Cancel (SIGINT/SIGTERM, a file ``out_dir/CANCEL``, or the ``cancel`` flag) stops at the next batch; the
   last complete epoch stays in ``last.pt`` and :class:`~AutoSegSensitivity.errors.CancelledError` is raised.
@@ -27,257 +35,30 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import __version__
-from .atomic import write_text, write_with
-from .data import (Preprocessor, PreparedCase, _pair, augment, crop_patch, lr_swap_permutation,
-                   pad_to_multiple, prepare_case, prominence, resolve_transforms, sample_patches,
-                   sample_slices)
+from .atomic import write_text
+# Checkpoint helpers and TrainConfig live in their own modules; their names stay importable from here.
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, amp_dtype, library_versions,  # noqa: F401
+                         needs_grad_scaler, plain_state_dict, read_checkpoint, resolve_device,
+                         save_checkpoint)
+from .distributed import DistContext
+from .data import (PreparedCase, augment, crop_patch, lr_swap_permutation, pad_to_multiple, prepare_case,
+                   prominence, sample_patches, sample_slices)
 from .errors import AutoSegError, CancelledError, InputError
 from .progress import EventCallback, ProgressWriter, eta_seconds
+from .train_config import TrainConfig
 
-CHECKPOINT_FORMAT = "AutoSegSensitivity-checkpoint"
-CHECKPOINT_VERSION = 1
 CANCEL_FILE = "CANCEL"
-
-# --------------------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------------------
-
-_AUGMENT_KEYS = {"flips": [], "intensity_shift": 0.0, "intensity_scale": 0.0}
-_STOP_KEYS = {"rule": "running_mean", "window": 10, "patience": None, "min_delta": 0.0}
-_SCHED_KEYS = {"name": "none", "step_size": 10, "gamma": 0.9}
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved inside every checkpoint).
-
-    Sizes are in voxels/pixels, ``(rows, columns)`` in-plane or ``(slices, rows, columns)`` for patches.
-
-    * ``model`` / ``model_kwargs``: a name of ``models.available_models()`` and its arguments;
-      ``loss`` / ``loss_kwargs``: a name of ``losses.build_loss``.
-    * ``structures``: the classes (``null``: those present in every case); ``intensity``: a preset name, a
-      ``{hu_points, values}`` mapping or a list of them (one input channel each).
-    * ``crop`` / ``resize``: in-plane centre crop and resize (paper 000: 300 -> 150); ``patch_size``: 3D
-      patch (required for 3D models) or an optional random in-plane crop for 2D models;
-      ``foreground_fraction``: share of samples holding foreground (paper 002: 0.8; null: uniform);
-      ``augment``: ``flips`` (axes among x, y, z; an x flip swaps _L/_R structures), ``intensity_shift``,
-      ``intensity_scale`` (uniform ranges, in transformed units).
-    * ``epochs``, ``batch_size``, ``samples_per_epoch`` (null: every training slice once for 2D, 4 patches
-      per case for 3D), ``lr``, ``weight_decay`` (Adam), ``scheduler`` (``none`` or ``step`` with
-      ``step_size`` epochs and ``gamma``).
-    * ``early_stopping``: ``rule`` ``running_mean`` (``window``, optional ``patience``), ``patience`` (on
-      mean validation Dice) or ``none`` (lowest validation loss kept); ``min_delta``.
-    * ``val_fraction`` or ``val_cases`` (names); ``seed``; ``amp`` (CUDA only); ``device``;
-      ``num_threads`` (CPU threads while training, null: torch's default); ``inference_batch_size`` and
-      ``sliding_window_overlap`` (validation and inference).
-    """
-
-    model: str = "unet2d"
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
-    loss: str = "bce"
-    loss_kwargs: Dict[str, Any] = field(default_factory=dict)
-    structures: Optional[List[str]] = None
-    intensity: Any = "NLF1"
-    crop: Optional[List[int]] = None
-    resize: Optional[List[int]] = None
-    patch_size: Optional[List[int]] = None
-    foreground_fraction: Optional[float] = None
-    augment: Dict[str, Any] = field(default_factory=lambda: dict(_AUGMENT_KEYS))
-    epochs: int = 100
-    batch_size: int = 16
-    samples_per_epoch: Optional[int] = None
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    scheduler: Dict[str, Any] = field(default_factory=lambda: dict(_SCHED_KEYS))
-    early_stopping: Dict[str, Any] = field(default_factory=lambda: dict(_STOP_KEYS))
-    val_fraction: float = 0.2
-    val_cases: Optional[List[str]] = None
-    seed: int = 0
-    amp: bool = True
-    device: str = "auto"
-    num_threads: Optional[int] = None
-    inference_batch_size: int = 8
-    sliding_window_overlap: float = 0.5
-    name: str = ""
-    description: str = ""
-
-    # ---- construction ---------------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        """Validate and build from a mapping; unknown keys and wrong types raise :class:`InputError`
-        naming ``source`` and the key."""
-        if not isinstance(data, Mapping):
-            raise InputError(source, None, "a mapping of config keys", got=type(data).__name__)
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise InputError(source, str(key), f"a known config key (one of {sorted(known)})", got="unknown key")
-        cfg = cls(**{k: copy.deepcopy(v) for k, v in data.items()})
-        cfg.validate(source)
-        return cfg
-
-    @classmethod
-    def from_file(cls, path: Union[str, Path]) -> "TrainConfig":
-        """Read a YAML (``.yaml``/``.yml``) or JSON config file."""
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, None, "an existing config file", got="no such file")
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as exc:
-            raise InputError(path, None, "valid YAML or JSON", got=str(exc).splitlines()[0]) from exc
-        return cls.from_dict(data or {}, source=str(path))
-
-    def to_dict(self) -> Dict[str, Any]:
-        """Plain JSON/YAML-friendly dict (round-trips through :meth:`from_dict`)."""
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
-
-    def with_overrides(self, assignments: Sequence[str], source: str = "--set") -> "TrainConfig":
-        """A copy with ``key=value`` assignments applied (values parsed as YAML; dotted keys reach into
-        ``augment``, ``early_stopping``, ``scheduler``, ``model_kwargs``, ``loss_kwargs``)."""
-        import yaml
-
-        data = self.to_dict()
-        for item in assignments:
-            if "=" not in item:
-                raise InputError(source, item, "key=value")
-            key, _, raw = item.partition("=")
-            try:
-                value = yaml.safe_load(raw)
-            except yaml.YAMLError:
-                value = raw
-            parts = key.strip().split(".")
-            target = data
-            for p in parts[:-1]:
-                if p not in target or not isinstance(target[p], dict):
-                    raise InputError(source, key, "a config key (dotted only into a mapping key)", got="unknown key")
-                target = target[p]
-            if len(parts) == 1 and parts[0] not in data:
-                raise InputError(source, key, f"a known config key (one of {sorted(data)})", got="unknown key")
-            target[parts[-1]] = value
-        return TrainConfig.from_dict(data, source=source)
-
-    # ---- validation -----------------------------------------------------------------------------------
-    def validate(self, source: str = "config") -> None:
-        """Check types and ranges; fill defaults inside the nested mappings."""
-        def need(cond: bool, key: str, expected: str, got: Any) -> None:
-            if not cond:
-                raise InputError(source, key, expected, got=got)
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
-
-        def num(v: Any) -> Any:  # YAML 1.1 reads 1e-4 (no dot) as a string
-            if isinstance(v, str):
-                try:
-                    return float(v)
-                except ValueError:
-                    return v
-            return v
-
-        for key in ("lr", "weight_decay", "foreground_fraction", "val_fraction", "sliding_window_overlap"):
-            setattr(self, key, num(getattr(self, key)))
-        need(isinstance(self.model, str) and bool(self.model), "model", "a model name", self.model)
-        need(isinstance(self.loss, str) and bool(self.loss), "loss", "a loss name", self.loss)
-        need(isinstance(self.model_kwargs, dict), "model_kwargs", "a mapping", self.model_kwargs)
-        need(isinstance(self.loss_kwargs, dict), "loss_kwargs", "a mapping", self.loss_kwargs)
-        if self.structures is not None:
-            need(isinstance(self.structures, list) and all(isinstance(s, str) for s in self.structures)
-                 and len(self.structures) > 0 and len(set(self.structures)) == len(self.structures),
-                 "structures", "a list of distinct structure names", self.structures)
-        self.crop = list(_pair(self.crop, "crop", source)) if self.crop is not None else None
-        self.resize = list(_pair(self.resize, "resize", source)) if self.resize is not None else None
-        if self.patch_size is not None:
-            ok = isinstance(self.patch_size, (list, tuple)) and len(self.patch_size) in (2, 3) and all(
-                is_int(v) and v > 0 for v in self.patch_size)
-            need(ok, "patch_size", "[rows, columns] (2D) or [slices, rows, columns] (3D) positive integers",
-                 self.patch_size)
-            self.patch_size = [int(v) for v in self.patch_size]
-        if self.foreground_fraction is not None:
-            need(is_num(self.foreground_fraction) and 0 <= self.foreground_fraction <= 1,
-                 "foreground_fraction", "a number in [0, 1] or null", self.foreground_fraction)
-            self.foreground_fraction = float(self.foreground_fraction)
-        for key, defaults in (("augment", _AUGMENT_KEYS), ("early_stopping", _STOP_KEYS), ("scheduler", _SCHED_KEYS)):
-            value = getattr(self, key)
-            need(isinstance(value, dict), key, "a mapping", value)
-            for k in value:
-                if k not in defaults:
-                    raise InputError(source, f"{key}.{k}", f"a known key of {key} (one of {sorted(defaults)})",
-                                     got="unknown key")
-            merged = copy.deepcopy(defaults)
-            merged.update({k: num(v) if k in ("intensity_shift", "intensity_scale", "min_delta", "gamma") else v
-                           for k, v in value.items()})
-            setattr(self, key, merged)
-        aug = self.augment
-        need(isinstance(aug["flips"], list) and all(a in ("x", "y", "z") for a in aug["flips"]),
-             "augment.flips", "a list of axes among x, y, z", aug["flips"])
-        for k in ("intensity_shift", "intensity_scale"):
-            need(is_num(aug[k]) and aug[k] >= 0, f"augment.{k}", "a non-negative number", aug[k])
-        st = self.early_stopping
-        need(st["rule"] in ("running_mean", "patience", "none"), "early_stopping.rule",
-             "running_mean, patience or none", st["rule"])
-        need(is_int(st["window"]) and st["window"] >= 1, "early_stopping.window", "a positive integer", st["window"])
-        need(st["patience"] is None or (is_int(st["patience"]) and st["patience"] >= 1), "early_stopping.patience",
-             "a positive integer or null", st["patience"])
-        if st["rule"] == "patience" and st["patience"] is None:
-            st["patience"] = 20
-        need(is_num(st["min_delta"]) and st["min_delta"] >= 0, "early_stopping.min_delta", "a non-negative number",
-             st["min_delta"])
-        sc = self.scheduler
-        need(sc["name"] in ("none", "step"), "scheduler.name", "none or step", sc["name"])
-        need(is_int(sc["step_size"]) and sc["step_size"] >= 1, "scheduler.step_size", "a positive integer", sc["step_size"])
-        need(is_num(sc["gamma"]) and 0 < sc["gamma"] <= 1, "scheduler.gamma", "a number in (0, 1]", sc["gamma"])
-        for key in ("epochs", "batch_size", "inference_batch_size"):
-            v = getattr(self, key)
-            need(is_int(v) and v >= 1, key, "a positive integer", v)
-        need(self.samples_per_epoch is None or (is_int(self.samples_per_epoch) and self.samples_per_epoch >= 1),
-             "samples_per_epoch", "a positive integer or null", self.samples_per_epoch)
-        need(is_num(self.lr) and self.lr > 0, "lr", "a positive number", self.lr)
-        need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a non-negative number",
-             self.weight_decay)
-        need(is_num(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction", "a number in (0, 1)",
-             self.val_fraction)
-        if self.val_cases is not None:
-            need(isinstance(self.val_cases, list) and all(isinstance(s, str) for s in self.val_cases) and self.val_cases,
-                 "val_cases", "a non-empty list of case names or null", self.val_cases)
-        need(is_int(self.seed), "seed", "an integer", self.seed)
-        need(isinstance(self.amp, bool), "amp", "true or false", self.amp)
-        need(self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"), "device",
-             "auto, cpu or cuda", self.device)
-        need(self.num_threads is None or (is_int(self.num_threads) and self.num_threads >= 1), "num_threads",
-             "a positive integer or null", self.num_threads)
-        need(is_num(self.sliding_window_overlap) and 0 <= self.sliding_window_overlap < 1,
-             "sliding_window_overlap", "a number in [0, 1)", self.sliding_window_overlap)
-        self.resolve_transforms(source)
-
-    def resolve_transforms(self, source: str = "config") -> list:
-        """The intensity transform objects of ``intensity``."""
-        return resolve_transforms(self.intensity, source)
-
-    def preprocessor(self) -> Preprocessor:
-        """The preprocessing this config trains with."""
-        return Preprocessor(self.resolve_transforms(), tuple(self.crop) if self.crop else None,
-                            tuple(self.resize) if self.resize else None)
-
 
 # --------------------------------------------------------------------------------------------------------
 # Results, errors, helpers
@@ -303,35 +84,6 @@ class TrainResult:
     class_names: List[str]
     prominence: Dict[str, float]
     elapsed_s: float
-
-
-def library_versions() -> Dict[str, str]:
-    """Versions of the libraries a checkpoint depends on."""
-    import torch
-
-    out = {"AutoSegSensitivity": __version__, "torch": str(torch.__version__), "numpy": np.__version__,
-           "python": platform.python_version()}
-    try:  # the installed version, without importing monai (slow)
-        from importlib.metadata import version
-
-        out["monai"] = version("monai")
-    except Exception:  # noqa: BLE001 - optional
-        pass
-    return out
-
-
-def resolve_device(device: str) -> "Any":
-    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an :class:`InputError`."""
-    import torch
-
-    device = str(device or "auto")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("device", None, "cpu or auto (no CUDA GPU is available here)", got=device)
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise InputError("device", None, "auto, cpu or cuda", got=device)
-    return torch.device(device)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -551,59 +303,6 @@ def split_cases(names: Sequence[str], val_fraction: float, seed: int,
 # --------------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Union[str, Path], payload: Dict[str, Any]) -> Path:
-    """Write a checkpoint dict atomically (torch.save to a temporary file, then rename)."""
-    import torch
-
-    payload = _plain(dict(payload))
-    payload.setdefault("format", CHECKPOINT_FORMAT)
-    payload.setdefault("format_version", CHECKPOINT_VERSION)
-    return write_with(path, lambda tmp: torch.save(payload, tmp))
-
-
-def _plain(obj: Any) -> Any:
-    """Numpy scalars/arrays inside a checkpoint become Python numbers/lists (so ``weights_only`` loading,
-    which refuses arbitrary classes, reads every checkpoint we write)."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
-    if isinstance(obj, str) and type(obj) is not str:  # e.g. torch.__version__ (TorchVersion)
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
-
-
-def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> Dict[str, Any]:
-    """Load and check a checkpoint dict; a file that is not one of ours, or of another format version,
-    raises :class:`InputError` naming the file."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, None, "an existing checkpoint file", got="no such file")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
-        raise InputError(path, None, "a checkpoint written by AutoSegSensitivity (torch.save)",
-                         got=f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from exc
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, "format", f"an {CHECKPOINT_FORMAT} file", got="another kind of file")
-    version = data.get("format_version")
-    if version != CHECKPOINT_VERSION:
-        raise InputError(path, "format_version",
-                         f"{CHECKPOINT_VERSION} (this is AutoSegSensitivity {__version__}; retrain or use the "
-                         f"version named in the file: {data.get('versions', {}).get('AutoSegSensitivity', '?')})",
-                         got=version)
-    return data
-
 
 def _rng_states() -> Dict[str, Any]:
     import torch
@@ -621,20 +320,28 @@ def _rng_states() -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _forward_loss(model: Any, loss_fn: Any, x: Any, y: Any, use_amp: bool, device: Any) -> Tuple[Any, Any]:
+def _autocast(device: Any, dtype: Any) -> Any:
     import torch
 
-    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def _forward_loss(model: Any, loss_fn: Any, x: Any, y: Any, dtype: Any, device: Any) -> Tuple[Any, Any]:
+    """Loss of ``model(x)`` against ``y``. ``x`` may be padded at the end of its spatial axes (to the
+    network's size divisor); the logits are cropped back to ``y``'s spatial size before the loss, so padding
+    pixels never enter it (paper 000's loss is over the image, not over the padding)."""
+    with _autocast(device, dtype):
         logits = model(x)
+    logits = logits[(slice(None), slice(None)) + tuple(slice(0, int(s)) for s in y.shape[2:])]
     loss = loss_fn(logits.float(), y)
     return loss, logits
 
 
-def _train_step(model: Any, loss_fn: Any, optimizer: Any, scaler: Any, x: Any, y: Any, use_amp: bool,
+def _train_step(model: Any, loss_fn: Any, optimizer: Any, scaler: Any, x: Any, y: Any, dtype: Any,
                 device: Any) -> float:
     """One optimiser step; returns the batch loss."""
     optimizer.zero_grad(set_to_none=True)
-    loss, _ = _forward_loss(model, loss_fn, x, y, use_amp, device)
+    loss, _ = _forward_loss(model, loss_fn, x, y, dtype, device)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -645,55 +352,69 @@ def _train_step(model: Any, loss_fn: Any, optimizer: Any, scaler: Any, x: Any, y
     return float(loss.detach())
 
 
-def _validate(model: Any, loss_fn: Any, cases: Sequence[PreparedCase], spec: Dict[str, Any], cfg: TrainConfig,
-              pad_values: np.ndarray, device: Any, use_amp: bool) -> Tuple[float, List[Optional[float]]]:
-    """Validation loss (mean over slices / cases) and pooled Dice per class at 0.5 (argmax for softmax)."""
+def _validate(model: Any, loss_fn: Any, cases: Sequence[PreparedCase], n_classes: int, spec: Dict[str, Any],
+              cfg: TrainConfig, pad_values: np.ndarray, device: Any, dtype: Any,
+              ctx: Optional[DistContext] = None) -> Tuple[float, List[Optional[float]]]:
+    """Validation loss (mean over slices / cases) and pooled Dice per class at probability >= 0.5 (argmax
+    for softmax). Under DDP each rank validates its round-robin share of ``cases`` and the sums are added
+    across ranks, so every rank returns the same numbers."""
     import torch
 
+    ctx = ctx or DistContext()
     softmax = spec["final_activation"] == "softmax"
-    n_classes = cases[0].labels.shape[0]
-    counts = np.zeros((n_classes, 3), dtype=np.int64)
-    loss_sum, loss_n = 0.0, 0
+    counts = np.zeros((n_classes, 3), dtype=np.float64)
+    loss_sum, loss_n = 0.0, 0.0
+    was_training = model.training
     model.eval()
     divisor = size_divisor(model, spec["spatial_dims"])
+    channels_last = bool(cfg.channels_last and spec["spatial_dims"] == 2)
+    step = cfg.inference_batch_size
     with torch.no_grad():
-        for case in cases:
+        for case in ctx.round_robin(cases):
             if spec["spatial_dims"] == 2:
-                n = case.n_slices
-                for s in range(0, n, cfg.inference_batch_size):
-                    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.image[:, s:s + cfg.inference_batch_size], 1, 0))).to(device)
-                    lab = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.labels[:, s:s + cfg.inference_batch_size], 1, 0))).to(device)
-                    xp, sizes = pad_to_multiple(x, divisor, pad_values, dims=2)
-                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                        logits = model(xp)
-                    logits = logits[..., : sizes[0], : sizes[1]].float()
-                    target = to_target(lab, softmax)
-                    loss_sum += float(loss_fn(logits, target)) * x.shape[0]
+                for s in range(0, case.n_slices, step):
+                    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.image[:, s:s + step], 1, 0))).to(device)
+                    lab = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.labels[:, s:s + step], 1, 0))).to(device)
+                    xp, _ = pad_to_multiple(x, divisor, pad_values, dims=2)
+                    if channels_last:
+                        xp = xp.contiguous(memory_format=torch.channels_last)
+                    loss, logits = _forward_loss(model, loss_fn, xp, to_target(lab, softmax), dtype, device)
+                    loss_sum += float(loss) * x.shape[0]
                     loss_n += x.shape[0]
-                    _accumulate(counts, logits, lab, softmax)
+                    _accumulate(counts, logits.float(), lab, softmax)
             else:
                 from .inference import sliding_window_logits
 
                 x = torch.from_numpy(case.image[None]).to(device)
                 logits = sliding_window_logits(model, x, tuple(cfg.patch_size), cfg.sliding_window_overlap,
-                                               cfg.inference_batch_size, pad_values, divisor, use_amp)
+                                               cfg.inference_batch_size, pad_values, divisor, dtype)
                 lab = torch.from_numpy(case.labels[None]).to(device)
                 loss_sum += float(loss_fn(logits, to_target(lab, softmax)))
                 loss_n += 1
                 _accumulate(counts, logits, lab, softmax)
-    model.train()
+    model.train(was_training)
+    totals = ctx.all_sum(np.concatenate([[loss_sum, loss_n], counts.ravel()]))
+    loss_sum, loss_n, counts = totals[0], totals[1], totals[2:].reshape(n_classes, 3)
     dice: List[Optional[float]] = []
     for inter, p, r in counts:
-        dice.append(1.0 if p + r == 0 else 2.0 * inter / (p + r))
-    return loss_sum / max(loss_n, 1), dice
+        dice.append(1.0 if p + r == 0 else float(2.0 * inter / (p + r)))
+    return float(loss_sum / max(loss_n, 1)), dice
+
+
+def predicted_masks(logits: Any, n_classes: int, softmax: bool) -> List[Any]:
+    """Boolean masks per class from logits (N, C, ...): argmax for softmax models, else
+    ``sigmoid(logit) >= 0.5`` -- the same ``p >= t`` rule as the sweep and ``threshold_maps`` at t = 0.5."""
+    import torch
+
+    if softmax:
+        idx = logits.argmax(1)
+        return [(idx == c + 1) for c in range(n_classes)]
+    prob = torch.sigmoid(logits.float())
+    return [(prob[:, c] >= 0.5) for c in range(n_classes)]
 
 
 def _accumulate(counts: np.ndarray, logits: Any, lab: Any, softmax: bool) -> None:
-    if softmax:
-        idx = logits.argmax(1)
-        pred = [(idx == c + 1) for c in range(lab.shape[1])]
-    else:
-        pred = [(logits[:, c] > 0) for c in range(lab.shape[1])]
+    pred = predicted_masks(logits, lab.shape[1], softmax)
     for c in range(lab.shape[1]):
         ref = lab[:, c] > 0
         counts[c, 0] += int((pred[c] & ref).sum())
@@ -701,11 +422,20 @@ def _accumulate(counts: np.ndarray, logits: Any, lab: Any, softmax: bool) -> Non
         counts[c, 2] += int(ref.sum())
 
 
+def _item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one training sample (crop and augmentation): a function of ``(seed, epoch, index in
+    the epoch)`` only, so a sample is the same whichever process or DataLoader worker builds it."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index)])
+
+
 def _make_batch(cases: Sequence[PreparedCase], items: Sequence[Any], cfg: TrainConfig, spatial_dims: int,
-                rng: np.random.Generator, lr_perm: Sequence[int], pad_values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+                rngs: Sequence[np.random.Generator], lr_perm: Sequence[int],
+                pad_values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Images (N, C, ...) float32 and labels (N, K, ...) uint8 of ``items``, sample ``i`` cropped and
+    augmented with ``rngs[i]``."""
     xs, ys = [], []
     aug = cfg.augment
-    for item in items:
+    for item, rng in zip(items, rngs):
         if spatial_dims == 2:
             ci, z = item
             img, lab = cases[ci].image[:, z], cases[ci].labels[:, z]
@@ -726,6 +456,82 @@ def _make_batch(cases: Sequence[PreparedCase], items: Sequence[Any], cfg: TrainC
     return np.stack(xs), np.stack(ys)
 
 
+class EpochBatches:
+    """This rank's training batches, built in the main process or in DataLoader workers.
+
+    The sample list of an epoch is drawn from ``(seed, epoch)`` (identical on every rank and worker); the
+    global batch ``b`` holds samples ``[b * batch_size, (b + 1) * batch_size)`` and this rank takes its
+    contiguous share (:meth:`DistContext.share`). A key is ``(epoch, batch index)``; :meth:`keys` lists
+    an epoch's keys (a trailing global batch with fewer samples than ranks is dropped under DDP, so that
+    every rank steps together)."""
+
+    def __init__(self, cases: Sequence[PreparedCase], cfg: TrainConfig, spatial_dims: int, n_samples: int,
+                 lr_perm: Sequence[int], pad_values: np.ndarray, ctx: DistContext) -> None:
+        self.cases, self.cfg, self.spatial_dims, self.n_samples = cases, cfg, spatial_dims, int(n_samples)
+        self.lr_perm, self.pad_values, self.ctx = list(lr_perm), pad_values, ctx
+        self._cache: Tuple[int, List[Any]] = (-1, [])
+
+    def items(self, epoch: int) -> List[Any]:
+        """The global sample list of ``epoch`` (cached for the latest epoch)."""
+        if self._cache[0] != epoch:
+            rng = np.random.default_rng(_epoch_seed(self.cfg.seed, epoch))
+            if self.spatial_dims == 2:
+                items = sample_slices(self.cases, self.n_samples, rng, self.cfg.foreground_fraction)
+            else:
+                items = sample_patches(self.cases, self.n_samples, rng, self.cfg.patch_size,
+                                       self.cfg.foreground_fraction)
+            self._cache = (epoch, items)
+        return self._cache[1]
+
+    def keys(self, epoch: int) -> List[Tuple[int, int]]:
+        bs = self.cfg.batch_size
+        out = []
+        for b in range(-(-self.n_samples // bs)):
+            if min(bs, self.n_samples - b * bs) >= self.ctx.world_size:
+                out.append((epoch, b))
+        return out
+
+    def __len__(self) -> int:
+        return -(-self.n_samples // self.cfg.batch_size)
+
+    def __getitem__(self, key: Tuple[int, int]) -> Tuple[Any, Any]:
+        import torch
+
+        epoch, b = key
+        bs = self.cfg.batch_size
+        index = self.ctx.share(range(b * bs, min(self.n_samples, (b + 1) * bs)))
+        items = self.items(epoch)
+        xb, yb = _make_batch(self.cases, [items[i] for i in index], self.cfg, self.spatial_dims,
+                             [_item_rng(self.cfg.seed, epoch, i) for i in index], self.lr_perm, self.pad_values)
+        return torch.from_numpy(xb), torch.from_numpy(yb)
+
+
+class _EpochKeys:
+    """A DataLoader sampler yielding the keys of the current epoch (set in the main process, so persistent
+    workers need no restart between epochs)."""
+
+    def __init__(self, batches: EpochBatches) -> None:
+        self.batches, self.epoch = batches, 0
+
+    def __iter__(self) -> Any:
+        return iter(self.batches.keys(self.epoch))
+
+    def __len__(self) -> int:
+        return len(self.batches.keys(self.epoch))
+
+
+def batch_loader(batches: EpochBatches, num_workers: int, pin_memory: bool) -> Tuple[Any, _EpochKeys]:
+    """A DataLoader over :class:`EpochBatches` (one item = one built batch) with ``num_workers`` processes
+    (persistent across epochs when > 0) and pinned host memory when asked; returns it and its sampler
+    (set ``sampler.epoch`` before iterating)."""
+    from torch.utils.data import DataLoader
+
+    sampler = _EpochKeys(batches)
+    loader = DataLoader(batches, batch_size=None, sampler=sampler, num_workers=int(num_workers),
+                        pin_memory=bool(pin_memory), persistent_workers=num_workers > 0)
+    return loader, sampler
+
+
 def train(config: Union[TrainConfig, Mapping[str, Any], str, Path], data_dir: Union[str, Path],
           out_dir: Union[str, Path], device: str = "auto", resume: bool = False,
           on_event: Optional[EventCallback] = None, cancel: Any = None, progress_bar: Optional[bool] = None
@@ -733,8 +539,12 @@ def train(config: Union[TrainConfig, Mapping[str, Any], str, Path], data_dir: Un
     """Train a model on a dataset folder (see the module docstring). ``config`` is a :class:`TrainConfig`,
     a mapping or a path to a YAML/JSON file. ``device``: ``auto``, ``cpu`` or ``cuda``; ``cancel``: an
     object with ``is_set()`` (``threading.Event``) or a callable returning True to stop; ``progress_bar``:
-    a tqdm bar (default: when stderr is a terminal)."""
+    a tqdm bar (default: when stderr is a terminal). Under ``torchrun`` (``WORLD_SIZE`` > 1) this is one
+    rank of a DDP run (:mod:`AutoSegSensitivity.distributed`): only rank 0 writes files and events and
+    calls ``on_event``; every rank returns the same result."""
     import torch
+
+    from .distributed import setup
 
     if isinstance(config, (str, Path)):
         cfg = TrainConfig.from_file(config)
@@ -743,48 +553,64 @@ def train(config: Union[TrainConfig, Mapping[str, Any], str, Path], data_dir: Un
     else:
         cfg = TrainConfig.from_dict(config)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     last_path = out_dir / "last.pt"
-    dev = resolve_device(device if device != "auto" else cfg.device)
-
-    state: Optional[Dict[str, Any]] = None
-    if resume:
-        if not last_path.is_file():
-            raise InputError(out_dir, "last.pt", "a checkpoint to resume from (train without --resume first)",
-                             got="missing")
-        state = read_checkpoint(last_path)
-        saved = TrainConfig.from_dict(state["config"], source=str(last_path))
-        diff = [k for k, v in cfg.to_dict().items() if k not in ("epochs", "device", "num_threads")
-                and v != saved.to_dict()[k]]
-        if diff:
-            raise InputError(last_path, "config", f"the same config as the run being resumed (differs in {diff})",
-                             got="a different config")
-        cfg.early_stopping = saved.early_stopping
-    (out_dir / CANCEL_FILE).unlink(missing_ok=True)
-    if not resume:  # a new run starts a new event stream (a resumed one appends)
-        (out_dir / "events.jsonl").unlink(missing_ok=True)
-
-    old_threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    writer = ProgressWriter(out_dir / "events.jsonl", on_event,
-                            elapsed_offset_s=float(state.get("elapsed_s", 0.0)) if state else 0.0)
+    ctx, dev = setup(device if device != "auto" else cfg.device)
     try:
-        with _CancelWatch(out_dir, cancel) as watch:
-            return _run(cfg, Path(data_dir), out_dir, dev, state, writer, watch, progress_bar)
-    except TrainingOutOfMemory as exc:
-        writer.emit("error", message=str(exc))
-        raise
-    finally:
-        writer.close()
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        ctx.barrier()
+        state: Optional[Dict[str, Any]] = None
+        if resume:
+            if not last_path.is_file():
+                raise InputError(out_dir, "last.pt", "a checkpoint to resume from (train without --resume first)",
+                                 got="missing")
+            state = read_checkpoint(last_path)
+            saved = TrainConfig.from_dict(state["config"], source=str(last_path))
+            diff = [k for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and v != saved.to_dict()[k]]
+            if diff:
+                raise InputError(last_path, "config", f"the same config as the run being resumed (differs in {diff})",
+                                 got="a different config")
+            cfg.early_stopping = saved.early_stopping
+        ctx.barrier()  # every rank has read last.pt before rank 0 rewrites it
+        if ctx.is_main:
+            (out_dir / CANCEL_FILE).unlink(missing_ok=True)
+            if not resume:  # a new run starts a new event stream (a resumed one appends)
+                (out_dir / "events.jsonl").unlink(missing_ok=True)
+
+        old_threads = torch.get_num_threads()
+        old_bench = torch.backends.cudnn.benchmark
         if cfg.num_threads:
-            torch.set_num_threads(old_threads)
+            torch.set_num_threads(cfg.num_threads)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
+        offset = float(state.get("elapsed_s", 0.0)) if state else 0.0
+        writer = (ProgressWriter(out_dir / "events.jsonl", on_event, elapsed_offset_s=offset) if ctx.is_main
+                  else ProgressWriter(None, None, elapsed_offset_s=offset))
+        try:
+            with _CancelWatch(out_dir, cancel) as watch:
+                return _run(cfg, Path(data_dir), out_dir, dev, state, writer, watch,
+                            progress_bar if ctx.is_main else False, ctx)
+        except TrainingOutOfMemory as exc:
+            writer.emit("error", message=str(exc))
+            raise
+        finally:
+            writer.close()
+            torch.backends.cudnn.benchmark = old_bench
+            if cfg.num_threads:
+                torch.set_num_threads(old_threads)
+    finally:
+        ctx.close()
+
+
+# Config keys that may change between a run and its --resume (where and how fast, not what is learnt).
+RUNTIME_KEYS = ("epochs", "device", "num_threads", "num_workers", "pin_memory", "cudnn_benchmark")
 
 
 def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optional[Dict[str, Any]],
-         writer: ProgressWriter, watch: _CancelWatch, progress_bar: Optional[bool]) -> TrainResult:
+         writer: ProgressWriter, watch: _CancelWatch, progress_bar: Optional[bool], ctx: DistContext) -> TrainResult:
     import torch
 
+    from .distributed import wrap_model
     from .losses import build_loss
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -806,39 +632,35 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
     val_cases = [prepared[n] for n in val_names]
     prom = prominence(train_cases, class_names)
 
-    model, spec = build_network(cfg, pre.channels, len(class_names))
+    net, spec = build_network(cfg, pre.channels, len(class_names))
     spatial_dims = spec["spatial_dims"]
     if spatial_dims == 3 and (cfg.patch_size is None or len(cfg.patch_size) != 3):
         raise InputError("config", "patch_size", f"[slices, rows, columns] for the 3D model {cfg.model}",
                          got=cfg.patch_size)
+    if ctx.enabled and cfg.batch_size < ctx.world_size:
+        raise InputError("config", "batch_size", f"at least the number of processes ({ctx.world_size}): it is the "
+                         "global batch, split across processes", got=cfg.batch_size)
     softmax = spec["final_activation"] == "softmax"
-    model.to(dev)
-    try:
-        loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
-    except InputError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError("config", "loss/loss_kwargs", f"a known loss with valid arguments ({exc})", got=cfg.loss) from exc
-    loss_act = getattr(loss_fn, "activation", None)
-    if loss_act is not None and loss_act != spec["final_activation"]:
-        if "activation" not in cfg.loss_kwargs:
-            try:
-                loss_fn = build_loss(cfg.loss, activation=spec["final_activation"], **cfg.loss_kwargs)
-            except (InputError, TypeError, ValueError):
-                loss_fn = None
-        if loss_fn is None or getattr(loss_fn, "activation", None) != spec["final_activation"]:
-            raise InputError("config", "loss", f"a loss for {spec['final_activation']} outputs (the model "
-                             f"{cfg.model} ends in a {spec['final_activation']})", got=f"{cfg.loss} ({loss_act})")
+    loss_fn = _build_loss(cfg, spec, build_loss)
+    channels_last = bool(cfg.channels_last and spatial_dims == 2)
+    if state:
+        net.load_state_dict(state["state_dict"])
+    net.to(dev)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    model, synced = wrap_model(net, dev, ctx, cfg.sync_batchnorm)
+    if ctx.enabled and not synced and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        writer.emit("warning", message="BatchNorm statistics are per process (SyncBatchNorm needs CUDA): the "
+                    "run is not equivalent to one process with the same global batch")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, cfg.scheduler["step_size"], cfg.scheduler["gamma"])
                  if cfg.scheduler["name"] == "step" else None)
-    use_amp = bool(cfg.amp and dev.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=True) if use_amp else None
+    dtype = amp_dtype(dev, cfg.amp_dtype) if cfg.amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=True) if needs_grad_scaler(dtype) else None
     stopper = EarlyStopping(**cfg.early_stopping)
     history: List[Dict[str, Any]] = []
     first_epoch = 1
     if state:
-        model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
@@ -849,16 +671,18 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
         first_epoch = int(state["epoch"]) + 1
         torch.set_rng_state(state["rng"]["torch"])
     pad_values = pre.pad_values()
-    lr_perm = lr_swap_permutation(class_names)
-    divisor = size_divisor(model, spatial_dims)
+    divisor = size_divisor(net, spatial_dims)
     n_samples = cfg.samples_per_epoch or (sum(c.n_slices for c in train_cases) if spatial_dims == 2
                                           else max(cfg.batch_size, 4 * len(train_cases)))
+    batches = EpochBatches(train_cases, cfg, spatial_dims, n_samples, lr_swap_permutation(class_names), pad_values, ctx)
+    loader, keys = batch_loader(batches, cfg.num_workers, cfg.pin_memory and dev.type == "cuda")
+    non_blocking = dev.type == "cuda"
 
     def payload(epoch: int, kind: str) -> Dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "kind": kind,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": cfg.to_dict(), "model": spec, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "config": cfg.to_dict(), "model": spec, "state_dict": plain_state_dict(model),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
             "scaler": scaler.state_dict() if scaler else None, "rng": _rng_states(), "epoch": epoch,
             "class_names": list(class_names), "preprocess": pre.to_dict(),
@@ -867,16 +691,22 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
             "history": list(history), "stopper": stopper.state_dict(),
             "best": {"epoch": stopper.best_epoch, "score": stopper.best_score, "metric": stopper.metric},
             "stop_reason": None, "elapsed_s": writer.elapsed_s, "versions": library_versions(),
-            "device": str(dev),
+            "device": str(dev), "world_size": ctx.world_size,
         }
 
+    def save(path: Path, data: Dict[str, Any]) -> None:
+        if ctx.is_main:
+            save_checkpoint(path, data)
+
     stop_reason = state.get("stop_reason") if state else None
-    writer.emit("start", epochs=cfg.epochs, first_epoch=first_epoch, device=str(dev), amp=use_amp, model=cfg.model,
+    writer.emit("start", epochs=cfg.epochs, first_epoch=first_epoch, device=str(dev), amp=dtype is not None,
+                amp_dtype=str(dtype).replace("torch.", "") if dtype is not None else None, model=cfg.model,
                 loss=cfg.loss, train_cases=train_names, val_cases=val_names, class_names=class_names,
-                prominence=prom, samples_per_epoch=n_samples, resumed=bool(state))
+                prominence=prom, samples_per_epoch=n_samples, resumed=bool(state), world_size=ctx.world_size)
     if state is None:
-        save_checkpoint(last_path, payload(0, "last"))
-        write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        save(last_path, payload(0, "last"))
+        if ctx.is_main:
+            write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     if state is not None and (stop_reason == "early_stopping" or first_epoch > cfg.epochs):
         stop_reason = stop_reason or "epochs"
         writer.emit("done", best_epoch=stopper.best_epoch, best_score=stopper.best_score, epochs_run=first_epoch - 1,
@@ -896,30 +726,22 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
     try:
         for epoch in range(first_epoch, cfg.epochs + 1):
             t0 = time.monotonic()
-            seed = _epoch_seed(cfg.seed, epoch)
-            torch.manual_seed(seed)
-            rng = np.random.default_rng(seed)
-            if spatial_dims == 2:
-                items = sample_slices(train_cases, n_samples, rng, cfg.foreground_fraction)
-            else:
-                items = sample_patches(train_cases, n_samples, rng, cfg.patch_size, cfg.foreground_fraction)
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch) + ctx.rank)  # dropout: own masks per rank
+            keys.epoch = epoch
             model.train()
             losses = []
-            for b in range(0, len(items), cfg.batch_size):
+            for xb, yb in loader:
                 why = watch.requested()
-                if why:
-                    raise CancelledError(why)
-                xb, yb = _make_batch(train_cases, items[b:b + cfg.batch_size], cfg, spatial_dims, rng, lr_perm, pad_values)
-                x = torch.from_numpy(xb).to(dev)
-                y = to_target(torch.from_numpy(yb).to(dev), softmax)
+                if ctx.any(why is not None):
+                    raise CancelledError(why or "cancel requested in another process")
+                x = xb.to(dev, non_blocking=non_blocking)
+                y = to_target(yb.to(dev, non_blocking=non_blocking), softmax)
                 if spatial_dims == 2:
-                    x, sizes = pad_to_multiple(x, divisor, pad_values, dims=2)
-                    y, _ = pad_to_multiple(y, divisor, 0.0, dims=2)
-                    if softmax:
-                        y[:, 0][..., sizes[0]:, :] = 1.0
-                        y[:, 0][..., :, sizes[1]:] = 1.0
+                    x, _ = pad_to_multiple(x, divisor, pad_values, dims=2)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
                 try:
-                    losses.append(_train_step(model, loss_fn, optimizer, scaler, x, y, use_amp, dev))
+                    losses.append(_train_step(model, loss_fn, optimizer, scaler, x, y, dtype, dev))
                 except Exception as exc:  # noqa: BLE001
                     if _is_oom(exc):
                         raise TrainingOutOfMemory(
@@ -927,14 +749,18 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
                             f"lower batch_size (e.g. --set batch_size={max(1, cfg.batch_size // 2)}), the patch or "
                             f"resize size, or the model width, or train with --device cpu") from None
                     raise
-            val_loss, dice = _validate(model, loss_fn, val_cases, spec, cfg, pad_values, dev, use_amp)
+            val_loss, dice = _validate(net, loss_fn, val_cases, len(class_names), spec, cfg, pad_values, dev, dtype,
+                                       ctx)
             if scheduler is not None:
                 scheduler.step()
+            loss_total = ctx.all_sum([sum(losses), len(losses)])
+            train_loss = float(loss_total[0] / loss_total[1]) if loss_total[1] else None
             dice_mean = float(np.mean([d for d in dice if d is not None])) if dice else None
             is_best, stop, running = stopper.update(epoch, val_loss, dice_mean)
+            is_best, stop = ctx.broadcast((is_best, stop))  # rank 0 decides
             epoch_s = time.monotonic() - t0
             done_here = epoch - first_epoch + 1
-            record = {"epoch": epoch, "epochs": cfg.epochs, "train_loss": float(np.mean(losses)) if losses else None,
+            record = {"epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss,
                       "val_loss": val_loss, "val_loss_mean": running,
                       "val_dice": {n: d for n, d in zip(class_names, dice)}, "val_dice_mean": dice_mean,
                       "lr": optimizer.param_groups[0]["lr"], "is_best": is_best, "best_epoch": stopper.best_epoch,
@@ -944,8 +770,8 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
             if stop:
                 stop_reason = "early_stopping"
             if is_best:
-                save_checkpoint(best_path, payload(epoch, "best"))
-            save_checkpoint(last_path, payload(epoch, "last"))
+                save(best_path, payload(epoch, "best"))
+            save(last_path, payload(epoch, "last"))
             writer.emit("epoch", **record)
             if bar is not None:
                 bar.update(1)
@@ -953,6 +779,7 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
             if stop:
                 break
     except CancelledError as exc:
+        ctx.barrier()
         done = int(read_checkpoint(last_path)["epoch"])
         writer.emit("stop", reason="cancelled", epoch=done, message=str(exc))
         raise CancelledError(f"{exc}: training stopped; {last_path} holds epoch {done} "
@@ -964,8 +791,31 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
     writer.emit("done", best_epoch=stopper.best_epoch, best_score=stopper.best_score, epochs_run=epoch,
                 reason=stop_reason)
     # Record the final stop reason in last.pt so that --resume knows the run is finished.
-    final = read_checkpoint(last_path)
-    final["stop_reason"] = stop_reason
-    save_checkpoint(last_path, final)
+    if ctx.is_main:
+        final = read_checkpoint(last_path)
+        final["stop_reason"] = stop_reason
+        save_checkpoint(last_path, final)
+    ctx.barrier()
     return TrainResult(out_dir, last_path, best_path, epoch, stopper.best_epoch, stopper.best_score, stop_reason,
                        history, class_names, prom, writer.elapsed_s)
+
+
+def _build_loss(cfg: TrainConfig, spec: Dict[str, Any], build_loss: Callable[..., Any]) -> Any:
+    """The configured loss, for the model's output activation (an InputError names a mismatch)."""
+    try:
+        loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs)
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError("config", "loss/loss_kwargs", f"a known loss with valid arguments ({exc})", got=cfg.loss) from exc
+    loss_act = getattr(loss_fn, "activation", None)
+    if loss_act is not None and loss_act != spec["final_activation"]:
+        if "activation" not in cfg.loss_kwargs:
+            try:
+                loss_fn = build_loss(cfg.loss, activation=spec["final_activation"], **cfg.loss_kwargs)
+            except (InputError, TypeError, ValueError):
+                loss_fn = None
+        if loss_fn is None or getattr(loss_fn, "activation", None) != spec["final_activation"]:
+            raise InputError("config", "loss", f"a loss for {spec['final_activation']} outputs (the model "
+                             f"{cfg.model} ends in a {spec['final_activation']})", got=f"{cfg.loss} ({loss_act})")
+    return loss_fn

@@ -1,13 +1,24 @@
-"""2D U-Net inference speed (slices/s at 512x512) and peak host memory of predicting a 512x512x150 CT.
+"""Inference speed: our 2D U-Net against MONAI's UNet at the same input size and batch, and a whole CT with
+the paper-000 config, in one run; prints ratios.
 
-Peer: paper 000 reports about 30 slices/s on a GeForce 2080; the goal on an H100 is >= 300 slices/s
-(ratio printed). The memory part runs in a fresh process (so earlier allocations do not count) and reports
-the peak resident set size (``resource.getrusage``), the part of it above the process's size before
-inference, and the peak of Python/numpy allocations (``tracemalloc``); the goal is a streamed prediction
-under 2 GB of host memory.
+1. Network throughput, ours (``unet2d``, paper 000 Table A1, 1.13 M parameters) vs the peer
+   ``monai.networks.nets.UNet(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2,
+   norm="batch", dropout=0.2)`` (our ``monai_unet`` wrapper), both through ``predict_volume`` (so both
+   get the same preprocessing, batching, channels_last and mixed precision) on random CT slices of
+   ``--size`` x ``--size``: slices/s, and peak GPU memory on CUDA. On CUDA the size is 512 and the goal
+   is >= 300 slices/s for ours on one H100/H200-class GPU (ratio printed).
+2. A whole ``--ct-slices`` x 512 x 512 CT with ``examples/configs/bice-unet2d-bce.yaml`` (NLF1, centre
+   crop 300, resize 150: the network sees 150 x 150 padded to 160 x 160), end to end including the
+   intensity transform, crop, resize, their inverse and the float32 maps on the CT grid; with the time
+   split into preprocessing, network and inverse, for channels_last off and on, and the process's CPU
+   time (on a shared machine, CPU time / threads estimates the wall time on free cores). Goal on 2 CPU
+   cores: < 10 s (ratio printed).
+3. With ``--memory``: peak host memory of predicting a 512 x 512 x ``--ct-slices`` CT without crop (a
+   fresh process; goal < 2 GB).
 
 Usage:
-  python benchmarks/bench_inference.py [--device cpu|cuda|auto] [--slices 32] [--batch 8] [--ct-slices 150]
+  python benchmarks/bench_inference.py [--device cpu|cuda|auto] [--size 160] [--slices 32] [--batch 16]
+      [--ct-slices 150] [--threads 2] [--memory]
 """
 
 from __future__ import annotations
@@ -18,72 +29,120 @@ import resource
 import subprocess
 import sys
 import time
-import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
-PAPER_SLICES_PER_S = 30.0  # paper 000, GeForce 2080
-H100_GOAL = 300.0
+GPU_GOAL = 300.0        # slices/s at 512 x 512 on one H100/H200-class GPU
+CT_GOAL_S = 10.0        # a whole 150-slice CT, paper-000 config, 2 CPU cores
+CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "bice-unet2d-bce.yaml"
 
 
-def _loaded_model(device: str, classes: int = 1):
+def _loaded(device: str, name: str, classes: int = 1, crop=None, resize=None):
     import torch
 
     from AutoSegSensitivity.data import Preprocessor
     from AutoSegSensitivity.inference import LoadedModel
     from AutoSegSensitivity.intensity import get_transform
     from AutoSegSensitivity.models import build_model
-    from AutoSegSensitivity.training import TrainConfig
+    from AutoSegSensitivity.train_config import TrainConfig
 
     torch.manual_seed(0)
-    net = build_model("unet2d", 1, classes)
-    cfg = TrainConfig(model="unet2d", inference_batch_size=8)
+    kwargs = {"base_features": 16, "depth": 5, "norm": "batch", "dropout": 0.2} if name == "monai_unet" else {}
+    net = build_model(name, 1, classes, **kwargs)
     names = [f"S{i}" for i in range(classes)]
     dev = torch.device(device)
-    return LoadedModel(model=net.to(dev).eval(), class_names=names, config=cfg,
-                       preprocessor=Preprocessor([get_transform("NLF1")]),
-                       spec={"name": "unet2d", "spatial_dims": 2, "final_activation": "sigmoid"},
+    return LoadedModel(model=net.to(dev).eval(), class_names=names, config=TrainConfig(model=name),
+                       preprocessor=Preprocessor([get_transform("NLF1")], crop, resize),
+                       spec={"name": name, "spatial_dims": 2, "final_activation": "sigmoid"},
                        thresholds={n: 0.5 for n in names}, device=dev)
 
 
-def speed(device: str, slices: int, batch: int) -> float:
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def throughput(device: str, name: str, size: int, slices: int, batch: int, channels_last: bool) -> dict:
+    """slices/s of predict_volume on random ``slices`` x ``size`` x ``size`` HU, and peak GPU memory."""
     import torch
 
     from AutoSegSensitivity.inference import predict_volume
     from AutoSegSensitivity.volume import Volume
 
-    model = _loaded_model(device)
-    ct = Volume(np.random.default_rng(0).integers(-1000, 1500, (slices, 512, 512), dtype=np.int16), (0.98, 0.98, 3.0))
-    warm = Volume(ct.array[: batch], ct.spacing)
-    predict_volume(model, warm, batch_size=batch)
+    model = _loaded(device, name)
+    ct = Volume(np.random.default_rng(0).integers(-1000, 1500, (slices, size, size), dtype=np.int16), (1.0, 1.0, 3.0))
+    predict_volume(model, Volume(ct.array[:batch], ct.spacing), batch_size=batch, channels_last=channels_last)
+    _sync(device)
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    predict_volume(model, ct, batch_size=batch)
+    predict_volume(model, ct, batch_size=batch, channels_last=channels_last)
+    _sync(device)
+    out = {"slices_per_s": slices / (time.perf_counter() - t0)}
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return slices / (time.perf_counter() - t0)
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def whole_ct(device: str, n: int, batch: int, channels_last: bool) -> dict:
+    """Seconds for a whole n x 512 x 512 CT with the paper-000 config, and where they go."""
+    import torch
+
+    from AutoSegSensitivity.data import pad_to_multiple
+    from AutoSegSensitivity.inference import predict_volume
+    from AutoSegSensitivity.train_config import TrainConfig
+    from AutoSegSensitivity.volume import Volume
+
+    cfg = TrainConfig.from_file(CONFIG)
+    model = _loaded(device, "unet2d", 2, tuple(cfg.crop), tuple(cfg.resize))
+    rng = np.random.default_rng(1)
+    ct = Volume(rng.integers(-1000, 1500, (n, 512, 512), dtype=np.int16), (0.98, 0.98, 3.0))
+    predict_volume(model, Volume(ct.array[:batch], ct.spacing), batch_size=batch, channels_last=channels_last)
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    predict_volume(model, ct, batch_size=batch, channels_last=channels_last)
+    _sync(device)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # the same work in its three parts
+    pre = model.preprocessor
+    t0 = time.perf_counter()
+    x = pre.image(ct.array)
+    t_pre = time.perf_counter() - t0
+    net, dev = model.inference_network(channels_last), torch.device(device)
+    probs = []
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for s in range(0, n, batch):
+            xp, sizes = pad_to_multiple(torch.from_numpy(x[s:s + batch]).to(dev), 16, pre.pad_values())
+            if channels_last:
+                xp = xp.contiguous(memory_format=torch.channels_last)
+            probs.append(torch.sigmoid(net(xp)[..., :sizes[0], :sizes[1]]).cpu().numpy())
+    _sync(device)
+    t_net = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for p in probs:
+        pre.invert(p, (512, 512))
+    t_inv = time.perf_counter() - t0
+    return {"total_s": total, "cpu_s": cpu, "pre_s": t_pre, "net_s": t_net, "invert_s": t_inv}
 
 
 def memory(device: str, ct_slices: int, batch: int) -> dict:
     from AutoSegSensitivity.inference import predict_volume
     from AutoSegSensitivity.volume import Volume
 
-    model = _loaded_model(device)
+    model = _loaded(device, "unet2d")
     ct = Volume(np.random.default_rng(0).integers(-1000, 1500, (ct_slices, 512, 512), dtype=np.int16),
                 (0.98, 0.98, 3.0))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    tracemalloc.start()
     t0 = time.perf_counter()
     probs = predict_volume(model, ct, batch_size=batch)
     seconds = time.perf_counter() - t0
-    _, py_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return {"ct_shape": list(ct.shape), "classes": len(probs), "seconds": round(seconds, 2),
-            "peak_rss_mb": round(peak, 1), "rss_before_mb": round(before, 1),
-            "increase_mb": round(peak - before, 1), "tracemalloc_peak_mb": round(py_peak / 2**20, 1),
-            "ct_input_mb": round(ct.array.nbytes / 2**20, 1), "output_mb": round(sum(v.array.nbytes for v in probs.values()) / 2**20, 1)}
+    return {"ct_shape": list(ct.shape), "seconds": round(seconds, 2), "peak_rss_mb": round(peak, 1),
+            "rss_before_mb": round(before, 1), "output_mb": round(sum(v.array.nbytes for v in probs.values()) / 2**20, 1)}
 
 
 def main() -> int:
@@ -91,12 +150,13 @@ def main() -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
+    p.add_argument("--size", type=int, default=160, help="in-plane size of part 1 on CPU (512 on CUDA)")
     p.add_argument("--slices", type=int, default=32)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--ct-slices", type=int, default=150)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--memory", action="store_true", help="also measure peak host memory (part 3)")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--skip-memory", action="store_true")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,20 +165,33 @@ def main() -> int:
         print(json.dumps(memory(devices[-1], args.ct_slices, args.batch)))
         return 0
     for dev in devices:
-        sps = speed(dev, args.slices if dev == "cpu" else max(args.slices, 512), args.batch if dev == "cpu" else 64)
-        name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-        print(f"unet2d inference 512x512 on {name}: {sps:.1f} slices/s; ratio to paper 000 (30 slices/s, "
-              f"GeForce 2080): {sps / PAPER_SLICES_PER_S:.2f}" + (f"; ratio to the H100 goal (300): {sps / H100_GOAL:.2f}"
-                                                                if dev == "cuda" else ""))
-    if not args.skip_memory:
+        cuda = dev.startswith("cuda")
+        where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+        size, slices, batch = (512, max(args.slices, 256), 32) if cuda else (args.size, args.slices, args.batch)
+        print(f"== 1. network throughput, {size}x{size}, batch {batch}, {where}")
+        for cl in (False, True):
+            res = {name: throughput(dev, name, size, slices, batch, cl) for name in ("unet2d", "monai_unet")}
+            mem = (f"; peak GPU memory {res['unet2d']['peak_gpu_mb']:.0f} MB vs {res['monai_unet']['peak_gpu_mb']:.0f} MB"
+                   if cuda else "")
+            goal = f"; ratio to the {GPU_GOAL:.0f} slices/s goal: {res['unet2d']['slices_per_s'] / GPU_GOAL:.2f}" if cuda else ""
+            print(f"channels_last={cl!s:5}: ours {res['unet2d']['slices_per_s']:.1f} slices/s, MONAI UNet "
+                  f"{res['monai_unet']['slices_per_s']:.1f} slices/s; ratio ours/MONAI "
+                  f"{res['unet2d']['slices_per_s'] / res['monai_unet']['slices_per_s']:.2f}{mem}{goal}")
+        print(f"== 2. whole {args.ct_slices} x 512 x 512 CT, {CONFIG.name} (crop 300, resize 150), batch {args.batch}, "
+              f"{where}")
+        for cl in (False, True):
+            r = whole_ct(dev, args.ct_slices, args.batch, cl)
+            print(f"channels_last={cl!s:5}: {r['total_s']:.1f} s ({args.ct_slices / r['total_s']:.1f} slices/s; "
+                  f"CPU time {r['cpu_s']:.1f} s over {torch.get_num_threads()} threads); "
+                  f"parts: preprocessing {r['pre_s']:.1f} s, network {r['net_s']:.1f} s, inverse {r['invert_s']:.1f} s; "
+                  f"ratio to the {CT_GOAL_S:.0f} s goal: {r['total_s'] / CT_GOAL_S:.2f}")
+    if args.memory:
         cmd = [sys.executable, __file__, "--memory-child", "--device", devices[-1], "--ct-slices", str(args.ct_slices),
                "--batch", str(args.batch)] + (["--threads", str(args.threads)] if args.threads else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        m = json.loads(out)
-        print(f"peak host memory predicting a {'x'.join(map(str, m['ct_shape']))} CT on {devices[-1]}: "
-              f"{m['peak_rss_mb']:.0f} MB resident ({m['rss_before_mb']:.0f} MB before inference, +{m['increase_mb']:.0f} MB; "
-              f"tracemalloc peak {m['tracemalloc_peak_mb']:.0f} MB; input {m['ct_input_mb']:.0f} MB, "
-              f"output {m['output_mb']:.0f} MB) in {m['seconds']:.1f} s; ratio to the 2 GB goal: {m['peak_rss_mb'] / 2048:.2f}")
+        m = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        print(f"== 3. peak host memory predicting a {'x'.join(map(str, m['ct_shape']))} CT (no crop) on {devices[-1]}: "
+              f"{m['peak_rss_mb']:.0f} MB resident ({m['rss_before_mb']:.0f} MB before; output {m['output_mb']:.0f} MB) "
+              f"in {m['seconds']:.1f} s; ratio to the 2 GB goal: {m['peak_rss_mb'] / 2048:.2f}")
     return 0
 
 

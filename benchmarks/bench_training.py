@@ -7,11 +7,14 @@ convolutions per level like Table A1 (but MONAI down-samples with strided convol
 happens at full resolution).
 
 Both networks see identical batches built by ``AutoSegSensitivity.training`` (slice sampling with 80 %
-foreground, augmentation, padding to a multiple of 16) from a phantom dataset preprocessed as paper 000
-(the in-plane size is ``--size``).
+foreground, augmentation, padding to a multiple of 16, the loss on the unpadded slice) from a phantom
+dataset preprocessed as paper 000 (the in-plane size is ``--size``), with the training's speed options:
+mixed precision on CUDA in the config's ``amp_dtype`` (bfloat16 where supported, else float16 with a
+gradient scaler) and ``--channels-last``. On CUDA it also prints the peak GPU memory of each network.
 
 Usage:
   python benchmarks/bench_training.py [--device cpu|cuda|auto] [--size 128] [--batch 16] [--steps 10]
+      [--channels-last] [--threads N]
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ def main() -> int:
     from AutoSegSensitivity.losses import build_loss
     from AutoSegSensitivity.models import build_model
     from AutoSegSensitivity.phantom import make_phantom_dataset
-    from AutoSegSensitivity.training import (TrainConfig, _make_batch, _train_step, load_dataset, pad_to_multiple,
-                                             prepare_case, resolve_device, sample_slices, to_target)
-    from AutoSegSensitivity.data import lr_swap_permutation
+    from AutoSegSensitivity.checkpoint import amp_dtype, needs_grad_scaler, resolve_device
+    from AutoSegSensitivity.data import lr_swap_permutation, pad_to_multiple, prepare_case, sample_slices
+    from AutoSegSensitivity.training import TrainConfig, _item_rng, _make_batch, _train_step, load_dataset, to_target
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
@@ -42,6 +45,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--channels-last", action="store_true", help="NHWC layout for both networks")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,7 +62,8 @@ def main() -> int:
     items = sample_slices(cases, args.batch * (args.steps + 2), rng, 0.8)
     batches = []
     for b in range(0, len(items), args.batch):
-        x, y = _make_batch(cases, items[b:b + args.batch], cfg, 2, rng, perm, pad)
+        idx = range(b, min(len(items), b + args.batch))
+        x, y = _make_batch(cases, [items[i] for i in idx], cfg, 2, [_item_rng(0, 1, i) for i in idx], perm, pad)
         batches.append((x, y))
 
     torch.manual_seed(0)
@@ -66,24 +71,25 @@ def main() -> int:
     monai_net = UNet(spatial_dims=2, in_channels=1, out_channels=len(names), channels=(16, 32, 64, 128, 128),
                      strides=(2, 2, 2, 2), num_res_units=2, norm="batch", act="leakyrelu", dropout=0.2)
     loss_fn = build_loss("bce")
-    use_amp = dev.type == "cuda"
+    dtype = amp_dtype(dev, cfg.amp_dtype) if cfg.amp else None
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     results = {}
     for label, net in (("ours (unet2d)", ours), ("MONAI UNet", monai_net)):
-        net.to(dev).train()
+        net.to(dev).to(memory_format=fmt).train()
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        scaler = torch.amp.GradScaler("cuda") if use_amp else None
+        scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(dtype) else None
 
         def step(x: np.ndarray, y: np.ndarray) -> float:
             xt = torch.from_numpy(x).to(dev)
             yt = to_target(torch.from_numpy(y).to(dev), False)
             xt, _ = pad_to_multiple(xt, 16, pad, dims=2)
-            yt, _ = pad_to_multiple(yt, 16, 0.0, dims=2)
-            return _train_step(net, loss_fn, opt, scaler, xt, yt, use_amp, dev)
+            return _train_step(net, loss_fn, opt, scaler, xt.contiguous(memory_format=fmt), yt, dtype, dev)
 
         for x, y in batches[:2]:  # warm-up
             step(x, y)
         if dev.type == "cuda":
             torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         n = 0
         for x, y in batches[2:]:
@@ -94,8 +100,10 @@ def main() -> int:
         sps = n / (time.perf_counter() - t0)
         params = sum(p.numel() for p in net.parameters())
         results[label] = sps
+        mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if dev.type == "cuda" else ""
         print(f"{label:14s} {params / 1e6:6.3f} M parameters, {sps:8.1f} samples/s "
-              f"({args.size}x{args.size}, batch {args.batch}, {dev})")
+              f"({args.size}x{args.size}, batch {args.batch}, {dev}, amp {dtype}, "
+              f"channels_last {args.channels_last}{mem})")
     ratio = results["ours (unet2d)"] / results["MONAI UNet"]
     print(f"throughput ratio ours / MONAI UNet: {ratio:.2f}")
     return 0

@@ -1,36 +1,43 @@
-"""Predict probability maps for one CT with a trained checkpoint.
+"""Predict probability maps for one CT, or for every case of a dataset folder, with a trained checkpoint.
 
-Writes OUT/prob_<structure>.nrrd (float32 probabilities on the input grid, never thresholded). With
---threshold T (one threshold for all structures) or --tuned (the thresholds stored in the checkpoint by
-threshold tuning) also OUT/segmentation.seg.nrrd. The image is a volume file (.nrrd, .nii.gz, ...) or a
-folder holding one DICOM CT series.
+With --image: writes OUT/prob_<structure>.nrrd (float32 probabilities on the input grid, never
+thresholded). With --threshold T (one threshold for all structures) or --tuned (the thresholds stored in
+the checkpoint by threshold tuning) also OUT/segmentation.seg.nrrd. The image is a volume file (.nrrd,
+.nii.gz, ...) or a folder holding one DICOM CT series.
 
-Example:
+With --data DATASET (one sub-folder per case): writes OUT/<case>/prob_<structure>.nrrd for every case,
+or with --shard I/N (0 <= I < N) for cases I, I+N, I+2N, ... of the names sorted (one task of a job
+array; the N shards are disjoint and cover every case). A case is finished when OUT/<case>/prediction.json
+lists its files; finished cases are skipped, so a re-queued task resumes. Failed cases do not stop the
+run: they are listed at the end and in OUT/shard-I-of-N.json (exit code 1 if any failed).
+
+Examples:
   autosegsens predict --model runs/quick/best.pt --image phantom-data/case000/image.nrrd \\
       --out pred/case000 --threshold 0.5
+  autosegsens predict --model runs/quick/best.pt --data phantom-data --out pred --shard 0/4
+  (SLURM job array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; see examples/slurm/)
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
+from ..predict_shards import safe_name  # noqa: F401 - the file-name rule, importable from here as before
 from .common import add_out_argument, prepare_out_dir
 
 NAME = "predict"
 HELP = "probability maps (and optionally a thresholded segmentation) from a checkpoint"
 
 
-def safe_name(name: str) -> str:
-    """A structure name made safe for a file name (characters other than letters, digits, ``._-`` -> ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "structure"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="checkpoint (best.pt or last.pt)")
-    parser.add_argument("--image", type=Path, required=True, help="CT volume file or DICOM series folder (HU)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", type=Path, help="CT volume file or DICOM series folder (HU)")
+    source.add_argument("--data", type=Path, help="dataset folder: predict every case into OUT/<case>/")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="with --data: only cases I, I+N, ... of the sorted names (0 <= I < N)")
     add_out_argument(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=float, default=None, help="write segmentation.seg.nrrd at this threshold")
@@ -38,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("nrrd", "nii.gz"), default="nrrd", help="probability map file format")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=None, help="slices (2D) or windows (3D) per pass")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC memory layout for 2D models (default: on; faster on CPU and tensor-core GPUs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,10 +56,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise InputError("--threshold", None, "a number in [0, 1]", got=args.threshold)
+    if args.shard is not None and args.data is None:
+        raise InputError("--shard", None, "--data DATASET (shards split a dataset folder)", got="--image")
     model = load_checkpoint(args.model, device=args.device)
     if args.tuned and not model.thresholds_tuned:
         raise InputError(args.model, "thresholds", "tuned thresholds (run threshold tuning first, or use --threshold)",
                          got="only the 0.5 default")
+    if args.data is not None:
+        return _run_dataset(args, model)
     names = [f"prob_{safe_name(n)}.{args.format}" for n in model.class_names]
     seg_name = "segmentation.seg.nrrd"
     want_seg = args.threshold is not None or args.tuned
@@ -58,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.image.exists():
         raise InputError(args.image, None, "an existing image file or DICOM folder", got="no such file")
     volume = read_dicom_series(args.image).volume if args.image.is_dir() else read_volume(args.image)
-    probs = predict_volume(model, volume, batch_size=args.batch_size)
+    probs = predict_volume(model, volume, batch_size=args.batch_size, channels_last=args.channels_last)
     for (name, vol), fname in zip(probs.items(), names):
         write_volume(vol, args.out / fname)
     if want_seg:
@@ -67,3 +80,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(names)} probability map(s){' and ' + seg_name if want_seg else ''} to {args.out}",
           file=sys.stdout)
     return 0
+
+
+def _run_dataset(args: argparse.Namespace, model: object) -> int:
+    """--data [--shard I/N]: every case (of the shard); finished cases skipped; failures summarised."""
+    from ..predict_shards import parse_shard, predict_shard
+
+    index, count = parse_shard(args.shard) if args.shard is not None else (0, 1)
+    thresholds = model.thresholds if args.tuned else args.threshold
+    result = predict_shard(model, args.data, args.out, index, count, fmt=args.format, thresholds=thresholds,
+                           batch_size=args.batch_size, channels_last=args.channels_last,
+                           on_failure=lambda f: print(f"warning: {f.name} failed: {f.reason}", file=sys.stderr))
+    for line in result.summary():
+        print(line, file=sys.stderr if result.batch.failed else sys.stdout)
+    return result.batch.exit_code()

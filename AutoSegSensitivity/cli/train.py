@@ -5,6 +5,11 @@ stopping rule; unknown keys are errors. Checkpoints go to OUT/last.pt (every epo
 epoch by the stopping rule), progress events to OUT/events.jsonl. Ctrl-C (or SIGTERM, or a file named
 CANCEL in OUT) stops at the next batch and keeps the last complete epoch; --resume continues from it.
 
+Several GPUs or machines: launch the same command with torchrun (PyTorch's launcher). Each process
+trains on its share of every batch (batch_size is the global batch) with DistributedDataParallel: NCCL
+on CUDA, gloo on CPU. Only rank 0 writes checkpoints and events; --resume works the same way, and a
+checkpoint from N processes loads in one and back.
+
 Exit codes: 0 done, 1 failed (e.g. out of GPU memory: the message says what to change), 2 bad input,
 130 cancelled.
 
@@ -13,18 +18,26 @@ Example:
   autosegsens train --config examples/configs/quick-unet2d.yaml --data phantom-data --out runs/quick
   autosegsens train --config examples/configs/quick-unet2d.yaml --data phantom-data --out runs/quick \\
       --resume --set epochs=20
+  # one machine, 4 GPUs (or 4 CPU processes with --device cpu):
+  torchrun --standalone --nproc_per_node=4 -m AutoSegSensitivity train \\
+      --config examples/configs/bice-unet2d-bce.yaml --data data --out runs/ddp
+  # two machines with 4 GPUs each (run on both; HOST = the first machine's address):
+  torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
+      --rdzv_id=job1 -m AutoSegSensitivity train --config C --data D --out O
+  (SLURM: examples/slurm/train_torchrun.sbatch)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from .common import add_out_argument, prepare_out_dir
 
 NAME = "train"
-HELP = "train a segmentation network (checkpoints, events, resume)"
+HELP = "train a segmentation network (checkpoints, events, resume; under torchrun: DDP)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,13 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import launched_by_torchrun
     from ..progress import describe_epoch
     from ..training import TrainConfig, TrainingOutOfMemory, train
 
     cfg = TrainConfig.from_file(args.config)
     if args.overrides:
         cfg = cfg.with_overrides(args.overrides)
-    if not args.resume:
+    main_rank = not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+    if not args.resume and main_rank:
         prepare_out_dir(args.out, args.overwrite, will_write=("last.pt", "best.pt", "events.jsonl"))
         if args.overwrite:
             (args.out / "events.jsonl").unlink(missing_ok=True)
@@ -66,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingOutOfMemory as exc:
         print(f"autosegsens train: error: {exc}", file=sys.stderr)
         return 1
+    if not main_rank:
+        return 0
     score = f"{result.best_score:.4f}" if result.best_score is not None else "-"
     print(f"trained {result.epochs_run} epochs ({result.stop_reason}); best epoch {result.best_epoch} "
           f"(score {score}) -> {result.best_path}")

@@ -99,3 +99,30 @@ def test_predict_tuned_thresholds_and_errors(run, tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "nope.pt"), "--image", str(image), "--out",
                  str(tmp_path / "d")]) == 2
     assert main(args + ["--out", str(tmp_path / "e"), "--threshold", "2"]) == 2
+
+
+def test_help_shows_torchrun_and_shards(capsys):
+    """`train --help` shows the single-node and multi-node torchrun commands; `predict --help` the
+    dataset mode with --shard."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "torchrun --standalone --nproc_per_node=4 -m AutoSegSensitivity train" in text
+    assert "--nnodes=2" in text and "--rdzv_endpoint" in text
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    assert "--shard I/N" in text and "--data" in text and "SLURM_ARRAY_TASK_ID" in text
+
+
+def test_train_under_a_torchrun_rank_other_than_zero_writes_nothing_new(run, tmp_path, monkeypatch, capsys):
+    """A rank > 0 neither prepares the output folder nor prints the result (rank 0 does); with WORLD_SIZE
+    > 1 but no torchrun rendezvous variables the command names what is missing (exit 2)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    for k in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    code = main(["train", "--config", str(run / "cfg.yaml"), "--data", str(run / "data"), "--out",
+                 str(tmp_path / "r1"), "--device", "cpu", "--quiet"])
+    assert code == 2 and "LOCAL_RANK" in capsys.readouterr().err
+    assert not (tmp_path / "r1").exists()

@@ -158,3 +158,61 @@ def test_threshold_maps_and_bad_inputs(trained, tmp_path):
         predict_volume(m, vol.array)
     with pytest.raises(InputError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_channels_last_and_batching_give_the_same_maps(trained):
+    """channels_last (NHWC) and the slices-per-pass batch change speed, not the maps (1e-5: the two
+    layouts' CPU kernels sum in different orders)."""
+    m = load_checkpoint(trained["cropped"])
+    vol = oblique_volume()
+    ref = predict_volume(m, vol, batch_size=1, channels_last=False)
+    fast = predict_volume(m, vol, batch_size=7)  # channels_last by default
+    for name in ref:
+        np.testing.assert_allclose(fast[name].array, ref[name].array, rtol=0, atol=1e-5)
+    assert m.inference_network(True).encoders[0][0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert m.model.encoders[0][0][0].weight.is_contiguous()  # the checkpoint's network is left alone
+
+
+def test_batchnorm_folding_keeps_outputs_and_follows_weight_changes(trained):
+    """The inference copy has no BatchNorm left after convolutions and gives the eval outputs of the
+    checkpoint's network (1e-5); changing the weights (in place, as an optimiser does) rebuilds it."""
+    from AutoSegSensitivity.inference import fold_batchnorm
+
+    m = load_checkpoint(trained["plain"])
+    with torch.no_grad():  # give BatchNorm non-trivial statistics, so folding has work to do
+        for mod in m.model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    fast = m.inference_network()
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in fast.modules())
+    assert sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.model.modules()) > 10
+    x = torch.randn(3, 1, 32, 48)
+    with torch.no_grad():
+        ref = m.model.eval()(x)
+        np.testing.assert_allclose(fast(x).numpy(), ref.numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(fold_batchnorm(m.model)(x).numpy(), ref.numpy(), rtol=0, atol=1e-5)
+        assert m.inference_network() is fast
+        m.model.output.bias.add_(1.0)
+        again = m.inference_network()
+        assert again is not fast
+        np.testing.assert_allclose(again(x).numpy(), ref.numpy() + 1.0, rtol=0, atol=1e-5)
+
+
+def test_checkpoint_with_ddp_prefixes_loads_without_them(trained, tmp_path):
+    """A state dict saved from a DistributedDataParallel wrapper (keys ``module.*``) reads back plain."""
+    from AutoSegSensitivity.checkpoint import plain_state_dict, save_checkpoint
+
+    ck = read_checkpoint(trained["plain"])
+    ck["state_dict"] = {f"module.{k}": v for k, v in ck["state_dict"].items()}
+    save_checkpoint(tmp_path / "ddp.pt", ck)
+    m = load_checkpoint(tmp_path / "ddp.pt")
+    plain = read_checkpoint(trained["plain"])["state_dict"]
+    assert set(read_checkpoint(tmp_path / "ddp.pt")["state_dict"]) == set(plain)
+    assert all(torch.equal(v, plain[k]) for k, v in m.model.state_dict().items())
+
+    class Wrapper(torch.nn.Module):  # what DDP looks like to plain_state_dict: the network in .module
+        def __init__(self, net):
+            super().__init__()
+            self.module = net
+    assert set(plain_state_dict(Wrapper(m.model))) == set(plain)

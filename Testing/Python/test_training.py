@@ -390,3 +390,151 @@ def test_bad_checkpoints_and_resume_mismatch(phantom, tmp_path):
         _run(phantom, tmp_path / "empty", tiny_2d(), resume=True)
     with pytest.raises(InputError, match="NoSuchOrgan"):
         _run(phantom, tmp_path / "x", tiny_2d(structures=["NoSuchOrgan"]))
+
+
+# ---- loss on the image, not the padding (issue 14, drift 2) ----------------------------------------------
+
+
+def test_loss_sees_the_image_not_the_padding(phantom, tmp_path, monkeypatch):
+    """30 x 30 slices run through the U-Net padded to 32 x 32; the loss must get 30 x 30 logits, equal to
+    the loss of the cropped output, and differ from the loss over the padded output (what it was)."""
+    from AutoSegSensitivity import losses
+    from AutoSegSensitivity.data import pad_to_multiple
+
+    torch.manual_seed(0)
+    net = training.build_network(TrainConfig.from_dict(tiny_2d()), 1, 2)[0].eval()
+    bce = losses.build_loss("bce")
+    x = torch.randn(2, 1, 30, 30)
+    y = (torch.rand(2, 2, 30, 30) > 0.7).float()
+    xp, sizes = pad_to_multiple(x, 16, -1.0)
+    loss, logits = training._forward_loss(net, bce, xp, y, None, torch.device("cpu"))
+    full = net(xp)
+    assert logits.shape[-2:] == (30, 30) and sizes == (30, 30)
+    loss, full = float(loss.detach()), full.detach()
+    assert loss == pytest.approx(float(bce(full[..., :30, :30], y)), abs=1e-7)
+    padded_y = torch.nn.functional.pad(y, (0, 2, 0, 2))
+    assert abs(loss - float(bce(full, padded_y))) > 1e-4
+
+    seen = []
+    real = losses.build_loss
+
+    def spying(*a, **k):
+        fn = real(*a, **k)
+
+        def wrapped(lg, tg):
+            seen.append((tuple(lg.shape[-2:]), tuple(tg.shape[-2:])))
+            return fn(lg, tg)
+        return wrapped
+    monkeypatch.setattr(losses, "build_loss", spying)
+    _run(phantom, tmp_path / "crop", tiny_2d(epochs=1, resize=[30, 30]))
+    assert seen and set(seen) == {((30, 30), (30, 30))}  # training and validation alike
+
+
+# ---- one thresholding rule: p >= t (issue 14, drift 3) ---------------------------------------------------
+
+
+def test_validation_dice_thresholds_like_the_sweep():
+    """Validation counts a voxel as foreground when sigmoid(logit) >= 0.5, the ``p >= t`` rule of
+    ``threshold_maps`` and the sweep: logit 0 (p = 0.5 exactly) and -1e-9 (p rounds to 0.5 in float32)
+    are foreground, -1e-3 is not."""
+    from AutoSegSensitivity.inference import threshold_maps
+    from AutoSegSensitivity.volume import Volume
+
+    logits = torch.tensor([0.0, -1e-9, -1e-3, 1e-3, 4.0, -4.0]).reshape(1, 1, 1, 2, 3).repeat(1, 2, 1, 1, 1)
+    logits[:, 1] *= -1
+    masks = training.predicted_masks(logits, 2, softmax=False)
+    prob = torch.sigmoid(logits).numpy()
+    for c in range(2):
+        seg = threshold_maps({"s": Volume(prob[0, c], (1.0, 1.0, 1.0))}, 0.5)
+        assert np.array_equal(masks[c][0].numpy(), seg.mask("s"))
+    assert masks[0].reshape(-1).tolist() == [True, True, False, True, True, False]
+    ref = torch.zeros_like(logits[:, :, 0], dtype=torch.uint8)
+    ref[0, 0, 0, 0] = 1
+    counts = np.zeros((2, 3))
+    training._accumulate(counts, logits[:, :, 0], ref, softmax=False)
+    brute = [[sum(bool(m) and bool(r) for m, r in zip(masks[c].reshape(-1), ref[0, c].reshape(-1))),
+              int(masks[c].sum()), int(ref[0, c].sum())] for c in range(2)]
+    assert counts.tolist() == brute
+
+
+# ---- GPU speed knobs (the parts that run on a CPU) -------------------------------------------------------
+
+
+def test_speed_knobs_are_validated_and_default_safe():
+    cfg = TrainConfig()
+    assert (cfg.amp_dtype, cfg.channels_last, cfg.cudnn_benchmark, cfg.num_workers) == ("auto", False, False, 0)
+    for key, bad in (("amp_dtype", "int8"), ("channels_last", "yes"), ("num_workers", -1), ("pin_memory", 1)):
+        with pytest.raises(InputError, match=key):
+            TrainConfig.from_dict({key: bad})
+    from AutoSegSensitivity.checkpoint import amp_dtype, needs_grad_scaler
+
+    assert amp_dtype("cpu", "auto") is None and amp_dtype("cpu", "float16") is None  # CPU runs float32
+    assert needs_grad_scaler(torch.float16) and not needs_grad_scaler(torch.bfloat16)
+    assert not needs_grad_scaler(None)
+    with pytest.raises(InputError, match="amp_dtype"):
+        amp_dtype("cpu", "fp8")
+
+
+def test_workers_and_channels_last_train_the_same_weights(phantom, tmp_path):
+    """Batches built by a persistent DataLoader worker are the batches built in-process (each sample's
+    crop and augmentation is seeded by (seed, epoch, index)): identical weights. channels_last changes the
+    memory layout only: the first batch's loss is the same to 1e-5 (later steps drift apart by round-off,
+    which BatchNorm's backward amplifies; CPU kernels of the two layouts sum in different orders), and its
+    checkpoint loads into a plain model."""
+    from AutoSegSensitivity.inference import load_checkpoint
+
+    cfg = tiny_2d(epochs=2, samples_per_epoch=6, model_kwargs={"base_features": 4, "dropout": 0.0})
+    base = _run(phantom, tmp_path / "base", cfg)
+    worker = _run(phantom, tmp_path / "worker", dict(cfg, num_workers=1))
+    cl = _run(phantom, tmp_path / "cl", dict(cfg, channels_last=True))
+    a, b = read_checkpoint(base.last_path)["state_dict"], read_checkpoint(worker.last_path)["state_dict"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    assert cl.history[0]["train_loss"] == pytest.approx(base.history[0]["train_loss"], rel=1e-5)
+    assert cl.history[0]["train_loss"] != base.history[1]["train_loss"]
+    assert load_checkpoint(cl.last_path).epoch == 2
+
+
+# ---- the import graph -------------------------------------------------------------------------------------
+
+
+def test_no_import_cycle_among_package_modules():
+    """Every ``import`` / ``from ... import`` inside AutoSegSensitivity (also those inside functions)
+    gives an edge between its modules; the graph has no cycle (checkpoint I/O lives in ``checkpoint``,
+    so training and inference no longer import each other)."""
+    import ast
+
+    root = Path(training.__file__).resolve().parent
+
+    def name_of(p: Path) -> str:
+        parts = list(p.relative_to(root.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    mods = {name_of(p): p for p in root.rglob("*.py")}
+    graph = {}
+    for mod, path in mods.items():
+        pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                deps |= {t for t in [target] + [f"{target}.{a.name}" for a in node.names] if t in mods}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in mods}
+        graph[mod] = deps - {mod}
+    assert "AutoSegSensitivity.checkpoint" in graph["AutoSegSensitivity.inference"]
+    assert "AutoSegSensitivity.checkpoint" in graph["AutoSegSensitivity.training"]
+
+    state = {}
+
+    def visit(m, trail):
+        state[m] = "open"
+        for d in sorted(graph[m]):
+            if state.get(d) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(d):] + [d]))
+            if d not in state:
+                visit(d, trail + [d])
+        state[m] = "done"
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
