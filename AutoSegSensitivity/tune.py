@@ -62,6 +62,7 @@ __all__ = [
     "structure_counts", "fold_assignment", "aggregate_curve", "cross_validate",
     "map_stem", "find_map", "tune_cohort", "write_outputs",
     "write_thresholds", "read_thresholds_file", "read_thresholds", "thresholds_for",
+    "threshold_case", "apply_cohort", "problem_line",
 ]
 
 THRESHOLDS_JSON = "thresholds.json"
@@ -431,7 +432,13 @@ class TuneResult:
     prominence_source: str
 
     def problem_lines(self) -> List[str]:
-        return [": ".join(x for x in (c, s) if x) + f": {r}" for c, s, r in self.problems]
+        return [problem_line(p) for p in self.problems]
+
+
+def problem_line(problem: Tuple[str, str, str]) -> str:
+    """``case: structure: reason`` (empty parts left out): one line naming the file, field and expectation."""
+    case, structure, reason = problem
+    return ": ".join(x for x in (case, structure) if x) + f": {reason}"
 
 
 def _prominence_from(ref_dir: PathLike, structures: Sequence[str]) -> Dict[str, float]:
@@ -712,3 +719,112 @@ def thresholds_for(path: PathLike, names: Iterable[str]) -> Dict[str, float]:
         raise InputError(path, "structures", f"a threshold for each of {list(names)}", got=f"none for {missing}")
     return out
 
+
+
+# --------------------------------------------------------------------------------------------------------
+# apply
+# --------------------------------------------------------------------------------------------------------
+
+
+def threshold_case(maps: Mapping[str, Any], thresholds: Mapping[str, float]):
+    """A :class:`~AutoSegSensitivity.segmentation.Segmentation` on the maps' grid with segment ``s`` =
+    ``maps[s] >= thresholds[s]`` (compared in the map's type, :func:`~AutoSegSensitivity.sweep.apply_threshold`).
+    ``maps`` are Volumes on one grid; a map on another grid, NaN or values outside [0, 1] are an
+    :class:`InputError`."""
+    from .segmentation import Segmentation
+    from .sweep import apply_threshold
+
+    names = list(maps)
+    if not names:
+        raise InputError("apply", "maps", "at least one probability map", got="none")
+    seg = Segmentation.on_grid(maps[names[0]])
+    for s in names:
+        vol = maps[s]
+        if not seg.geometry.same_grid(vol, atol=1e-3):
+            raise InputError(f"probability map of {s}", "grid", f"the grid of the map of {names[0]}",
+                             got=seg.geometry.grid_difference(vol, atol=1e-3))
+        seg.add(s, apply_threshold(vol, float(thresholds[s])).array)
+    return seg
+
+
+def _case_maps_for_apply(case: str, path: Path, fmt: str, table: Mapping[str, float], labels, file_ending: str,
+                         ref_dir: Optional[Path], problems: List[Tuple[str, str, str]]) -> Dict[str, Any]:
+    from .io.images import read_volume
+    from .volume import Volume
+
+    maps: Dict[str, Any] = {}
+    if fmt == "maps":
+        files = _maps_in(path)
+        for s in table:
+            f = files.get(map_stem(s))
+            if f is None:
+                problems.append((case, s, f"{path}: prob_{map_stem(s)}.nrrd: expected a probability map, got none"))
+                continue
+            try:
+                maps[s] = read_volume(f)
+                check_probability(maps[s].array, str(f))
+            except InputError as exc:
+                maps.pop(s, None)
+                problems.append((case, s, str(exc)))
+        return maps
+    from .io.dataset import inspect_case
+    from .io.images import geometry_of
+    from .io.nnunet import iter_probabilities, segmentation_file
+
+    if ref_dir is not None:
+        geom = geometry_of(inspect_case(ref_dir / case).image_path)
+    else:
+        seg_path = segmentation_file(path, file_ending)
+        if seg_path is None:
+            raise InputError(path, "geometry", f"nnU-Net's segmentation {case}{file_ending} beside it "
+                             "(or --ref-dir with the reference cases)", got="none")
+        geom = geometry_of(seg_path)
+    wanted = [s for s in table if s in labels]
+    for s in table:
+        if s not in labels:
+            problems.append((case, s, f"dataset.json: labels: expected a label named {s!r}, got {list(labels)}"))
+    for s, arr in iter_probabilities(path, labels, geom.shape, wanted):
+        try:
+            check_probability(arr, f"{path} channel {labels[s]} ({s})")
+        except InputError as exc:
+            problems.append((case, s, str(exc)))
+            continue
+        maps[s] = Volume(np.array(arr), geom.spacing, geom.origin, geom.direction.copy())
+    return maps
+
+
+def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, fmt: str = "auto",
+                 dataset_json: Optional[PathLike] = None, ref_dir: Optional[PathLike] = None,
+                 on_case: Optional[Callable[[str], None]] = None) -> Tuple[List[Path], List[Tuple[str, str, str]]]:
+    """Write ``out/<case>/segmentation.seg.nrrd`` (``p >= t`` per structure of the thresholds file, on the
+    maps' grid) for every case of ``prob_dir``, one case at a time. nnU-Net output takes its geometry from
+    the segmentation nnU-Net wrote beside each ``.npz`` or, with ``ref_dir``, from the reference case's
+    image. Returns the files written and the problems ``(case, structure, reason)``; bad cases are left out
+    and the rest goes on."""
+    from .io.segnrrd import write_segmentation
+
+    table = read_thresholds(thresholds_path)
+    fmt = detect_format(prob_dir, fmt)
+    labels, ending = None, ".nii.gz"
+    if fmt == "nnunet":
+        from .io.nnunet import check_plans, dataset_file_ending, read_dataset_labels
+
+        dj = Path(dataset_json) if dataset_json is not None else Path(prob_dir) / "dataset.json"
+        labels, ending = read_dataset_labels(dj), dataset_file_ending(dj)
+        check_plans(Path(prob_dir) / "plans.json")
+    written: List[Path] = []
+    problems: List[Tuple[str, str, str]] = []
+    for case, path in list_prob_cases(prob_dir, fmt).items():
+        try:
+            maps = _case_maps_for_apply(case, path, fmt, table, labels, ending,
+                                        Path(ref_dir) if ref_dir is not None else None, problems)
+            if not maps:
+                problems.append((case, "", "no structure of the thresholds file could be applied"))
+                continue
+            seg = threshold_case(maps, table)
+            written.append(write_segmentation(seg, Path(out) / case / "segmentation.seg.nrrd"))
+        except Exception as exc:  # one bad case never stops the cohort
+            problems.append((case, "", _reason(exc)))
+        if on_case is not None:
+            on_case(case)
+    return written, problems

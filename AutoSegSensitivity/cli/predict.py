@@ -2,7 +2,8 @@
 
 Writes OUT/prob_<structure>.nrrd (float32 probabilities on the input grid, never thresholded). With
 --threshold T (one threshold for all structures) or --tuned (the thresholds stored in the checkpoint by
-threshold tuning) also OUT/segmentation.seg.nrrd. The image is a volume file (.nrrd, .nii.gz, ...) or a
+threshold tuning) or --thresholds FILE (a thresholds.json from `autosegsens tune`, one threshold per
+structure) also OUT/segmentation.seg.nrrd. The image is a volume file (.nrrd, .nii.gz, ...) or a
 folder holding one DICOM CT series.
 
 Example:
@@ -35,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=float, default=None, help="write segmentation.seg.nrrd at this threshold")
     group.add_argument("--tuned", action="store_true", help="write segmentation.seg.nrrd at the checkpoint's tuned thresholds")
+    group.add_argument("--thresholds", type=Path, default=None,
+                       help="write segmentation.seg.nrrd at the thresholds of this thresholds.json (autosegsens tune)")
     parser.add_argument("--format", choices=("nrrd", "nii.gz"), default="nrrd", help="probability map file format")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=None, help="slices (2D) or windows (3D) per pass")
@@ -53,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
                          got="only the 0.5 default")
     names = [f"prob_{safe_name(n)}.{args.format}" for n in model.class_names]
     seg_name = "segmentation.seg.nrrd"
-    want_seg = args.threshold is not None or args.tuned
+    want_seg = args.threshold is not None or args.tuned or args.thresholds is not None
+    if args.thresholds is not None:
+        from ..tune import thresholds_for
+
+        per_structure = thresholds_for(args.thresholds, model.class_names)
     prepare_out_dir(args.out, args.overwrite, will_write=tuple(names) + ((seg_name,) if want_seg else ()))
     if not args.image.exists():
         raise InputError(args.image, None, "an existing image file or DICOM folder", got="no such file")
@@ -62,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     for (name, vol), fname in zip(probs.items(), names):
         write_volume(vol, args.out / fname)
     if want_seg:
-        seg = threshold_maps(probs, model.thresholds if args.tuned else float(args.threshold))
+        chosen = (per_structure if args.thresholds is not None else model.thresholds if args.tuned
+                  else float(args.threshold))
+        seg = threshold_maps(probs, chosen)
         write_segmentation(seg, args.out / seg_name)
     print(f"wrote {len(names)} probability map(s){' and ' + seg_name if want_seg else ''} to {args.out}",
           file=sys.stdout)

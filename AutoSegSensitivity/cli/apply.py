@@ -1,0 +1,47 @@
+"""Apply tuned thresholds (thresholds.json of `autosegsens tune`) to a cohort of probability maps.
+
+Writes OUT/<case>/segmentation.seg.nrrd on the maps' grid: segment <structure> = voxels where
+p >= t(structure). --prob-dir is laid out as for `tune` (maps: P/<case>/prob_<Structure>.nrrd; nnunet:
+P/<case>.npz with dataset.json, geometry from the segmentation nnU-Net wrote beside each .npz, or from
+--ref-dir). A case or structure with a problem is listed on stderr and the rest goes on.
+
+Example:
+  autosegsens apply --thresholds tuned/thresholds.json --prob-dir preds --out segs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import add_out_argument, prepare_out_dir
+
+NAME = "apply"
+HELP = "threshold a cohort's probability maps at the tuned thresholds (segmentation.seg.nrrd per case)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--thresholds", type=Path, required=True, help="thresholds.json from `autosegsens tune`")
+    parser.add_argument("--prob-dir", type=Path, required=True, help="probability maps, one case per folder or .npz")
+    add_out_argument(parser)
+    parser.add_argument("--format", choices=("auto", "maps", "nnunet"), default="auto",
+                        help="layout of --prob-dir (auto: nnunet when it holds .npz files)")
+    parser.add_argument("--dataset-json", type=Path, help="nnU-Net dataset.json (default PROB_DIR/dataset.json)")
+    parser.add_argument("--ref-dir", type=Path, help="nnunet: take each case's geometry from this dataset folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..tune import apply_cohort, problem_line, read_thresholds
+
+    read_thresholds(args.thresholds)  # a bad file fails before anything is written
+    out = prepare_out_dir(args.out, args.overwrite)
+    written, problems = apply_cohort(args.thresholds, args.prob_dir, out, fmt=args.format,
+                                     dataset_json=args.dataset_json, ref_dir=args.ref_dir)
+    for p in problems:
+        print(f"note: {problem_line(p)}", file=sys.stderr)
+    if not written:
+        raise InputError(args.prob_dir, "cases", "at least one case that could be thresholded", got="none")
+    print(f"wrote {len(written)} segmentation(s) to {out}")
+    return 0
