@@ -219,3 +219,27 @@ def test_thresholds_json_round_trip_and_errors(tmp_path):
         with pytest.raises(InputError) as info:
             read_thresholds(tmp_path / "bad.json")
         assert str(info.value).startswith(f"{tmp_path / 'bad.json'}: {field}"), str(info.value)
+
+
+def test_threshold_logic_saves_and_loads_thresholds_json_on_real_mrml(cohort, tmp_path):
+    import slicer  # the slicer-core wheel: real MRML, no application
+
+    from AutoSegSensitivity.mrml import nodes
+    from AutoSegSensitivity.mrml.threshold_logic import ThresholdTuningLogic
+
+    probs, refs, _ = cohort
+    write_outputs(tune_cohort(probs, refs, structures=["Low"], n_boot=20), tmp_path / "tuned")
+    logic = ThresholdTuningLogic(slicer.vtkMRMLScene())
+    loaded = logic.load_thresholds(tmp_path / "tuned" / "thresholds.json")
+    assert loaded == read_thresholds(tmp_path / "tuned" / "thresholds.json") and loaded["Low"] < 0.35
+    vol = read_volume(probs / "case00" / "prob_Low.nrrd")
+    node = nodes.volume_to_node(vol, logic.scene, "case00 Low")
+    seg_node = logic.apply_threshold(node, loaded["Low"], segment="Low")
+    mask = nodes.segmentation_from_node(seg_node, vol).mask("Low")
+    np.testing.assert_array_equal(mask, vol.array >= np.float32(loaded["Low"]))
+    saved = logic.save_thresholds(tmp_path / "mine.json", {"Low": 0.23, "High": 0.81})
+    assert read_thresholds(saved) == {"Low": 0.23, "High": 0.81}
+    assert read_thresholds_file(saved)["source"] == "AutoSegThreshold"
+    with pytest.raises(InputError, match="structures.High.threshold"):
+        logic.save_thresholds(tmp_path / "bad.json", {"High": -0.1})
+    assert not (tmp_path / "bad.json").exists()
