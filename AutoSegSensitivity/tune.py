@@ -36,7 +36,6 @@ AutoSegThreshold module.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -675,13 +674,10 @@ def _check_threshold(v: Any, source: Any, field_name: str) -> float:
 def read_thresholds_file(path: PathLike) -> Dict[str, Any]:
     """The whole ``thresholds.json``, validated: a ``structures`` object whose entries each hold a
     ``threshold`` in [0, 1]. :class:`InputError` names the file and the field otherwise."""
+    from .io.jsonfile import read_json
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file", "a thresholds.json (autosegsens tune)", got="no such file")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, "JSON", "valid JSON", got=str(exc)[:120]) from None
+    doc = read_json(path, "a thresholds.json (autosegsens tune)")
     if not isinstance(doc, dict):
         raise InputError(path, "document", "a JSON object", got=type(doc).__name__)
     if doc.get("format", FORMAT_TAG) != FORMAT_TAG:

@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_out_argument, prepare_out_dir
+from .common import prepare_out_dir
+from .tune import add_prob_arguments
 
 NAME = "apply"
 HELP = "threshold a cohort's probability maps at the tuned thresholds (segmentation.seg.nrrd per case)"
@@ -23,11 +24,7 @@ HELP = "threshold a cohort's probability maps at the tuned thresholds (segmentat
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thresholds", type=Path, required=True, help="thresholds.json from `autosegsens tune`")
-    parser.add_argument("--prob-dir", type=Path, required=True, help="probability maps, one case per folder or .npz")
-    add_out_argument(parser)
-    parser.add_argument("--format", choices=("auto", "maps", "nnunet"), default="auto",
-                        help="layout of --prob-dir (auto: nnunet when it holds .npz files)")
-    parser.add_argument("--dataset-json", type=Path, help="nnU-Net dataset.json (default PROB_DIR/dataset.json)")
+    add_prob_arguments(parser)
     parser.add_argument("--ref-dir", type=Path, help="nnunet: take each case's geometry from this dataset folder")
 
 

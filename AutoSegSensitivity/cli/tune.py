@@ -38,13 +38,18 @@ HELP = "tune per-structure thresholds on a cohort, cross-validated against 0.5 (
 OUTPUTS = ("thresholds.json", "summary.csv", "report.html", "sweeps")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_prob_arguments(parser: argparse.ArgumentParser) -> None:
+    """--prob-dir, --out/--overwrite, --format and --dataset-json (shared with `apply`)."""
     parser.add_argument("--prob-dir", type=Path, required=True, help="probability maps, one case per folder or .npz")
-    parser.add_argument("--ref-dir", type=Path, required=True, help="dataset folder with the reference cases")
     add_out_argument(parser)
     parser.add_argument("--format", choices=("auto", "maps", "nnunet"), default="auto",
                         help="layout of --prob-dir (auto: nnunet when it holds .npz files)")
     parser.add_argument("--dataset-json", type=Path, help="nnU-Net dataset.json (default PROB_DIR/dataset.json)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_prob_arguments(parser)
+    parser.add_argument("--ref-dir", type=Path, required=True, help="dataset folder with the reference cases")
     parser.add_argument("--structures", nargs="+", help="structures to tune (default: all found)")
     parser.add_argument("--metric", default="dice",
                         help="metric to optimise: any metric of `autosegsens sweep` (dice, msd, hd, hd95, ...); "

@@ -33,7 +33,6 @@ so each channel is one contiguous block): memory is one channel, whatever the nu
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InputError
+from .jsonfile import read_json
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -57,12 +57,7 @@ def read_dataset_labels(path: PathLike) -> Dict[str, int]:
     in label order. :class:`InputError` naming the file and field for unreadable JSON, a missing or
     malformed ``labels``, a background other than 0, non-consecutive values or region-based labels."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file", "an nnU-Net dataset.json", got="no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, "JSON", "valid JSON", got=str(exc)[:120]) from None
+    data = read_json(path, "an nnU-Net dataset.json")
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict) or not labels:
         raise InputError(path, "labels", "an object {name: integer label value}", got=type(labels).__name__)
@@ -92,10 +87,8 @@ def check_plans(path: PathLike) -> None:
     path = Path(path)
     if not path.is_file():
         return
-    try:
-        rw = json.loads(path.read_text(encoding="utf-8")).get("image_reader_writer")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        raise InputError(path, "JSON", "valid nnU-Net plans JSON") from None
+    data = read_json(path, "an nnU-Net plans.json")
+    rw = data.get("image_reader_writer") if isinstance(data, dict) else None
     if rw is not None and rw not in READERS_IN_IMAGE_ORDER:
         raise InputError(path, "image_reader_writer", f"a reader that keeps the image's voxel order "
                          f"({', '.join(READERS_IN_IMAGE_ORDER)})", got=rw)
@@ -201,10 +194,8 @@ def read_probabilities(path: PathLike, labels: Dict[str, int], shape_zyx: Option
 
 def dataset_file_ending(path: PathLike) -> str:
     """The ``file_ending`` of a ``dataset.json`` (default ``.nii.gz``)."""
-    try:
-        ending = json.loads(Path(path).read_text(encoding="utf-8")).get("file_ending", ".nii.gz")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return ".nii.gz"
+    data = read_json(path, "an nnU-Net dataset.json")
+    ending = data.get("file_ending") if isinstance(data, dict) else None
     return ending if isinstance(ending, str) and ending.startswith(".") else ".nii.gz"
 
 

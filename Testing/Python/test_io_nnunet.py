@@ -94,14 +94,20 @@ def test_streamed_channels_equal_numpy_load_and_errors(tmp_path, rng):
     assert _message(read_probabilities, tmp_path / "t.npz", labels).startswith(str(tmp_path / "t.npz"))
 
 
+def write_nnunet_output(nn, n, edit=lambda i, arr: ("probabilities", arr)):
+    """nnU-Net output of the cohort's maps: ``<case>.npz`` (``edit(i, array)`` gives the key and array
+    written), a ``.pkl`` that must never be opened, dataset.json and plans.json."""
+    write_dataset_json(nn)
+    for i in range(n):
+        key, arr = edit(i, softmax_like(case_arrays(i)[0], ["Low", "High"]))
+        np.savez_compressed(nn / f"case{i:02d}.npz", **{key: arr})
+        (nn / f"case{i:02d}.pkl").write_bytes(b"not a pickle: must never be opened")
+
+
 def test_nnunet_route_equals_maps_route(tmp_path):
     probs, refs = write_cohort(tmp_path, 5)
     nn = tmp_path / "nnunet"
-    write_dataset_json(nn)
-    for i in range(5):
-        maps, _ = case_arrays(i)
-        np.savez_compressed(nn / f"case{i:02d}.npz", probabilities=softmax_like(maps, ["Low", "High"]))
-        (nn / f"case{i:02d}.pkl").write_bytes(b"not a pickle: must never be opened")
+    write_nnunet_output(nn, 5)
     a = tune_cohort(probs, refs, n_boot=100, seed=2)
     b = tune_cohort(nn, refs, n_boot=100, seed=2)
     assert b.inputs["format"] == "nnunet" and not b.problems
@@ -116,16 +122,15 @@ def test_nnunet_route_equals_maps_route(tmp_path):
 def test_nnunet_bad_cases_are_listed_and_the_rest_goes_on(tmp_path):
     probs, refs = write_cohort(tmp_path, 4)
     nn = tmp_path / "nnunet"
-    write_dataset_json(nn)
-    for i in range(4):
-        maps, _ = case_arrays(i)
-        arr = softmax_like(maps, ["Low", "High"])
+
+    def spoil(i, arr):
         if i == 1:
             arr[2, 0, 0, 0] = 1.5
         if i == 2:
             arr = arr[:, :, :-1]
-        key = "softmax" if i == 3 else "probabilities"
-        np.savez_compressed(nn / f"case{i:02d}.npz", **{key: arr})
+        return ("softmax" if i == 3 else "probabilities"), arr
+
+    write_nnunet_output(nn, 4, spoil)
     res = tune_cohort(nn, refs, structures=["Low", "High", "Liver"], n_boot=20)
     lines = res.problem_lines()
     assert any(line.startswith("Liver:") and "dataset.json: labels" in line for line in lines)
