@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING, List
 
 from .html_report import _CSS, _e, _img, _png_data_uri, _pyplot, _table, fmt_num, fmt_pct
+from .sweep import UNITS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .tune import StructureTuning, TuneResult
@@ -35,7 +36,8 @@ def figure_structure(tu: "StructureTuning", metric: str) -> str:
         for i, t in enumerate(sorted(set(tu.cv.fold_thresholds))):
             ax.axvline(t, color="tab:green", lw=0.6, alpha=0.7, label="fold thresholds" if i == 0 else None)
     ax.set_xlabel("threshold t (foreground where p >= t)")
-    ax.set_ylabel(metric if metric == "dice" else f"{metric} (mm)")
+    unit = UNITS.get(metric, "")
+    ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
     ax.set_title(tu.structure)
     ax.legend(fontsize=7)
     fig.tight_layout()

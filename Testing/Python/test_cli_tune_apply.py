@@ -67,6 +67,11 @@ def test_tune_metric_is_generic_and_bad_metric_is_one_line(cohort, tmp_path, cap
                  "--metric", "volume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metric" in err[0] and "dice" in err[0]
+    assert main(["tune", "--prob-dir", str(probs), "--ref-dir", str(refs), "--out", str(tmp_path / "y"),
+                 "--structures", "Spleen"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "note: case00: Spleen:" in err[0] and "prob_Spleen.nrrd" in err[0]
+    assert err[-1].startswith("autosegsens tune: error:") and "structures" in err[-1]
 
 
 def test_apply_bad_thresholds_file_and_missing_maps(cohort, tmp_path, capsys):
