@@ -472,8 +472,9 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     _check_metric(metric)
     th = parse_thresholds(thresholds)
     _index_of(th, 0.5)
-    if int(jobs) < 1:
-        raise InputError("tune", "jobs", "at least 1", got=jobs)
+    for name, value, least in (("jobs", jobs, 1), ("folds", folds, 2), ("bootstrap resamples", n_boot, 1)):
+        if int(value) < least:
+            raise InputError("tune", name, f"at least {least}", got=value)
     fmt = detect_format(prob_dir, fmt)
     problems: List[Tuple[str, str, str]] = []
     labels = None

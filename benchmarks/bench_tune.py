@@ -122,9 +122,26 @@ def child(argv) -> None:
     elif job == "sweep":
         loop_sweep(root, root / "sweeps", extra[0])
     dt = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # MiB (Linux reports KiB)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-    print(json.dumps({"seconds": dt, "peak_mib": max(rss, kids)}))
+    workers = job == "tune" and int(extra[1]) > 1  # tune --jobs N: the workers' peaks count too
+    print(json.dumps({"seconds": dt, "peak_mib": peak_mib(workers)}))
+
+
+def peak_mib(children: bool) -> float:
+    """Peak resident memory of this process (MiB) and of its finished children (tune --jobs N).
+
+    ``VmHWM`` of /proc/self/status, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over ``fork`` + ``exec``
+    from the parent (here the process that wrote the cohort), ``VmHWM`` belongs to this program alone."""
+    own = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    if own is None:
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0 if children else 0.0
+    return max(own, kids)
 
 
 def run_child(*args) -> dict:
@@ -150,7 +167,7 @@ def main() -> None:
     try:
         if not (root / "refs").is_dir():
             print(f"writing {cases} cases x {len(STRUCTURES)} structures at {shape} to {root}", file=sys.stderr)
-            write_cohort(root, cases, shape)
+            subprocess.run([sys.executable, __file__, "--write", str(root), str(cases), *map(str, shape)], check=True)
         half = root / "maps_half"
         if not half.is_dir():
             half.mkdir()
@@ -177,5 +194,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--write":
+        write_cohort(Path(sys.argv[2]), int(sys.argv[3]), tuple(int(n) for n in sys.argv[4:7]))
     else:
         main()

@@ -67,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
     from ..tune import problem_line, summary_rows, tune_cohort, write_outputs
 
     out = prepare_out_dir(args.out, args.overwrite, will_write=OUTPUTS)
-    if args.bootstrap < 1:
-        raise InputError("--bootstrap", None, "at least 1", got=args.bootstrap)
     result = tune_cohort(args.prob_dir, args.ref_dir, fmt=args.format, dataset_json=args.dataset_json,
                          structures=args.structures, metric=args.metric, folds=args.folds, seed=args.seed,
                          train_dir=args.train_dir, jobs=args.jobs, n_boot=args.bootstrap)

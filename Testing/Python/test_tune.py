@@ -196,6 +196,14 @@ def test_bad_cases_are_listed_and_the_rest_goes_on(tmp_path):
     assert res.structures["High"].cases == ["case00", "case01", "case03"]
 
 
+def test_bad_settings_fail_before_reading(cohort):
+    probs, refs, _ = cohort
+    for kwargs, field in (({"folds": 1}, "folds"), ({"n_boot": 0}, "bootstrap"), ({"jobs": 0}, "jobs"),
+                          ({"metric": "volume"}, "metric"), ({"fmt": "png"}, "format")):
+        with pytest.raises(InputError, match=field):
+            tune_cohort(probs, refs, **kwargs)
+
+
 def test_thresholds_json_round_trip_and_errors(tmp_path):
     path = write_thresholds(tmp_path / "t.json", {"Parotid L": 0.31, "Cord": {"threshold": 0.7, "n_cases": 4}})
     assert read_thresholds(path) == {"Parotid L": 0.31, "Cord": 0.7}
