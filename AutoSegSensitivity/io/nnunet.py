@@ -6,7 +6,8 @@ What was verified in MIC-DKFZ/nnUNet (``nnunetv2/inference/export_prediction.py`
 
 * ``export_prediction_from_logits`` writes ``np.savez_compressed(<case>.npz, probabilities=...)`` (a zip with
   one member ``probabilities.npy``) and the case's properties with ``save_pickle(<case>.pkl)``. This module
-  reads the ``.npz`` with ``allow_pickle=False`` (an object array is an error) and never opens the ``.pkl``.
+  reads the ``.npy`` header and raw data of that member itself (nothing is unpickled: an object dtype is
+  an error) and never opens the ``.pkl``.
 * The array is ``(C, *image_shape)``: probabilities (softmax for label-based training) resampled back to
   the original spacing, put back into the uncropped image (voxels outside nnU-Net's crop get background
   = 1, the other channels 0) and transposed back with ``transpose_backward`` (``[0] + [i + 1 for i in
@@ -14,8 +15,9 @@ What was verified in MIC-DKFZ/nnUNet (``nnunetv2/inference/export_prediction.py`
   ``SimpleITKIO`` reads with ``sitk.GetArrayFromImage``: (z, y, x), the order of
   :attr:`AutoSegSensitivity.volume.Volume.array` for the same file; ``NibabelIO`` transposes nibabel's
   (x, y, z) with ``(2, 1, 0)`` "to be consistent with the way SimpleITK reads images", so (z, y, x) in the
-  file's voxel order as well. ``NibabelIOWithReorient`` first reorients to RAS: its arrays are *not* in
-  the file's order, so a ``plans.json`` naming it is refused (:func:`check_plans`). Hence channel ``c`` of
+  file's voxel order as well. ``NibabelIOWithReorient`` and ``SimpleITKIOWithReorient`` first reorient
+  to RAS: their arrays are *not* in the file's order, so a ``plans.json`` naming them (or any reader not
+  known to keep the order) is refused (:func:`check_plans`). Hence channel ``c`` of
   the array lies voxel for voxel on the reference image's (z, y, x) array; only the shape can be checked
   here (the ``.npz`` holds no geometry), the geometry comes from the reference case.
 * ``dataset.json`` ``labels`` maps *name -> integer* (v2; v1 had value -> name); ``background`` must be 0;
@@ -49,7 +51,7 @@ __all__ = ["read_dataset_labels", "check_plans", "npz_header", "iter_probabiliti
            "segmentation_file", "dataset_file_ending"]
 
 PROBABILITIES = "probabilities"
-READERS_IN_IMAGE_ORDER = ("SimpleITKIO", "NibabelIO", "Tiff3DIO", "NaturalImage2DIO", "SimpleITKIOWithReorient")
+READERS_IN_IMAGE_ORDER = ("SimpleITKIO", "NibabelIO", "Tiff3DIO", "NaturalImage2DIO")
 
 
 def read_dataset_labels(path: PathLike) -> Dict[str, int]:

@@ -58,9 +58,12 @@ def test_dataset_json_labels_and_errors(tmp_path):
             read_dataset_labels(tmp_path / "dataset.json")
         assert str(info.value).startswith(f"{tmp_path / 'dataset.json'}: {field}"), str(info.value)
     assert "region-based" in _message(read_dataset_labels, tmp_path / "dataset.json")
-    (tmp_path / "plans.json").write_text(json.dumps({"image_reader_writer": "NibabelIOWithReorient"}))
-    with pytest.raises(InputError, match="image_reader_writer"):
-        check_plans(tmp_path / "plans.json")
+    for reorienting in ("NibabelIOWithReorient", "SimpleITKIOWithReorient"):
+        (tmp_path / "plans.json").write_text(json.dumps({"image_reader_writer": reorienting}))
+        with pytest.raises(InputError, match="image_reader_writer"):
+            check_plans(tmp_path / "plans.json")
+    (tmp_path / "plans.json").write_text(json.dumps({"image_reader_writer": "SimpleITKIO"}))
+    check_plans(tmp_path / "plans.json")
 
 
 def _message(fn, *args):
