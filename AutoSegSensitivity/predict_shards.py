@@ -42,8 +42,11 @@ def shard_names(names: Sequence[str], index: int, count: int) -> List[str]:
 
 
 def safe_name(name: str) -> str:
-    """A structure name made safe for a file name (characters other than letters, digits, ``._-`` -> ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "structure"
+    """A structure name made safe for a file name (characters other than letters, digits, ``._-`` -> ``_``):
+    the rule ``tune`` reads ``prob_<name>`` files by (:func:`AutoSegSensitivity.tune.map_stem`)."""
+    from .tune import map_stem
+
+    return map_stem(name)
 
 
 def output_names(class_names: Sequence[str], fmt: str = "nrrd", segmentation: bool = False) -> List[str]:

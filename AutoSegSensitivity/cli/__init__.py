@@ -32,6 +32,8 @@ SUBCOMMANDS = (
     "train",
     "predict",
     "sweep",
+    "tune",
+    "apply",
     "compare",
     "localise",
     "ensemble",

@@ -1,9 +1,10 @@
 """Predict probability maps for one CT, or for every case of a dataset folder, with a trained checkpoint.
 
 With --image: writes OUT/prob_<structure>.nrrd (float32 probabilities on the input grid, never
-thresholded). With --threshold T (one threshold for all structures) or --tuned (the thresholds stored in
-the checkpoint by threshold tuning) also OUT/segmentation.seg.nrrd. The image is a volume file (.nrrd,
-.nii.gz, ...) or a folder holding one DICOM CT series.
+thresholded). With --threshold T (one threshold for all structures), --tuned (the thresholds stored in
+the checkpoint by threshold tuning) or --thresholds FILE (a thresholds.json from `autosegsens tune`, one
+threshold per structure) also OUT/segmentation.seg.nrrd. The image is a volume file (.nrrd, .nii.gz, ...)
+or a folder holding one DICOM CT series.
 
 With --data DATASET (one sub-folder per case): writes OUT/<case>/prob_<structure>.nrrd for every case,
 or with --shard I/N (0 <= I < N) for cases I, I+N, I+2N, ... of the names sorted (one task of a job
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Dict, Optional
 
 from ..predict_shards import safe_name  # noqa: F401 - the file-name rule, importable from here as before
 from .common import add_out_argument, prepare_out_dir
@@ -42,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=float, default=None, help="write segmentation.seg.nrrd at this threshold")
     group.add_argument("--tuned", action="store_true", help="write segmentation.seg.nrrd at the checkpoint's tuned thresholds")
+    group.add_argument("--thresholds", type=Path, default=None,
+                       help="write segmentation.seg.nrrd at the thresholds of this thresholds.json (autosegsens tune)")
     parser.add_argument("--format", choices=("nrrd", "nii.gz"), default="nrrd", help="probability map file format")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=None, help="slices (2D) or windows (3D) per pass")
@@ -62,11 +66,16 @@ def run(args: argparse.Namespace) -> int:
     if args.tuned and not model.thresholds_tuned:
         raise InputError(args.model, "thresholds", "tuned thresholds (run threshold tuning first, or use --threshold)",
                          got="only the 0.5 default")
+    per_structure = None
+    if args.thresholds is not None:
+        from ..tune import thresholds_for
+
+        per_structure = thresholds_for(args.thresholds, model.class_names)
     if args.data is not None:
-        return _run_dataset(args, model)
+        return _run_dataset(args, model, per_structure)
     names = [f"prob_{safe_name(n)}.{args.format}" for n in model.class_names]
     seg_name = "segmentation.seg.nrrd"
-    want_seg = args.threshold is not None or args.tuned
+    want_seg = args.threshold is not None or args.tuned or per_structure is not None
     prepare_out_dir(args.out, args.overwrite, will_write=tuple(names) + ((seg_name,) if want_seg else ()))
     if not args.image.exists():
         raise InputError(args.image, None, "an existing image file or DICOM folder", got="no such file")
@@ -75,19 +84,21 @@ def run(args: argparse.Namespace) -> int:
     for (name, vol), fname in zip(probs.items(), names):
         write_volume(vol, args.out / fname)
     if want_seg:
-        seg = threshold_maps(probs, model.thresholds if args.tuned else float(args.threshold))
+        chosen = (per_structure if per_structure is not None else model.thresholds if args.tuned
+                  else float(args.threshold))
+        seg = threshold_maps(probs, chosen)
         write_segmentation(seg, args.out / seg_name)
     print(f"wrote {len(names)} probability map(s){' and ' + seg_name if want_seg else ''} to {args.out}",
           file=sys.stdout)
     return 0
 
 
-def _run_dataset(args: argparse.Namespace, model: object) -> int:
+def _run_dataset(args: argparse.Namespace, model: object, per_structure: Optional[Dict[str, float]]) -> int:
     """--data [--shard I/N]: every case (of the shard); finished cases skipped; failures summarised."""
     from ..predict_shards import parse_shard, predict_shard
 
     index, count = parse_shard(args.shard) if args.shard is not None else (0, 1)
-    thresholds = model.thresholds if args.tuned else args.threshold
+    thresholds = per_structure if per_structure is not None else model.thresholds if args.tuned else args.threshold
     result = predict_shard(model, args.data, args.out, index, count, fmt=args.format, thresholds=thresholds,
                            batch_size=args.batch_size, channels_last=args.channels_last,
                            on_failure=lambda f: print(f"warning: {f.name} failed: {f.reason}", file=sys.stderr))

@@ -107,3 +107,20 @@ class ThresholdTuningLogic:
         from ..inference import store_thresholds
 
         return store_thresholds(checkpoint, {structure: float(threshold)}, source=source)
+
+    @staticmethod
+    def save_thresholds(path: Union[str, Path], thresholds: Dict[str, float], metric: str = "dice",
+                        source: str = "AutoSegThreshold") -> Path:
+        """Write ``{structure: threshold}`` as a ``thresholds.json`` (the file ``autosegsens tune`` writes and
+        ``apply`` / ``predict --thresholds`` read), atomically; thresholds outside [0, 1] are refused."""
+        from ..tune import write_thresholds
+
+        return write_thresholds(path, thresholds, metric=metric, source=source)
+
+    @staticmethod
+    def load_thresholds(path: Union[str, Path]) -> Dict[str, float]:
+        """``{structure: threshold}`` from a ``thresholds.json`` (validated; an :class:`InputError` names the
+        file and the field otherwise)."""
+        from ..tune import read_thresholds
+
+        return read_thresholds(path)

@@ -1,0 +1,107 @@
+"""The cohort-tuning page (``report.html`` of ``autosegsens tune``), in the style of the study page.
+
+Per structure: the cohort curve of the tuned metric with the optimum, 0.5 and the fold thresholds marked,
+and the held-out (cross-validated) gain with its bootstrap CI; gains whose CI holds 0 are flagged. The
+page reuses :mod:`AutoSegSensitivity.html_report`'s CSS, tables, number formats and figure encoding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, List
+
+from .html_report import _CSS, _e, _img, _png_data_uri, _pyplot, _table, fmt_num, fmt_pct
+from .sweep import UNITS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tune import StructureTuning, TuneResult
+
+__all__ = ["render_tune_html", "figure_structure"]
+
+
+def figure_structure(tu: "StructureTuning", metric: str) -> str:
+    """The cohort curve (pooled Dice, or mean of a distance) with the optimum, 0.5 and the fold
+    thresholds marked, as a PNG data URI."""
+    plt = _pyplot()
+    res = tu.result
+    agg = "pooled" if metric == "dice" else "mean"
+    y = res.curve(metric, agg)
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    ax.plot(res.thresholds, [v if math.isfinite(v) else float("nan") for v in y], color="tab:blue",
+            label=f"{agg} {metric} ({len(tu.cases)} cases)")
+    ax.axvline(tu.t_opt, color="tab:red", ls="--", lw=0.9, label=f"optimum {tu.t_opt:.2f}")
+    ax.axvline(0.5, color="0.3", ls=":", lw=0.9, label="0.5")
+    if tu.cv is not None:
+        for i, t in enumerate(sorted(set(tu.cv.fold_thresholds))):
+            ax.axvline(t, color="tab:green", lw=0.6, alpha=0.7, label="fold thresholds" if i == 0 else None)
+    ax.set_xlabel("threshold t (foreground where p >= t)")
+    unit = UNITS.get(metric, "")
+    ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
+    ax.set_title(tu.structure)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png_data_uri(fig)
+
+
+def render_tune_html(result: "TuneResult") -> str:
+    """The whole page as a string (self-contained)."""
+    from .tune import summary_rows
+
+    m = result.metric
+    title = "Threshold tuning on a cohort"
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{_e(title)}</h1>",
+             f'<p class="small">{len(result.cases)} cases, metric {_e(m)}, '
+             f"{len(result.structures)} structure(s). Thresholds are chosen on all cases; the held-out "
+             "estimate is a cross-validation: cases sorted by name, case i in fold i mod K, each fold's "
+             "threshold tuned on the other folds.</p>"]
+    if result.problems:
+        parts.append('<div class="warn"><b>Problems</b> (left out, the rest went on):<ul>' + "".join(
+            f"<li>{_e(line)}</li>" for line in result.problem_lines()) + "</ul></div>")
+    rows = summary_rows(result)
+    flagged = [r["structure"] for r in rows if r["ci_holds_zero"]]
+    parts.append("<h2>Headline</h2><ul>")
+    for r in rows:
+        if r["cv_gain"] is None:
+            parts.append(f"<li><b>{_e(r['structure'])}</b>: t = {r['t_opt']:.2f}; too few cases to cross-validate.</li>")
+            continue
+        verdict = ("the 95 % CI holds 0: no evidence that it beats 0.5 on unseen cases" if r["ci_holds_zero"]
+                   else "better than 0.5 on held-out cases" if r["cv_gain"] > 0 else "worse than 0.5 on held-out cases")
+        parts.append(f"<li><b>{_e(r['structure'])}</b>: t = {r['t_opt']:.2f}; held-out {_e(m)} "
+                     f"{fmt_num(r[f'cv_{m}_at_tuned'])} vs {fmt_num(r[f'cv_{m}_at_0.5'])} at 0.5, gain "
+                     f"{fmt_num(r['cv_gain'])} (95 % CI {fmt_num(r['cv_gain_ci_low'])} to "
+                     f"{fmt_num(r['cv_gain_ci_high'])}): {_e(verdict)}.</li>")
+    parts.append("</ul>")
+    if flagged:
+        parts.append(f'<p class="warn">Gain CI holds 0 for: {_e(", ".join(flagged))}.</p>')
+    header = ["structure", "cases", "prominence", "t_opt", f"{m} at t_opt", f"{m} at 0.5", "loss at 0.5",
+              "fold thresholds", f"CV {m} at 0.5", f"CV {m} tuned", "CV gain", "95 % CI"]
+    table: List[list] = []
+    for r in rows:
+        table.append([r["structure"], r["n_cases"], fmt_num(r["prominence"], 5), f"{r['t_opt']:.2f}",
+                      fmt_num(r[f"{m}_at_opt"]), fmt_num(r[f"{m}_at_0.5"]), fmt_pct(r["loss_at_0.5"]),
+                      r["fold_thresholds"], fmt_num(r[f"cv_{m}_at_0.5"]), fmt_num(r[f"cv_{m}_at_tuned"]),
+                      fmt_num(r["cv_gain"]),
+                      "n/a" if r["cv_gain_ci_low"] is None else
+                      f"{fmt_num(r['cv_gain_ci_low'])} to {fmt_num(r['cv_gain_ci_high'])}"
+                      + (" (holds 0)" if r["ci_holds_zero"] else "")])
+    parts.append(_table(header, table))
+    parts.append(f'<p class="small">Prominence (Eq. 4) from {_e(result.prominence_source)}. Dice is pooled over '
+                 "voxels and cases (Eq. 1); other metrics are means of the per-case values. Loss at 0.5 is "
+                 "relative to the optimum on all cases (in-sample); the CV columns are held out.</p>")
+    parts.append("<h2>Per structure</h2>")
+    for s, tu in result.structures.items():
+        parts.append(f'<h3 id="s-{_e(s)}">{_e(s)}</h3>')
+        parts.append(_img(figure_structure(tu, m), f"{s}: {m} vs threshold"))
+        if tu.cv is not None:
+            folds = {}
+            for c, f in zip(tu.cases, tu.cv.folds):
+                folds.setdefault(f, []).append(c)
+            parts.append(_table(["fold", "threshold (tuned on the other folds)", "cases"],
+                                [[k, f"{tu.cv.fold_thresholds[k]:.2f}", ", ".join(v)] for k, v in sorted(folds.items())], 1))
+    parts.append("<h2>Inputs</h2>")
+    parts.append(f"<pre>{_e(json.dumps(result.inputs, indent=2, sort_keys=True))}</pre>")
+    parts.append('<p class="small">Tables behind this page: summary.csv, thresholds.json, '
+                 "sweeps/&lt;structure&gt;/sweep.csv.</p></body></html>")
+    return "\n".join(parts) + "\n"
