@@ -636,9 +636,10 @@ def write_outputs(result: TuneResult, out: PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for s, tu in result.structures.items():
         write_csv(tu.result.to_table(), out / SWEEPS_DIR / map_stem(s) / "sweep.csv")
-    write_csv(summary_rows(result), out / SUMMARY_CSV)
+    rows = summary_rows(result)
+    write_csv(rows, out / SUMMARY_CSV)
     write_json(thresholds_document(result), out / THRESHOLDS_JSON)
-    write_text(out / REPORT_HTML, render_tune_html(result))
+    write_text(out / REPORT_HTML, render_tune_html(result, rows))
     return out
 
 

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, List
+from typing import Any, Dict, List, Sequence
 
 from .html_report import _CSS, _e, _img, _png_data_uri, _pyplot, _table, fmt_num, fmt_pct
 from .sweep import UNITS
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .tune import StructureTuning, TuneResult
-
 __all__ = ["render_tune_html", "figure_structure"]
 
 
-def figure_structure(tu: "StructureTuning", metric: str) -> str:
+def figure_structure(tu: Any, metric: str) -> str:
     """The cohort curve (pooled Dice, or mean of a distance) with the optimum, 0.5 and the fold
     thresholds marked, as a PNG data URI."""
     plt = _pyplot()
@@ -44,10 +41,9 @@ def figure_structure(tu: "StructureTuning", metric: str) -> str:
     return _png_data_uri(fig)
 
 
-def render_tune_html(result: "TuneResult") -> str:
-    """The whole page as a string (self-contained)."""
-    from .tune import summary_rows
-
+def render_tune_html(result: Any, rows: Sequence[Dict[str, Any]]) -> str:
+    """The whole page as a string (self-contained). ``result``: a ``tune.TuneResult``; ``rows``: its
+    ``tune.summary_rows`` (passed in, so that this module does not import ``tune``, which imports it)."""
     m = result.metric
     title = "Threshold tuning on a cohort"
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -59,7 +55,6 @@ def render_tune_html(result: "TuneResult") -> str:
     if result.problems:
         parts.append('<div class="warn"><b>Problems</b> (left out, the rest went on):<ul>' + "".join(
             f"<li>{_e(line)}</li>" for line in result.problem_lines()) + "</ul></div>")
-    rows = summary_rows(result)
     flagged = [r["structure"] for r in rows if r["ci_holds_zero"]]
     parts.append("<h2>Headline</h2><ul>")
     for r in rows:
