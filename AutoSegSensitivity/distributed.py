@@ -98,11 +98,13 @@ class DistContext:
                 dist.barrier()
 
     def close(self) -> None:
-        """Tear down the process group if :func:`setup` created it."""
+        """Tear down the process group if :func:`setup` created it, after a barrier: no rank destroys the
+        group while another still waits in a collective (that left the other rank hanging at exit)."""
         if self.owns_group:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                self.barrier()
                 dist.destroy_process_group()
             self.owns_group = False
 
