@@ -80,7 +80,8 @@ class TrainConfig:
       ``step_size`` epochs and ``gamma``).
     * ``early_stopping``: ``rule`` ``running_mean`` (``window``, optional ``patience``), ``patience`` (on
       mean validation Dice) or ``none`` (lowest validation loss kept); ``min_delta``.
-    * ``val_fraction`` or ``val_cases`` (names); ``seed``; ``amp`` (CUDA only); ``device``;
+    * ``val_fraction`` or ``val_cases`` (names); ``train_cases`` (names; null: every case not in validation,
+      so a caller can hold test cases out of training); ``seed``; ``amp`` (CUDA only); ``device``;
       ``num_threads`` (CPU threads while training, null: torch's default); ``inference_batch_size`` and
       ``sliding_window_overlap`` (validation and inference).
     """
@@ -105,6 +106,7 @@ class TrainConfig:
     early_stopping: Dict[str, Any] = field(default_factory=lambda: dict(_STOP_KEYS))
     val_fraction: float = 0.2
     val_cases: Optional[List[str]] = None
+    train_cases: Optional[List[str]] = None
     seed: int = 0
     amp: bool = True
     device: str = "auto"
@@ -259,6 +261,9 @@ class TrainConfig:
         if self.val_cases is not None:
             need(isinstance(self.val_cases, list) and all(isinstance(s, str) for s in self.val_cases) and self.val_cases,
                  "val_cases", "a non-empty list of case names or null", self.val_cases)
+        if self.train_cases is not None:
+            need(isinstance(self.train_cases, list) and all(isinstance(s, str) for s in self.train_cases)
+                 and self.train_cases, "train_cases", "a non-empty list of case names or null", self.train_cases)
         need(is_int(self.seed), "seed", "an integer", self.seed)
         need(isinstance(self.amp, bool), "amp", "true or false", self.amp)
         need(self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"), "device",
@@ -527,9 +532,17 @@ def load_dataset(data_dir: Union[str, Path], structures: Optional[Sequence[str]]
 
 
 def split_cases(names: Sequence[str], val_fraction: float, seed: int,
-                val_cases: Optional[Sequence[str]] = None, source: str = "config") -> Tuple[List[str], List[str]]:
-    """Seeded split of case names into (train, val); ``val_cases`` fixes the validation cases."""
+                val_cases: Optional[Sequence[str]] = None, source: str = "config",
+                train_cases: Optional[Sequence[str]] = None) -> Tuple[List[str], List[str]]:
+    """Seeded split of case names into (train, val); ``val_cases`` fixes the validation cases and
+    ``train_cases`` the training cases (default: every other case; cases in neither are not used)."""
     names = sorted(names)
+    if train_cases is not None:
+        unknown = [n for n in train_cases if n not in names]
+        if unknown:
+            raise InputError(source, "train_cases", f"case names of the dataset ({names})", got=unknown)
+        if val_cases is None:
+            val_cases = [n for n in names if n not in set(train_cases)]
     if val_cases is not None:
         unknown = [n for n in val_cases if n not in names]
         if unknown:
@@ -540,6 +553,11 @@ def split_cases(names: Sequence[str], val_fraction: float, seed: int,
         perm = np.random.default_rng(seed).permutation(len(names))
         val = sorted(names[i] for i in perm[:n_val])
     train = [n for n in names if n not in set(val)]
+    if train_cases is not None:
+        both = sorted(set(train_cases) & set(val))
+        if both:
+            raise InputError(source, "train_cases", "cases not in validation", got=both)
+        train = [n for n in names if n in set(train_cases)]
     if not train or not val:
         raise InputError(source, "val_fraction/val_cases", "at least one training and one validation case",
                          got={"train": train, "val": val})
@@ -797,7 +815,8 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
         if missing:
             raise InputError(data_dir, "cases", "the cases the run being resumed used", got=f"missing {missing}")
     else:
-        train_names, val_names = split_cases(names, cfg.val_fraction, cfg.seed, cfg.val_cases)
+        train_names, val_names = split_cases(names, cfg.val_fraction, cfg.seed, cfg.val_cases,
+                                             train_cases=cfg.train_cases)
     by_name = {r[0]: r for r in raw}
     prepared = {n: prepare_case(n, by_name[n][1].array, by_name[n][2], pre, cfg.seed)
                 for n in train_names + val_names}
