@@ -55,10 +55,13 @@ from .atomic import write_text
 from .errors import CancelledError, InputError
 from .held_out import ROLES, counts_table, split_roles
 
-__all__ = ["PROB_PREFIX", "LossSpec", "StudyConfig", "StudyResult", "DEFAULT_STRUCTURES", "run_study", "volume_bias"]
+__all__ = ["PROB_PREFIX", "write_role_sweep", "held_out_volume_bias", "LossSpec", "StudyConfig", "StudyResult", "DEFAULT_STRUCTURES", "run_study", "volume_bias"]
 
 PathLike = Union[str, Path]
 
+VOLUME_BIAS_COLUMNS = ["loss", "structure", "at", "cases", "threshold", "volume_ref_ml", "volume_pred_ml",
+                       "volume_diff_ml", "relative_volume_diff"]
+CORRELATION_COLUMNS = ["loss", "thresholds_from", "n_structures", "pearson_r", "p_value"]
 PROB_PREFIX = "prob_"
 """Probability maps are ``<case>/prob_<Structure>.nrrd``, as ``autosegsens predict`` writes them."""
 
@@ -220,6 +223,38 @@ def volume_bias(probs: Sequence[np.ndarray], refs: Sequence[np.ndarray], spacing
             "volume_diff_ml": diff, "relative_volume_diff": rel}
 
 
+def write_role_sweep(folder: PathLike, res: Any, role: str, cases: Sequence[Tuple[str, np.ndarray, np.ndarray]],
+                     thresholds: np.ndarray, deltas: Sequence[float] = (0.02, 0.05, 0.1),
+                     extra: Optional[Mapping[str, Any]] = None, title: str = "") -> Path:
+    """Write one sweep of one role into ``folder`` (``sweeps/<loss>/<structure>/<role>/``): ``sweep.csv``,
+    ``sweep_per_case.csv``, ``summary.json`` (with ``role`` and ``extra``), ``sweep.png``, and for the test
+    role ``counts_per_case.csv`` from ``cases`` (``(name, probability map, reference mask)``, the cases of
+    ``res`` that have a reference), the voxel counts the report bootstraps. Returns ``folder``."""
+    from . import report as figs
+    from .html_report import COUNTS_CSV
+
+    folder = Path(folder)
+    figs.write_csv(res.to_table(), folder / "sweep.csv")
+    figs.write_csv(res.per_case_table(), folder / "sweep_per_case.csv")
+    summ = res.summary([float(d) for d in deltas])
+    summ.update({"role": role, **dict(extra or {})})
+    figs.write_json(summ, folder / "summary.json")
+    figs.plot_sweep_metrics(res, folder / "sweep.png", title=title or f"{res.structure} ({role} cases)")
+    if role == "test":
+        figs.write_csv(counts_table(list(cases), thresholds), folder / COUNTS_CSV)
+    return folder
+
+
+def held_out_volume_bias(loss: str, structure: str, t_chosen: float, probs: Sequence[np.ndarray],
+                     refs: Sequence[np.ndarray], spacings: Sequence[Sequence[float]]) -> List[Dict[str, Any]]:
+    """The two ``volume_bias.csv`` rows of one loss and structure: :func:`volume_bias` of the test cases at the
+    threshold chosen on validation and at 0.5 (``spacings`` in mm)."""
+    from .html_report import CHOSEN
+
+    return [{"loss": loss, "structure": structure, "at": kind, "cases": "test",
+             **volume_bias(probs, refs, spacings, t)} for kind, t in ((CHOSEN, t_chosen), ("0.5", 0.5))]
+
+
 def _versions() -> Dict[str, str]:
     out = {"AutoSegSensitivity": __version__, "python": platform.python_version(), "numpy": np.__version__}
     for mod in ("torch", "scipy", "SimpleITK", "monai", "matplotlib"):
@@ -275,8 +310,7 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
 
     from . import report as figs
     from .batch import predict_dataset
-    from .html_report import (CHOSEN, COUNTS_CSV, STUDY_JSON, VOLUME_BIAS_CSV, load_study,
-                              summary_rows, write_report)
+    from .html_report import STUDY_JSON, VOLUME_BIAS_CSV, load_study, summary_rows, write_report
     from .inference import load_checkpoint
     from .io import load_case, read_volume, scan_dataset
     from .sweep import correlate_prominence, parse_thresholds, sweep_thresholds
@@ -465,26 +499,16 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
                         res = sweep_thresholds(p_list, r_list, sp_list, thresholds=th, case_names=cases,
                                                structure=s, device=cfg.sweep_device)
                         sweeps[role] = res
-                        sdir = out / "sweeps" / spec.key / s / role
-                        figs.write_csv(res.to_table(), sdir / "sweep.csv")
-                        figs.write_csv(res.per_case_table(), sdir / "sweep_per_case.csv")
-                        summ = res.summary([float(d) for d in cfg.deltas])
-                        summ.update({"loss": spec.key, "role": role, "model": str(
-                            checkpoints.get((spec.key, s), checkpoints.get((spec.key, None))))})
-                        figs.write_json(summ, sdir / "summary.json")
-                        figs.plot_sweep_metrics(res, sdir / "sweep.png",
-                                                title=f"{s}: {spec.label or spec.key} ({role} cases)")
                         used = [i for i, r in enumerate(r_list) if r is not None]
-                        if role == "test":
-                            figs.write_csv(counts_table([(cases[i], p_list[i], r_list[i]) for i in used], th),
-                                           sdir / COUNTS_CSV)
-                            if "validation" in sweeps:
-                                t_val, _ = sweeps["validation"].optimum("dice")
-                                for kind, t in ((CHOSEN, t_val), ("0.5", 0.5)):
-                                    b = volume_bias([p_list[i] for i in used], [r_list[i] for i in used],
-                                                    [sp_list[i] for i in used], t)
-                                    bias_rows.append({"loss": spec.key, "structure": s, "at": kind,
-                                                      "cases": "test", **b})
+                        model = checkpoints.get((spec.key, s), checkpoints.get((spec.key, None)))
+                        write_role_sweep(out / "sweeps" / spec.key / s / role, res, role,
+                                         [(cases[i], p_list[i], r_list[i]) for i in used], th, cfg.deltas,
+                                         {"loss": spec.key, "model": str(model)},
+                                         f"{s}: {spec.label or spec.key} ({role} cases)")
+                        if role == "test" and "validation" in sweeps:
+                            bias_rows += held_out_volume_bias(
+                                spec.key, s, sweeps["validation"].optimum("dice")[0], [p_list[i] for i in used],
+                                [r_list[i] for i in used], [sp_list[i] for i in used])
                         if s in meta["prominence"]:
                             xs, ys, names = points[role]
                             xs.append(meta["prominence"][s])
@@ -504,11 +528,8 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
         finally:
             if bar is not None:
                 bar.close()
-        figs.write_csv(bias_rows, out / VOLUME_BIAS_CSV,
-                       columns=["loss", "structure", "at", "cases", "threshold", "volume_ref_ml", "volume_pred_ml",
-                                "volume_diff_ml", "relative_volume_diff"])
-        figs.write_csv(corr_rows, out / "correlation.csv",
-                       columns=["loss", "thresholds_from", "n_structures", "pearson_r", "p_value"])
+        figs.write_csv(bias_rows, out / VOLUME_BIAS_CSV, columns=VOLUME_BIAS_COLUMNS)
+        figs.write_csv(corr_rows, out / "correlation.csv", columns=CORRELATION_COLUMNS)
 
         # 5. summary and report
         say("[5/5] summary tables and report")
