@@ -225,9 +225,9 @@ def volume_bias(probs: Sequence[np.ndarray], refs: Sequence[np.ndarray], spacing
 
 def write_role_sweep(folder: PathLike, res: Any, role: str, cases: Sequence[Tuple[str, np.ndarray, np.ndarray]],
                      thresholds: np.ndarray, deltas: Sequence[float] = (0.02, 0.05, 0.1),
-                     extra: Optional[Mapping[str, Any]] = None, title: str = "") -> Path:
+                     extra: Optional[Mapping[str, Any]] = None, title: str = "", figure: bool = True) -> Path:
     """Write one sweep of one role into ``folder`` (``sweeps/<loss>/<structure>/<role>/``): ``sweep.csv``,
-    ``sweep_per_case.csv``, ``summary.json`` (with ``role`` and ``extra``), ``sweep.png``, and for the test
+    ``sweep_per_case.csv``, ``summary.json`` (with ``role`` and ``extra``), ``sweep.png`` (unless not ``figure``), and for the test
     role ``counts_per_case.csv`` from ``cases`` (``(name, probability map, reference mask)``, the cases of
     ``res`` that have a reference), the voxel counts the report bootstraps. Returns ``folder``."""
     from . import report as figs
@@ -239,7 +239,8 @@ def write_role_sweep(folder: PathLike, res: Any, role: str, cases: Sequence[Tupl
     summ = res.summary([float(d) for d in deltas])
     summ.update({"role": role, **dict(extra or {})})
     figs.write_json(summ, folder / "summary.json")
-    figs.plot_sweep_metrics(res, folder / "sweep.png", title=title or f"{res.structure} ({role} cases)")
+    if figure:
+        figs.plot_sweep_metrics(res, folder / "sweep.png", title=title or f"{res.structure} ({role} cases)")
     if role == "test":
         figs.write_csv(counts_table(list(cases), thresholds), folder / COUNTS_CSV)
     return folder

@@ -227,7 +227,7 @@ def test_threshold_comes_from_validation_and_losses_from_test(tmp_path):
                                case_names=[c[0] for c in cases], structure="Organ", metrics=("dice",),
                                device="numpy")
         sweeps[role] = res
-        write_role_sweep(out / "sweeps" / "bce" / "Organ" / role, res, role, cases, th)
+        write_role_sweep(out / "sweeps" / "bce" / "Organ" / role, res, role, cases, th, figure=False)
     t_val = sweeps["validation"].optimum("dice")[0]
     assert t_val == pytest.approx(0.35) and sweeps["test"].optimum("dice")[0] == pytest.approx(0.45)
     bias = held_out_volume_bias("bce", "Organ", t_val, [c[1] for c in test], [c[2] for c in test], [sp, sp])
