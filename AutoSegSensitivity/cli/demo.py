@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     parser.add_argument("--data", type=Path, help="use this dataset folder instead of generating the phantom")
     parser.add_argument("--cases", type=int, default=d.cases, help=f"phantom cases (default {d.cases}; "
-                        f"{d.test_fraction:.0%} test, {d.val_fraction:.0%} validation, the rest training)")
+                        f"{100 * d.test_fraction:.0f} %% test, {100 * d.val_fraction:.0f} %% validation, the rest "
+                        "training)")
     parser.add_argument("--structures", nargs="+", default=list(DEFAULT_STRUCTURES),
                         help=f"structures (default {' '.join(DEFAULT_STRUCTURES)})")
     parser.add_argument("--multi-label", action="store_true",
