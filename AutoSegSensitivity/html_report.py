@@ -1,22 +1,31 @@
 """One self-contained HTML page for a threshold-sensitivity study, built from the CSV/JSON of a study folder.
 
-The page is written for a clinician or physicist: per structure the metric-vs-threshold curves with the
-optimum and 0.5 marked, the loss at 0.5 and at ``t_opt ± 0.02 / 0.05 / 0.1`` (paper 000, Eq. 3), the two
-training losses (BCE and BCE + lambda * 2D Dice) side by side, the volume bias, and one plain-language
-sentence ("for SpinalCord, thresholding at 0.5 instead of 0.23 loses 14.0 % Dice"); across structures the
-prominence (paper 000, Eq. 4) against the optimal threshold with Pearson r and p; and at the end the model,
-data, settings, seeds, library versions and date the study came from.
+The study is held out as paper 000 did it: each threshold ``t`` is chosen on the validation cases, and every
+number reported is measured on the test cases at ``t`` (validation values appear only as "chosen on
+validation", in-sample). The page is written for a clinician or physicist: which cases served which role;
+per structure the test metric-vs-threshold curves with ``t`` and 0.5 marked, the test loss at 0.5 (with a
+seeded 95 % bootstrap interval over test cases) and at ``t ± 0.02 / 0.05 / 0.1`` (Eq. 3), the two training
+losses (BCE and BCE + lambda * 2D Dice) side by side, the test volume bias, and one plain-language sentence
+("for SpinalCord, the threshold chosen on the validation cases is 0.23; on the test cases, thresholding at 0.5
+instead loses 14.0 % Dice"); across structures the prominence (Eq. 4) against the chosen threshold (and the
+test optimum, in hindsight) with Pearson r and p; and at the end the model, data, settings, seeds, library
+versions and date the study came from. Metrics are those present in the sweep tables.
 
 Every number on the page is recomputed from the files of the study folder, so ``autosegsens report`` can
 rebuild the page at any time and the page always agrees with the tables:
 
 * ``study.json``: settings, data, models, versions, dates, training-set prominence per structure
   (written by :mod:`AutoSegSensitivity.study`; see :data:`STUDY_JSON`).
-* ``sweeps/<loss>/<structure>/sweep.csv`` and ``sweep_per_case.csv``: the sweep tables of
+* ``sweeps/<loss>/<structure>/<role>/sweep.csv`` and ``sweep_per_case.csv`` (``role``: validation, test):
+  the sweep tables of
   :meth:`AutoSegSensitivity.sweep.SweepResult.to_table` / ``per_case_table`` (the same files
   ``autosegsens sweep`` writes). They are read back into a :class:`~AutoSegSensitivity.sweep.SweepResult`,
-  whose ``optimum`` / ``loss_at`` / ``perturbation_losses`` give the numbers.
-* ``volume_bias.csv``: one row per loss, structure and threshold kind (``optimum`` or ``0.5``).
+  whose ``optimum`` (validation) and ``value_at`` (test) give the numbers.
+* ``sweeps/<loss>/<structure>/test/counts_per_case.csv``: per test case and threshold the voxel counts
+  behind pooled Dice (:mod:`AutoSegSensitivity.held_out`), for the bootstrap intervals (seeded with the
+  study seed, so a rebuilt page is byte-identical).
+* ``volume_bias.csv``: one row per loss, structure and threshold kind (:data:`CHOSEN` or ``0.5``), on the
+  test cases.
 
 Images are PNGs inlined as base64 ``data:`` URIs; the page references no external file or URL.
 """
@@ -695,9 +704,10 @@ def _roles_section(study: StudyData) -> str:
             for role in ROLES if f"{role} cases" in data]
     if not rows:
         return ""
+    rule = f" Split: {_e(data['split'])}." if data.get("split") else ""
     text = ('<p>Which cases served which role (as paper 000: thresholds found on the validation data, errors '
-            "evaluated on the test data; no test case was used for training, early stopping or choosing a threshold). "
-            f"{_e(data.get('split', ''))}.</p>")
+            "evaluated on the test data; no test case was used for training, early stopping or choosing a "
+            f"threshold).{rule}</p>")
     return "<h2>Cases and their roles</h2>\n" + text + _table(["role", "cases", "used for", "case names"], rows, 1)
 
 

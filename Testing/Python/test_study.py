@@ -20,6 +20,7 @@ from AutoSegSensitivity.html_report import fmt_num, fmt_pct, load_study, render_
 from AutoSegSensitivity.study import (StudyConfig, held_out_volume_bias, run_study, volume_bias,
                                       write_role_sweep)
 from AutoSegSensitivity.sweep import apply_threshold, parse_thresholds, sweep_thresholds
+from AutoSegSensitivity.training import split_cases
 
 TINY = {"cases": 4, "phantom_shape": [8, 48, 48], "epochs": 1, "samples_per_epoch": 8, "base_features": 2,
         "resize": [32, 32], "structures": ["Brain", "SpinalCord"], "seed": 1, "device": "cpu",
@@ -264,3 +265,15 @@ def test_threshold_comes_from_validation_and_losses_from_test(tmp_path):
     page = render_html(study)
     assert "t chosen on validation" in page and "Cases and their roles" in page and "t1, t2" in page
     assert "0.35" in page and f"{fmt_num(d_t)}</td><td>{fmt_num(d_05)}</td><td>{fmt_pct((d_t - d_05) / d_t)}" in page
+
+
+def test_training_split_holds_test_cases_out():
+    """``train_cases`` (what the study passes): the listed training cases only; the rest of the dataset (the
+    test cases) is in neither list; unknown or overlapping names are errors naming the setting."""
+    names = [f"case{i:03d}" for i in range(6)]
+    train, val = split_cases(names, 0.2, 0, val_cases=["case001"], train_cases=["case000", "case003"])
+    assert train == ["case000", "case003"] and val == ["case001"]
+    with pytest.raises(InputError, match="train_cases"):
+        split_cases(names, 0.2, 0, val_cases=["case001"], train_cases=["case001", "case002"])
+    with pytest.raises(InputError, match="train_cases"):
+        split_cases(names, 0.2, 0, val_cases=["case001"], train_cases=["case999"])
