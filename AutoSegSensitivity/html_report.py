@@ -51,8 +51,9 @@ from .sweep import DEFAULT_DELTAS, HIGHER_IS_BETTER, METRICS, UNITS, SweepResult
 from .sweep import _col as metric_column
 
 __all__ = [
-    "STUDY_JSON", "SWEEPS_DIR", "VOLUME_BIAS_CSV", "COUNTS_CSV", "CHOSEN", "CORRELATION_KINDS", "StudyData", "read_sweep_folder", "load_study",
-    "summary_rows", "median_loss_ci", "correlations", "plain_summary", "metric_label", "render_html", "write_report", "fmt_num", "fmt_pct",
+    "STUDY_JSON", "SWEEPS_DIR", "VOLUME_BIAS_CSV", "COUNTS_CSV", "CHOSEN", "CORRELATION_KINDS",
+    "StudyData", "read_sweep_folder", "load_study", "summary_rows", "median_loss_ci", "correlations",
+    "plain_summary", "metric_label", "render_html", "write_report", "fmt_num", "fmt_pct",
 ]
 
 PathLike = Union[str, Path]

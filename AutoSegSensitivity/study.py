@@ -55,7 +55,8 @@ from .atomic import write_text
 from .errors import CancelledError, InputError
 from .held_out import ROLES, counts_table, split_roles
 
-__all__ = ["PROB_PREFIX", "write_role_sweep", "held_out_volume_bias", "LossSpec", "StudyConfig", "StudyResult", "DEFAULT_STRUCTURES", "run_study", "volume_bias"]
+__all__ = ["PROB_PREFIX", "write_role_sweep", "held_out_volume_bias", "LossSpec", "StudyConfig", "StudyResult",
+           "DEFAULT_STRUCTURES", "run_study", "volume_bias"]
 
 PathLike = Union[str, Path]
 
@@ -91,7 +92,8 @@ class StudyConfig:
     """Settings of a study. Sizes in voxels; the phantom grid ``phantom_shape`` is (z, y, x).
 
     The defaults are the CPU demo: 12 phantom cases (6 training, 2 validation, 4 test: ``val_fraction``
-    0.2 and ``test_fraction`` 0.3 of them, see :func:`~AutoSegSensitivity.held_out.split_roles`), 4 structures, one binary model per structure and loss
+    0.2 and ``test_fraction`` 0.3 of them, see :func:`~AutoSegSensitivity.held_out.split_roles`), 4
+    structures, one binary model per structure and loss
     (``per_structure``; ``False``: one multi-label model per loss), a narrow 2D U-Net (paper 000's Table A1
     at ``base_features`` 8) on the full 128 x 128 slices (no resize: the lenses are 2 x 5 pixels there and
     vanish at 64 x 64), Adam at ``lr`` 3e-3 halved every 10 epochs (at 1e-2 the BCE + Dice SpinalCord model
@@ -227,8 +229,8 @@ def write_role_sweep(folder: PathLike, res: Any, role: str, cases: Sequence[Tupl
                      thresholds: np.ndarray, deltas: Sequence[float] = (0.02, 0.05, 0.1),
                      extra: Optional[Mapping[str, Any]] = None, title: str = "", figure: bool = True) -> Path:
     """Write one sweep of one role into ``folder`` (``sweeps/<loss>/<structure>/<role>/``): ``sweep.csv``,
-    ``sweep_per_case.csv``, ``summary.json`` (with ``role`` and ``extra``), ``sweep.png`` (unless not ``figure``), and for the test
-    role ``counts_per_case.csv`` from ``cases`` (``(name, probability map, reference mask)``, the cases of
+    ``sweep_per_case.csv``, ``summary.json`` (with ``role`` and ``extra``), ``sweep.png`` (when ``figure``),
+    and for the test role ``counts_per_case.csv`` from ``cases`` (``(name, probability map, reference mask)``, the cases of
     ``res`` that have a reference), the voxel counts the report bootstraps. Returns ``folder``."""
     from . import report as figs
     from .html_report import COUNTS_CSV
