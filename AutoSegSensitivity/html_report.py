@@ -91,7 +91,8 @@ def fmt_pct(v: Optional[float], digits: int = 1) -> str:
     v = float(v)
     if math.isinf(v):
         return "inf"
-    return f"{100.0 * v:.{digits}f} %"
+    text = f"{100.0 * v:.{digits}f}"
+    return (text.lstrip("-") if float(text) == 0 else text) + " %"  # no "-0.0 %"
 
 
 # --------------------------------------------------------------------------------------------------------
