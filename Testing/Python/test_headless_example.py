@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from AutoSegSensitivity.io import read_segmentation, read_volume
+from AutoSegSensitivity.io import read_segmentation
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "headless_slicer_study.py"
 

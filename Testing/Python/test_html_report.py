@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import math
 import re
 import shutil
 from pathlib import Path
