@@ -138,8 +138,9 @@ def run_batch(items: Iterable[Tuple[str, Any]], job: Callable[[Any], Any], desc:
 
 def predict_dataset(model: Any, data_dir: PathLike, out_dir: PathLike, cases: Optional[Sequence[str]] = None,
                     device: Any = None, suffix: str = ".nrrd", progress: Optional[bool] = None,
-                    on_failure: Optional[Callable[[BatchFailure], None]] = None) -> BatchResult:
-    """Probability maps of every case of a dataset folder: ``out_dir/<case>/<structure><suffix>`` (float32,
+                    on_failure: Optional[Callable[[BatchFailure], None]] = None, prefix: str = "") -> BatchResult:
+    """Probability maps of every case of a dataset folder: ``out_dir/<case>/<prefix><structure><suffix>``
+    (``prefix`` "prob_" gives the layout ``autosegsens predict`` writes; float32,
     values in [0, 1], on the case's CT grid). ``model`` is a
     :class:`~AutoSegSensitivity.inference.LoadedModel` or a checkpoint path; ``cases`` restricts the case
     names (a name not in the dataset is a failure). ``done[case]`` is ``{structure: Path}``."""
@@ -167,7 +168,7 @@ def predict_dataset(model: Any, data_dir: PathLike, out_dir: PathLike, cases: Op
         probs = predict_volume(model, image, device=device)
         written = {}
         for s, vol in probs.items():
-            written[s] = write_volume(vol, out_dir / case.name / f"{s}{suffix}")
+            written[s] = write_volume(vol, out_dir / case.name / f"{prefix}{s}{suffix}")
         return written
 
     return run_batch(items, job, desc="predicting", progress=progress, failures=problems, on_failure=on_failure)

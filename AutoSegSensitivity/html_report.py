@@ -1,22 +1,31 @@
 """One self-contained HTML page for a threshold-sensitivity study, built from the CSV/JSON of a study folder.
 
-The page is written for a clinician or physicist: per structure the metric-vs-threshold curves with the
-optimum and 0.5 marked, the loss at 0.5 and at ``t_opt ± 0.02 / 0.05 / 0.1`` (paper 000, Eq. 3), the two
-training losses (BCE and BCE + lambda * 2D Dice) side by side, the volume bias, and one plain-language
-sentence ("for SpinalCord, thresholding at 0.5 instead of 0.23 loses 14.0 % Dice"); across structures the
-prominence (paper 000, Eq. 4) against the optimal threshold with Pearson r and p; and at the end the model,
-data, settings, seeds, library versions and date the study came from.
+The study is held out as paper 000 did it: each threshold ``t`` is chosen on the validation cases, and every
+number reported is measured on the test cases at ``t`` (validation values appear only as "chosen on
+validation", in-sample). The page is written for a clinician or physicist: which cases served which role;
+per structure the test metric-vs-threshold curves with ``t`` and 0.5 marked, the test loss at 0.5 (with a
+seeded 95 % bootstrap interval over test cases) and at ``t ± 0.02 / 0.05 / 0.1`` (Eq. 3), the two training
+losses (BCE and BCE + lambda * 2D Dice) side by side, the test volume bias, and one plain-language sentence
+("for SpinalCord, the threshold chosen on the validation cases is 0.23; on the test cases, thresholding at 0.5
+instead loses 14.0 % Dice"); across structures the prominence (Eq. 4) against the chosen threshold (and the
+test optimum, in hindsight) with Pearson r and p; and at the end the model, data, settings, seeds, library
+versions and date the study came from. Metrics are those present in the sweep tables.
 
 Every number on the page is recomputed from the files of the study folder, so ``autosegsens report`` can
 rebuild the page at any time and the page always agrees with the tables:
 
 * ``study.json``: settings, data, models, versions, dates, training-set prominence per structure
   (written by :mod:`AutoSegSensitivity.study`; see :data:`STUDY_JSON`).
-* ``sweeps/<loss>/<structure>/sweep.csv`` and ``sweep_per_case.csv``: the sweep tables of
+* ``sweeps/<loss>/<structure>/<role>/sweep.csv`` and ``sweep_per_case.csv`` (``role``: validation, test):
+  the sweep tables of
   :meth:`AutoSegSensitivity.sweep.SweepResult.to_table` / ``per_case_table`` (the same files
   ``autosegsens sweep`` writes). They are read back into a :class:`~AutoSegSensitivity.sweep.SweepResult`,
-  whose ``optimum`` / ``loss_at`` / ``perturbation_losses`` give the numbers.
-* ``volume_bias.csv``: one row per loss, structure and threshold kind (``optimum`` or ``0.5``).
+  whose ``optimum`` (validation) and ``value_at`` (test) give the numbers.
+* ``sweeps/<loss>/<structure>/test/counts_per_case.csv``: per test case and threshold the voxel counts
+  behind pooled Dice (:mod:`AutoSegSensitivity.held_out`), for the bootstrap intervals (seeded with the
+  study seed, so a rebuilt page is byte-identical).
+* ``volume_bias.csv``: one row per loss, structure and threshold kind (:data:`CHOSEN` or ``0.5``), on the
+  test cases.
 
 Images are PNGs inlined as base64 ``data:`` URIs; the page references no external file or URL.
 """
@@ -37,11 +46,14 @@ import numpy as np
 
 from .atomic import write_text
 from .errors import InputError
-from .sweep import DEFAULT_DELTAS, HIGHER_IS_BETTER, METRICS, SweepResult, correlate_prominence
+from .held_out import N_BOOTSTRAP, ROLES, bootstrap_ci, pooled_dice, read_counts, relative_dice_loss
+from .sweep import DEFAULT_DELTAS, HIGHER_IS_BETTER, METRICS, UNITS, SweepResult, correlate_prominence, relative_loss
+from .sweep import _col as metric_column
 
 __all__ = [
-    "STUDY_JSON", "SWEEPS_DIR", "VOLUME_BIAS_CSV", "StudyData", "read_sweep_folder", "load_study",
-    "summary_rows", "plain_summary", "render_html", "write_report", "fmt_num", "fmt_pct",
+    "STUDY_JSON", "SWEEPS_DIR", "VOLUME_BIAS_CSV", "COUNTS_CSV", "CHOSEN", "CORRELATION_KINDS",
+    "StudyData", "read_sweep_folder", "load_study", "summary_rows", "median_loss_ci", "correlations",
+    "plain_summary", "metric_label", "render_html", "write_report", "fmt_num", "fmt_pct",
 ]
 
 PathLike = Union[str, Path]
@@ -49,8 +61,11 @@ PathLike = Union[str, Path]
 STUDY_JSON = "study.json"
 SWEEPS_DIR = "sweeps"
 VOLUME_BIAS_CSV = "volume_bias.csv"
-_COLS = {"dice": "dice", "msd": "msd_mm", "hd": "hd_mm", "hd95": "hd95_mm"}
-_LABELS = {"dice": "Dice", "msd": "MSD (mm)", "hd": "HD (mm)", "hd95": "HD95 (mm)"}
+COUNTS_CSV = "counts_per_case.csv"
+CHOSEN = "chosen on validation"
+"""``volume_bias.csv``'s ``at`` for the threshold chosen on the validation cases (the other is ``0.5``)."""
+CORRELATION_KINDS = {"validation": "Dice threshold chosen on validation", "test": "test optimum (hindsight)"}
+"""``correlation.csv``'s ``thresholds`` column, keyed by the role whose sweep gave the thresholds."""
 _LOSS_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 
 
@@ -76,12 +91,19 @@ def fmt_pct(v: Optional[float], digits: int = 1) -> str:
     v = float(v)
     if math.isinf(v):
         return "inf"
-    return f"{100.0 * v:.{digits}f} %"
+    text = f"{100.0 * v:.{digits}f}"
+    return (text.lstrip("-") if float(text) == 0 else text) + " %"  # no "-0.0 %"
 
 
 # --------------------------------------------------------------------------------------------------------
 # reading a study folder
 # --------------------------------------------------------------------------------------------------------
+
+
+def metric_label(metric: str) -> str:
+    """A metric's name on the page: ``Dice``, ``MSD (mm)``, ``HD95 (mm)``, ``NSD``."""
+    name = "Dice" if metric == "dice" else metric.upper()
+    return f"{name} ({UNITS[metric]})" if UNITS.get(metric) else name
 
 
 def _float(text: str) -> float:
@@ -106,13 +128,13 @@ def read_sweep_folder(folder: PathLike, structure: Optional[str] = None) -> Swee
     rows = _read_csv(folder / "sweep.csv")
     if not rows:
         raise InputError(folder / "sweep.csv", "rows", "one row per threshold", got="no rows")
-    metrics = tuple(m for m in METRICS if _COLS[m] in rows[0])
+    metrics = tuple(m for m in METRICS if metric_column(m) in rows[0])
     if not metrics or "threshold" not in rows[0]:
         raise InputError(folder / "sweep.csv", "columns", "threshold and at least one of dice, msd_mm, hd_mm, hd95_mm",
                          got=list(rows[0]))
     th = np.array([_float(r["threshold"]) for r in rows])
-    pooled = {m: np.array([_float(r[_COLS[m]]) for r in rows]) for m in metrics}
-    mean = {m: np.array([_float(r.get(_COLS[m] + "_mean", r[_COLS[m]])) for r in rows]) for m in metrics}
+    pooled = {m: np.array([_float(r[metric_column(m)]) for r in rows]) for m in metrics}
+    mean = {m: np.array([_float(r.get(metric_column(m) + "_mean", r[metric_column(m)])) for r in rows]) for m in metrics}
     n_undef = {m: np.array([int(float(r.get(f"n_undefined_{m}") or 0)) for r in rows]) for m in metrics}
     per_case: Dict[str, Dict[str, np.ndarray]] = {}
     case_names: List[str] = []
@@ -123,7 +145,7 @@ def read_sweep_folder(folder: PathLike, structure: Optional[str] = None) -> Swee
             by_case.setdefault(r["case"], []).append(r)
         for case, rs in by_case.items():
             rs.sort(key=lambda r: _float(r["threshold"]))
-            per_case[case] = {m: np.array([_float(r[_COLS[m]]) for r in rs]) for m in metrics}
+            per_case[case] = {m: np.array([_float(r[metric_column(m)]) for r in rs]) for m in metrics}
             case_names.append(case)
     problems: List[Tuple[str, str]] = []
     summary = folder / "summary.json"
@@ -139,12 +161,15 @@ def read_sweep_folder(folder: PathLike, structure: Optional[str] = None) -> Swee
 
 @dataclass
 class StudyData:
-    """What a study folder holds, read back: ``meta`` (study.json), ``sweeps[loss_key][structure]``,
-    ``volume_bias`` rows, and ``losses`` (``[{key, label, ...}]`` in display order)."""
+    """What a study folder holds, read back: ``meta`` (study.json), ``sweeps[role][loss_key][structure]``
+    (``role`` "validation" or "test"), ``counts[loss_key][structure]`` (the test cases' voxel counts behind
+    pooled Dice: ``(thresholds, {case: {intersection, predicted, reference}})``), ``volume_bias`` rows, and
+    ``losses`` (``[{key, label, ...}]`` in display order)."""
 
     folder: Path
     meta: Dict[str, Any]
-    sweeps: Dict[str, Dict[str, SweepResult]]
+    sweeps: Dict[str, Dict[str, Dict[str, SweepResult]]]
+    counts: Dict[str, Dict[str, Tuple[np.ndarray, Dict[str, Dict[str, np.ndarray]]]]] = field(default_factory=dict)
     volume_bias: List[Dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -161,6 +186,9 @@ class StudyData:
                 return str(entry.get("label", loss_key))
         return loss_key
 
+    def sweep(self, role: str, loss_key: str, structure: str) -> Optional[SweepResult]:
+        return self.sweeps.get(role, {}).get(loss_key, {}).get(structure)
+
     def prominence(self, structure: str) -> Optional[float]:
         v = self.meta.get("prominence", {}).get(structure)
         return None if v is None else float(v)
@@ -170,6 +198,10 @@ class StudyData:
             if row.get("loss") == loss_key and row.get("structure") == structure and row.get("at") == kind:
                 return row
         return None
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta.get("settings", {}).get("seed", 0) or 0)
 
 
 def load_study(folder: PathLike) -> StudyData:
@@ -187,13 +219,17 @@ def load_study(folder: PathLike) -> StudyData:
     if not isinstance(meta, dict) or "losses" not in meta or "structures" not in meta:
         raise InputError(meta_path, "losses/structures", "a study description with losses and structures",
                          got=sorted(meta) if isinstance(meta, dict) else type(meta).__name__)
-    sweeps: Dict[str, Dict[str, SweepResult]] = {}
+    sweeps: Dict[str, Dict[str, Dict[str, SweepResult]]] = {}
+    counts: Dict[str, Dict[str, Any]] = {}
     for entry in meta["losses"]:
         key = entry["key"]
         for s in meta["structures"]:
-            sub = folder / SWEEPS_DIR / key / s
-            if (sub / "sweep.csv").is_file():
-                sweeps.setdefault(key, {})[s] = read_sweep_folder(sub, s)
+            for role in ROLES[1:]:
+                sub = folder / SWEEPS_DIR / key / s / role
+                if (sub / "sweep.csv").is_file():
+                    sweeps.setdefault(role, {}).setdefault(key, {})[s] = read_sweep_folder(sub, s)
+                if role == "test" and (sub / COUNTS_CSV).is_file():
+                    counts.setdefault(key, {})[s] = read_counts(_read_csv(sub / COUNTS_CSV), str(sub / COUNTS_CSV))
     bias: List[Dict[str, Any]] = []
     if (folder / VOLUME_BIAS_CSV).is_file():
         for r in _read_csv(folder / VOLUME_BIAS_CSV):
@@ -202,100 +238,179 @@ def load_study(folder: PathLike) -> StudyData:
                 if k in row:
                     row[k] = _float(row[k])
             bias.append(row)
-    return StudyData(folder, meta, sweeps, bias)
+    return StudyData(folder, meta, sweeps, counts, bias)
 
 
 # --------------------------------------------------------------------------------------------------------
-# numbers
+# numbers: thresholds chosen on validation, values measured on test
 # --------------------------------------------------------------------------------------------------------
+
+
+def _counts_at(study: StudyData, key: str, s: str, t: float, cases: Optional[Sequence[str]] = None
+               ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per test case (``cases`` order; a case without counts gives zeros, i.e. adds nothing to pooled sums)
+    ``(intersection, predicted, reference)`` at threshold ``t`` of the grid; ``None`` without counts."""
+    entry = study.counts.get(key, {}).get(s)
+    if entry is None:
+        return None
+    th, by_case = entry
+    hit = np.flatnonzero(np.abs(th - t) <= 1e-9)
+    if not hit.size:
+        return None
+    j = int(hit[0])
+    names = list(by_case) if cases is None else list(cases)
+    arr = [by_case.get(c) for c in names]
+    i, p, r = (np.array([a[k][j] if a is not None else 0 for a in arr], dtype=float)
+               for k in ("intersection", "predicted", "reference"))
+    return i, p, r
+
+
+def _loss_samples(study: StudyData, key: str, s: str, t: float, cases: Sequence[str], idx: np.ndarray
+                  ) -> Optional[np.ndarray]:
+    """Relative test Dice loss at 0.5 against ``t`` for each resample row of ``idx`` (indices into ``cases``)."""
+    at_t, at_05 = _counts_at(study, key, s, t, cases), _counts_at(study, key, s, 0.5, cases)
+    if at_t is None or at_05 is None:
+        return None
+    d_t = pooled_dice(*(np.moveaxis(a[idx], 1, 0) for a in at_t))
+    d_05 = pooled_dice(*(np.moveaxis(a[idx], 1, 0) for a in at_05))
+    return relative_dice_loss(d_t, d_05)
 
 
 def summary_rows(study: StudyData, deltas: Sequence[float] = DEFAULT_DELTAS) -> List[Dict[str, Any]]:
-    """One row per loss and structure: prominence, per metric the optimum threshold and value, the value
-    and relative loss at 0.5, the relative losses at ``t_opt - d`` / ``t_opt + d`` for Dice, and the volume
-    bias at the optimum and at 0.5 (what ``summary.csv`` of a study holds)."""
+    """One row per loss and structure (what ``summary.csv`` of a study holds). Per metric ``m``:
+    ``{m}_threshold_chosen_on_validation`` (the validation optimum), ``{m}_validation_at_threshold`` (in-sample,
+    for reference), and on the test cases ``{m}_test_at_threshold``, ``{m}_test_at_0.5`` and
+    ``{m}_test_loss_at_0.5`` (relative, for the worse, against the value at the chosen threshold); for Dice
+    also the 95 % bootstrap interval of that loss over test cases (``dice_test_loss_at_0.5_ci_low/high``),
+    the test losses at ``t - d`` / ``t + d`` and the test optimum in hindsight; the test volume bias at the
+    chosen threshold and at 0.5."""
     rows = []
     for entry in study.losses:
         key = entry["key"]
         for s in study.structures:
-            res = study.sweeps.get(key, {}).get(s)
-            if res is None:
+            val, test = study.sweep("validation", key, s), study.sweep("test", key, s)
+            if val is None:
                 continue
             row: Dict[str, Any] = {"loss": key, "loss_label": study.label(key), "structure": s,
-                                   "prominence": study.prominence(s)}
-            for m in res.metrics:
-                t_opt, v_opt = res.optimum(m)
-                row[f"{m}_optimum_threshold"] = t_opt
-                row[f"{m}_at_optimum"] = v_opt
-                row[f"{m}_at_0.5"] = res.value_at(0.5, m)
-                row[f"{m}_loss_at_0.5"] = res.loss_at(0.5, m)
-            if "dice" in res.metrics:
-                for d, sides in res.perturbation_losses("dice", deltas).items():
-                    row[f"dice_loss_minus_{d:g}"] = sides["minus"]
-                    row[f"dice_loss_plus_{d:g}"] = sides["plus"]
-            for kind in ("optimum", "0.5"):
+                                   "prominence": study.prominence(s), "n_validation_cases": len(val.case_names),
+                                   "n_test_cases": len(test.case_names) if test is not None else 0}
+            for m in val.metrics:
+                t, v = val.optimum(m)
+                row[f"{m}_threshold_chosen_on_validation"] = t
+                row[f"{m}_validation_at_threshold"] = v
+                has = test is not None and m in test.metrics
+                v_t = test.value_at(t, m) if has else None
+                v_05 = test.value_at(0.5, m) if has else None
+                row[f"{m}_test_at_threshold"] = v_t
+                row[f"{m}_test_at_0.5"] = v_05
+                row[f"{m}_test_loss_at_0.5"] = (relative_loss(v_05, v_t, HIGHER_IS_BETTER[m])
+                                                if v_t is not None and v_05 is not None else None)
+            if "dice" in val.metrics:
+                t = row["dice_threshold_chosen_on_validation"]
+                lo = hi = None
+                cases = list(study.counts.get(key, {}).get(s, (None, {}))[1])
+                if cases:
+                    lo, hi = bootstrap_ci(lambda idx: _loss_samples(study, key, s, t, cases, idx), len(cases),
+                                          study.seed)
+                row["dice_test_loss_at_0.5_ci_low"], row["dice_test_loss_at_0.5_ci_high"] = lo, hi
+                v_t = row.get("dice_test_at_threshold")
+                for d in deltas:
+                    for side, tt in (("minus", round(t - float(d), 10)), ("plus", round(t + float(d), 10))):
+                        v = test.value_at(tt, "dice") if test is not None and "dice" in test.metrics else None
+                        row[f"dice_test_loss_{side}_{d:g}"] = (None if v is None or v_t is None
+                                                               else relative_loss(v, v_t, True))
+                row["dice_test_optimum_threshold"] = (test.optimum("dice")[0] if test is not None
+                                                      and "dice" in test.metrics else None)
+            for kind, name in ((CHOSEN, "threshold"), ("0.5", "0.5")):
                 b = study.bias(key, s, kind)
-                row[f"volume_bias_ml_at_{kind}"] = None if b is None else b.get("volume_diff_ml")
-                row[f"relative_volume_bias_at_{kind}"] = None if b is None else b.get("relative_volume_diff")
+                row[f"test_volume_bias_ml_at_{name}"] = None if b is None else b.get("volume_diff_ml")
+                row[f"test_relative_volume_bias_at_{name}"] = None if b is None else b.get("relative_volume_diff")
             rows.append(row)
     return rows
 
 
-def correlations(study: StudyData, metric: str = "dice") -> Dict[str, Dict[str, Any]]:
-    """Per loss: Pearson r and p between training-set prominence and optimal threshold across structures
-    (``None`` when fewer than two structures have both)."""
-    out = {}
+def median_loss_ci(study: StudyData, key: str, rows: Sequence[Mapping[str, Any]]) -> Tuple[Optional[float], Optional[float]]:
+    """95 % bootstrap interval of the median, across structures, of the test Dice loss at 0.5 for one loss:
+    the test cases are resampled jointly for all structures (seeded with the study seed)."""
+    mine = [r for r in rows if r["loss"] == key and r.get("dice_threshold_chosen_on_validation") is not None
+            and r["structure"] in study.counts.get(key, {})]
+    cases = sorted({c for r in mine for c in study.counts[key][r["structure"]][1]})
+    if not mine or not cases:
+        return None, None
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        per = [_loss_samples(study, key, r["structure"], r["dice_threshold_chosen_on_validation"], cases, idx)
+               for r in mine]
+        per = [p for p in per if p is not None]
+        if not per:
+            return np.full(idx.shape[0], np.nan)
+        return np.median(np.vstack(per), axis=0)
+
+    return bootstrap_ci(stat, len(cases), study.seed)
+
+
+def correlations(study: StudyData, metric: str = "dice") -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """Per loss and kind (``validation``: the threshold chosen on validation; ``test``: the test optimum, in
+    hindsight): Pearson r and p between training-set prominence and threshold across structures (``None``
+    when fewer than two structures have both)."""
+    out: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for entry in study.losses:
         key = entry["key"]
-        xs, ys, names = [], [], []
-        for s in study.structures:
-            res = study.sweeps.get(key, {}).get(s)
-            p = study.prominence(s)
-            if res is None or p is None or metric not in res.metrics:
-                continue
-            xs.append(p)
-            ys.append(res.optimum(metric)[0])
-            names.append(s)
-        r = pv = None
-        if len(xs) >= 2:
-            r, pv = correlate_prominence(xs, ys)
-        out[key] = {"r": r, "p": pv, "n": len(xs), "prominence": xs, "optimum": ys, "structures": names}
+        for role in ROLES[1:]:
+            xs, ys, names = [], [], []
+            for s in study.structures:
+                res = study.sweep(role, key, s)
+                p = study.prominence(s)
+                if res is None or p is None or metric not in res.metrics:
+                    continue
+                xs.append(p)
+                ys.append(res.optimum(metric)[0])
+                names.append(s)
+            r = pv = None
+            if len(xs) >= 2:
+                r, pv = correlate_prominence(xs, ys)
+            out.setdefault(key, {})[role] = {"r": r, "p": pv, "n": len(xs), "prominence": xs, "optimum": ys,
+                                             "structures": names}
     return out
 
 
-def plain_summary(study: StudyData, structure: str) -> List[str]:
-    """Plain-language sentences for one structure, one per loss, from the sweep tables."""
+def _ci_text(lo: Optional[float], hi: Optional[float]) -> str:
+    return "n/a" if lo is None or hi is None else f"{fmt_pct(lo)} to {fmt_pct(hi)}"
+
+
+def plain_summary(study: StudyData, structure: str, rows: Optional[Sequence[Mapping[str, Any]]] = None) -> List[str]:
+    """Plain-language sentences for one structure, one per loss: the threshold chosen on validation and what
+    it does on the test cases (``rows``: :func:`summary_rows`, computed when not given)."""
     out = []
-    for entry in study.losses:
-        key = entry["key"]
-        res = study.sweeps.get(key, {}).get(structure)
-        if res is None or "dice" not in res.metrics:
+    for r in (rows if rows is not None else summary_rows(study)):
+        if r["structure"] != structure or r.get("dice_threshold_chosen_on_validation") is None:
             continue
-        t_opt, d_opt = res.optimum("dice")
-        d05 = res.value_at(0.5, "dice")
-        loss05 = res.loss_at(0.5, "dice")
-        pert = res.perturbation_losses("dice", (0.05,))[0.05]
-        worst05 = max([v for v in (pert["minus"], pert["plus"]) if v is not None], default=None)
-        label = study.label(key)
-        if d_opt <= 0.0 or t_opt <= 0.0:
-            out.append(f"For {structure} ({study.label(key)}), the best Dice ({fmt_num(d_opt)}) comes from "
-                       f"thresholding at {t_opt:.2f}, i.e. calling every voxel {structure}: the model has not "
-                       f"learnt this structure.")
+        label, t = r["loss_label"], r["dice_threshold_chosen_on_validation"]
+        d_t, d05, loss05 = r.get("dice_test_at_threshold"), r.get("dice_test_at_0.5"), r.get("dice_test_loss_at_0.5")
+        if t <= 0.0:
+            out.append(f"For {structure} ({label}), the best validation Dice comes from thresholding at {t:.2f}, "
+                       f"i.e. calling every voxel {structure}: the model has not learnt this structure.")
             continue
-        if abs(t_opt - 0.5) < 1e-9:
-            text = (f"For {structure} ({label}), 0.5 is already the best threshold (Dice {fmt_num(d_opt)}).")
+        text = f"For {structure} ({label}), the threshold chosen on the validation cases is {t:.2f}."
+        if d_t is None:
+            out.append(text + " No test case was evaluated.")
+            continue
+        ci = _ci_text(r.get("dice_test_loss_at_0.5_ci_low"), r.get("dice_test_loss_at_0.5_ci_high"))
+        if abs(t - 0.5) < 1e-9:
+            text += f" It is 0.5 itself (test Dice {fmt_num(d_t)})."
+        elif loss05 is not None and loss05 < 0:
+            text += (f" On the test cases 0.5 does better: Dice {fmt_num(d05)} instead of {fmt_num(d_t)} "
+                     f"({fmt_pct(-loss05)} more; 95 % CI of the loss {ci}).")
         else:
-            text = (f"For {structure} ({label}), thresholding at 0.5 instead of {t_opt:.2f} loses "
-                    f"{fmt_pct(loss05)} Dice ({fmt_num(d05)} instead of {fmt_num(d_opt)}).")
-        if worst05 is not None:
-            text += f" Moving 0.05 away from the optimum costs up to {fmt_pct(worst05)}."
-        b05 = study.bias(key, structure, "0.5")
-        bopt = study.bias(key, structure, "optimum")
-        if b05 is not None and bopt is not None:
-            rv05, rvo = b05.get("relative_volume_diff"), bopt.get("relative_volume_diff")
-            if rv05 is not None and rvo is not None and math.isfinite(rv05) and math.isfinite(rvo):
-                text += (f" The volume is {'over' if rv05 > 0 else 'under'}estimated by {fmt_pct(abs(rv05))} at 0.5"
-                         f" and {'over' if rvo > 0 else 'under'}estimated by {fmt_pct(abs(rvo))} at the optimum.")
+            text += (f" On the test cases, thresholding at 0.5 instead loses {fmt_pct(loss05)} Dice ({fmt_num(d05)} "
+                     f"instead of {fmt_num(d_t)}; 95 % CI {ci}).")
+        worst = [v for v in (r.get("dice_test_loss_minus_0.05"), r.get("dice_test_loss_plus_0.05")) if v is not None]
+        if worst:
+            text += f" Moving 0.05 away from it costs up to {fmt_pct(max(worst))} on test."
+        rv05, rvt = r.get("test_relative_volume_bias_at_0.5"), r.get("test_relative_volume_bias_at_threshold")
+        if rv05 is not None and rvt is not None and math.isfinite(rv05) and math.isfinite(rvt):
+            text += (f" The test volume is {'over' if rv05 > 0 else 'under'}estimated by {fmt_pct(abs(rv05))} at 0.5"
+                     f" and {'over' if rvt > 0 else 'under'}estimated by {fmt_pct(abs(rvt))} at {t:.2f}.")
         out.append(text)
     return out
 
@@ -330,63 +445,72 @@ def _finite(y: np.ndarray) -> np.ndarray:
     return y
 
 
-def _mark(ax, res: SweepResult, metric: str, color: str, label_prefix: str = "") -> None:
-    t_opt, v_opt = res.optimum(metric)
-    v05 = res.value_at(0.5, metric)
-    ax.axvline(t_opt, color=color, ls="--", lw=0.9)
-    if math.isfinite(v_opt):
-        ax.plot([t_opt], [v_opt], "o", color=color, label=f"{label_prefix}optimum {t_opt:.2f}: {v_opt:.3g}")
+def _mark(ax, res: SweepResult, metric: str, t: float, color: str, label_prefix: str = "") -> None:
+    """Mark ``res`` (test curves) at the threshold ``t`` chosen on validation and at 0.5."""
+    v_t, v05 = res.value_at(t, metric), res.value_at(0.5, metric)
+    ax.axvline(t, color=color, ls="--", lw=0.9)
+    if v_t is not None and math.isfinite(v_t):
+        ax.plot([t], [v_t], "o", color=color, label=f"{label_prefix}test at {t:.2f} (chosen on validation): {v_t:.3g}")
     if v05 is not None and math.isfinite(v05):
-        ax.plot([0.5], [v05], "s", color=color, mfc="white", label=f"{label_prefix}at 0.5: {v05:.3g}")
+        ax.plot([0.5], [v05], "s", color=color, mfc="white", label=f"{label_prefix}test at 0.5: {v05:.3g}")
+
+
+def _pairs(study: StudyData, structure: str) -> List[Tuple[str, SweepResult, SweepResult]]:
+    """``(loss key, validation sweep, test sweep)`` of the losses holding both for ``structure``."""
+    out = []
+    for e in study.losses:
+        val, test = study.sweep("validation", e["key"], structure), study.sweep("test", e["key"], structure)
+        if val is not None and test is not None:
+            out.append((e["key"], val, test))
+    return out
 
 
 def figure_dice_side_by_side(study: StudyData, structure: str) -> Optional[str]:
-    """Dice vs threshold, one panel per loss (side by side): pooled, mean-of-cases and per-case curves,
-    optimum and 0.5 marked."""
-    keys = [e["key"] for e in study.losses if structure in study.sweeps.get(e["key"], {})]
-    if not keys:
+    """Dice vs threshold, one panel per loss (side by side): the test cases' pooled and per-case curves, the
+    validation pooled curve (where the threshold is chosen), the chosen threshold and 0.5 marked on test."""
+    pairs = [p for p in _pairs(study, structure) if "dice" in p[1].metrics and "dice" in p[2].metrics]
+    if not pairs:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False, sharey=True)
-    for ax, key in zip(axes[0], keys):
-        res = study.sweeps[key][structure]
-        if "dice" not in res.metrics:
-            ax.axis("off")
-            continue
-        for i, c in enumerate(res.case_names):
-            ax.plot(res.thresholds, _finite(res.per_case[c]["dice"]), color="0.8", lw=0.7,
-                    label="validation cases" if i == 0 else None)
-        ax.plot(res.thresholds, _finite(res.pooled["dice"]), color="tab:blue", lw=2, label="pooled (Eq. 1)")
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 3.6), squeeze=False, sharey=True)
+    for ax, (key, val, test) in zip(axes[0], pairs):
+        for i, c in enumerate(test.case_names):
+            ax.plot(test.thresholds, _finite(test.per_case[c]["dice"]), color="0.8", lw=0.7,
+                    label="test cases" if i == 0 else None)
+        ax.plot(val.thresholds, _finite(val.pooled["dice"]), color="tab:orange", lw=1.2, ls="--",
+                label="validation, pooled (threshold chosen here)")
+        ax.plot(test.thresholds, _finite(test.pooled["dice"]), color="tab:blue", lw=2, label="test, pooled (Eq. 1)")
         ax.axvline(0.5, color="0.3", ls=":", lw=1)
-        _mark(ax, res, "dice", "tab:red")
+        _mark(ax, test, "dice", val.optimum("dice")[0], "tab:red")
         ax.set_title(f"{structure}: {study.label(key)}", fontsize=10)
         ax.set_xlabel("threshold")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower center")
+        ax.legend(fontsize=6, loc="lower center")
     axes[0][0].set_ylabel("Dice")
     fig.tight_layout()
     return _png_data_uri(fig)
 
 
 def figure_distances(study: StudyData, structure: str) -> Optional[str]:
-    """MSD, HD and HD95 vs threshold, the losses overlaid (pooled curves), optima marked."""
-    keys = [e["key"] for e in study.losses if structure in study.sweeps.get(e["key"], {})]
-    metrics = [m for m in ("msd", "hd", "hd95") if keys and all(m in study.sweeps[k][structure].metrics for k in keys)]
+    """The metrics in mm (MSD, HD, HD95, ...) vs threshold on the test cases, the losses overlaid (pooled
+    curves), each marked at its threshold chosen on validation and at 0.5."""
+    pairs = _pairs(study, structure)
+    metrics = [m for m in (pairs[0][2].metrics if pairs else ()) if UNITS.get(m) == "mm"
+               and all(m in v.metrics and m in t.metrics for _, v, t in pairs)]
     if not metrics:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.3), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         ymax = 0.0
-        for i, key in enumerate(keys):
-            res = study.sweeps[key][structure]
+        for i, (key, val, test) in enumerate(pairs):
             color = _LOSS_COLORS[i % len(_LOSS_COLORS)]
-            y = _finite(res.pooled[m])
-            ax.plot(res.thresholds, y, color=color, lw=1.6, label=study.label(key))
-            _mark(ax, res, m, color)
-            mid = y[(res.thresholds >= 0.02) & (res.thresholds <= 0.98)]
+            y = _finite(test.pooled[m])
+            ax.plot(test.thresholds, y, color=color, lw=1.6, label=study.label(key))
+            _mark(ax, test, m, val.optimum(m)[0], color)
+            mid = y[(test.thresholds >= 0.02) & (test.thresholds <= 0.98)]
             if np.any(np.isfinite(mid)):
                 ymax = max(ymax, float(np.nanpercentile(mid, 90)))
         ax.axvline(0.5, color="0.3", ls=":", lw=1)
@@ -394,74 +518,83 @@ def figure_distances(study: StudyData, structure: str) -> Optional[str]:
             ax.set_ylim(0, 1.3 * ymax)
         ax.set_xlim(0, 1)
         ax.set_xlabel("threshold")
-        ax.set_ylabel(_LABELS[m])
+        ax.set_ylabel(metric_label(m))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="upper center")
-    fig.suptitle(f"{structure}: surface distances (lower is better)", fontsize=10)
+    fig.suptitle(f"{structure}: surface distances on the test cases (lower is better)", fontsize=10)
     fig.tight_layout()
     return _png_data_uri(fig)
 
 
-def figure_prominence(study: StudyData, corr: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
-    """Optimal Dice threshold against training-set prominence, one colour per loss, with Pearson r, p."""
+def figure_prominence(study: StudyData, corr: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Optional[str]:
+    """Dice threshold chosen on validation (filled) and test optimum in hindsight (open) against
+    training-set prominence, one colour per loss, with Pearson r, p."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     any_point = False
+    xs: List[float] = []
     for i, entry in enumerate(study.losses):
-        c = corr.get(entry["key"])
-        if not c or not c["n"]:
-            continue
-        any_point = True
         color = _LOSS_COLORS[i % len(_LOSS_COLORS)]
-        r, p = c["r"], c["p"]
-        rtxt = "n/a" if r is None or not math.isfinite(r) else f"r = {r:.3f}, p = {p:.3g}"
-        ax.scatter(c["prominence"], c["optimum"], color=color, label=f"{study.label(entry['key'])} ({rtxt})")
-        for x, y, name in zip(c["prominence"], c["optimum"], c["structures"]):
-            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for role, marker in (("validation", "o"), ("test", "^")):
+            c = corr.get(entry["key"], {}).get(role)
+            if not c or not c["n"]:
+                continue
+            any_point = True
+            xs += c["prominence"]
+            r, p = c["r"], c["p"]
+            rtxt = "n/a" if r is None or not math.isfinite(r) else f"r = {r:.3f}, p = {p:.3g}"
+            ax.scatter(c["prominence"], c["optimum"], color=color, marker=marker,
+                       facecolors=color if role == "validation" else "none",
+                       label=f"{study.label(entry['key'])}, {CORRELATION_KINDS[role]} ({rtxt})")
+            if role == "validation":
+                for x, y, name in zip(c["prominence"], c["optimum"], c["structures"]):
+                    ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if not any_point:
         plt.close(fig)
         return None
-    xs = [x for c in corr.values() for x in c["prominence"]]
     if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
     ax.axhline(0.5, color="0.3", ls=":", lw=1)
     ax.set_xlabel("prominence (fraction of true voxels in the training set)")
-    ax.set_ylabel("optimal Dice threshold")
+    ax.set_ylabel("Dice threshold")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     return _png_data_uri(fig)
 
 
-def figure_perturbation(study: StudyData, deltas: Sequence[float] = DEFAULT_DELTAS) -> Optional[str]:
-    """Relative Dice loss at 0.5 and at t_opt ± delta: one group of bars per structure, one panel per loss."""
-    keys = [e["key"] for e in study.losses if study.sweeps.get(e["key"])]
+def figure_perturbation(rows: Sequence[Mapping[str, Any]], study: StudyData,
+                        deltas: Sequence[float] = DEFAULT_DELTAS) -> Optional[str]:
+    """Relative test Dice loss at 0.5 and at t ± delta (t chosen on validation): one group of bars per
+    structure, one panel per loss (``rows``: :func:`summary_rows`)."""
+    keys = [e["key"] for e in study.losses if any(r["loss"] == e["key"] and r.get("dice_test_at_threshold")
+                                                 is not None for r in rows)]
     if not keys:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.4), squeeze=False, sharey=True)
     groups = ["0.5"] + [f"±{d:g}" for d in deltas]
     for ax, key in zip(axes[0], keys):
-        structs = [s for s in study.structures if s in study.sweeps[key]]
+        mine = [r for r in rows if r["loss"] == key and r.get("dice_test_at_threshold") is not None]
         width = 0.8 / len(groups)
         for gi, g in enumerate(groups):
             vals = []
-            for s in structs:
-                res = study.sweeps[key][s]
+            for r in mine:
                 if gi == 0:
-                    v = res.loss_at(0.5, "dice")
+                    v = r.get("dice_test_loss_at_0.5")
                 else:
-                    sides = res.perturbation_losses("dice", (deltas[gi - 1],))[float(deltas[gi - 1])]
-                    v = max([x for x in (sides["minus"], sides["plus"]) if x is not None], default=None)
+                    d = deltas[gi - 1]
+                    v = max([x for x in (r.get(f"dice_test_loss_minus_{d:g}"), r.get(f"dice_test_loss_plus_{d:g}"))
+                             if x is not None], default=None)
                 vals.append(100 * v if v is not None and math.isfinite(v) else np.nan)
-            ax.bar(np.arange(len(structs)) + (gi - (len(groups) - 1) / 2) * width, vals, width,
-                   label=("t = 0.5" if gi == 0 else f"t_opt {g} (worse side)"))
-        ax.set_xticks(np.arange(len(structs)))
-        ax.set_xticklabels(structs, fontsize=8)
-        ax.set_title(study.label(key), fontsize=10)
+            ax.bar(np.arange(len(mine)) + (gi - (len(groups) - 1) / 2) * width, vals, width,
+                   label=("t = 0.5" if gi == 0 else f"t {g} (worse side)"))
+        ax.set_xticks(np.arange(len(mine)))
+        ax.set_xticklabels([r["structure"] for r in mine], fontsize=8)
+        ax.set_title(f"{study.label(key)}: test cases", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
-    axes[0][0].set_ylabel("relative Dice loss (%)")
+    axes[0][0].set_ylabel("relative test Dice loss (%)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return _png_data_uri(fig)
@@ -504,57 +637,80 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) 
     return "".join(out)
 
 
-def _structure_section(study: StudyData, s: str, deltas: Sequence[float]) -> str:
+def _structure_section(study: StudyData, s: str, rows: Sequence[Mapping[str, Any]], deltas: Sequence[float]) -> str:
     parts = [f'<h3 id="s-{_e(s)}">{_e(s)}</h3>']
     p = study.prominence(s)
     if p is not None:
         parts.append(f'<p class="small">Training-set prominence (Eq. 4): {p:.3g} '
                      f"({fmt_pct(p, 3)} of all training voxels are {_e(s)}).</p>")
-    for sentence in plain_summary(study, s):
+    mine = [r for r in rows if r["structure"] == s]
+    for sentence in plain_summary(study, s, mine):
         parts.append(f'<div class="summary">{_e(sentence)}</div>')
     parts.append(_img(figure_dice_side_by_side(study, s), f"{s}: Dice vs threshold"))
-    header = ["loss", "optimum t", "Dice at optimum", "Dice at 0.5", "loss at 0.5"]
+    header = ["loss", "t chosen on validation", "validation Dice at t (in-sample)", "test Dice at t",
+              "test Dice at 0.5", "test loss at 0.5", "95 % CI"]
     for d in deltas:
-        header += [f"loss at t-{d:g}", f"loss at t+{d:g}"]
-    rows = []
-    dist_rows = []
-    bias_rows = []
-    for entry in study.losses:
-        key = entry["key"]
-        res = study.sweeps.get(key, {}).get(s)
-        if res is None:
-            continue
-        if "dice" in res.metrics:
-            t_opt, v_opt = res.optimum("dice")
-            row = [study.label(key), f"{t_opt:.2f}", fmt_num(v_opt), fmt_num(res.value_at(0.5, "dice")),
-                   fmt_pct(res.loss_at(0.5, "dice"))]
-            for d, sides in res.perturbation_losses("dice", deltas).items():
-                row += [fmt_pct(sides["minus"]), fmt_pct(sides["plus"])]
-            rows.append(row)
-        for m in ("msd", "hd", "hd95"):
-            if m in res.metrics:
-                t_opt, v_opt = res.optimum(m)
-                dist_rows.append([study.label(key), _LABELS[m], f"{t_opt:.2f}", fmt_num(v_opt, 2),
-                                  fmt_num(res.value_at(0.5, m), 2), fmt_pct(res.loss_at(0.5, m))])
-        for kind in ("optimum", "0.5"):
+        header += [f"test loss at t-{d:g}", f"test loss at t+{d:g}"]
+    dice_rows, other_rows, bias_rows = [], [], []
+    for r in mine:
+        label, key = r["loss_label"], r["loss"]
+        if r.get("dice_threshold_chosen_on_validation") is not None:
+            row = [label, f"{r['dice_threshold_chosen_on_validation']:.2f}", fmt_num(r["dice_validation_at_threshold"]),
+                   fmt_num(r.get("dice_test_at_threshold")), fmt_num(r.get("dice_test_at_0.5")),
+                   fmt_pct(r.get("dice_test_loss_at_0.5")),
+                   _ci_text(r.get("dice_test_loss_at_0.5_ci_low"), r.get("dice_test_loss_at_0.5_ci_high"))]
+            for d in deltas:
+                row += [fmt_pct(r.get(f"dice_test_loss_minus_{d:g}")), fmt_pct(r.get(f"dice_test_loss_plus_{d:g}"))]
+            dice_rows.append(row)
+        for m in [m for m in _row_metrics(r) if m != "dice"]:
+            other_rows.append([label, metric_label(m), f"{r[f'{m}_threshold_chosen_on_validation']:.2f}",
+                               fmt_num(r.get(f"{m}_test_at_threshold"), 2), fmt_num(r.get(f"{m}_test_at_0.5"), 2),
+                               fmt_pct(r.get(f"{m}_test_loss_at_0.5"))])
+        for kind in (CHOSEN, "0.5"):
             b = study.bias(key, s, kind)
             if b is not None:
-                bias_rows.append([study.label(key), kind, f"{float(b['threshold']):.2f}",
-                                  fmt_num(b.get("volume_ref_ml"), 2), fmt_num(b.get("volume_pred_ml"), 2),
-                                  fmt_num(b.get("volume_diff_ml"), 2), fmt_pct(b.get("relative_volume_diff"))])
-    if rows:
-        parts.append("<p>Dice (pooled over the validation cases) and its relative loss away from the optimum:</p>")
-        parts.append(_table(header, rows))
+                bias_rows.append([label, kind, f"{float(b['threshold']):.2f}", fmt_num(b.get("volume_ref_ml"), 2),
+                                  fmt_num(b.get("volume_pred_ml"), 2), fmt_num(b.get("volume_diff_ml"), 2),
+                                  fmt_pct(b.get("relative_volume_diff"))])
+    if dice_rows:
+        parts.append("<p>Dice pooled over the test cases at the threshold t chosen on the validation cases, and its "
+                     "relative loss at 0.5 and at t ± d (95 % CI: bootstrap over test cases):</p>")
+        parts.append(_table(header, dice_rows))
     img = figure_distances(study, s)
     if img:
         parts.append(_img(img, f"{s}: surface distances vs threshold"))
-    if dist_rows:
-        parts.append(_table(["loss", "metric", "optimum t", "at optimum", "at 0.5", "increase at 0.5"], dist_rows, 2))
+    if other_rows:
+        parts.append(_table(["loss", "metric", "t chosen on validation", "test at t", "test at 0.5",
+                             "test loss at 0.5"], other_rows, 2))
     if bias_rows:
-        parts.append("<p>Volume bias (predicted minus reference volume, summed over the validation cases):</p>")
+        parts.append("<p>Volume bias on the test cases (predicted minus reference volume, summed over them):</p>")
         parts.append(_table(["loss", "threshold", "t", "reference (ml)", "predicted (ml)", "difference (ml)",
                              "relative"], bias_rows, 2))
     return "\n".join(parts)
+
+
+def _row_metrics(row: Mapping[str, Any]) -> List[str]:
+    """The metrics of a :func:`summary_rows` row, in table order."""
+    suffix = "_threshold_chosen_on_validation"
+    return [k[:-len(suffix)] for k in row if k.endswith(suffix) and row[k] is not None]
+
+
+_ROLE_USE = {"training": "model weights; training-set prominence (Eq. 4)",
+             "validation": "early stopping; the threshold choice",
+             "test": "every loss, Dice, distance and volume on this page"}
+
+
+def _roles_section(study: StudyData) -> str:
+    data = study.meta.get("data", {})
+    rows = [[role, len(data.get(f"{role} cases", [])), _ROLE_USE[role], ", ".join(map(str, data.get(f"{role} cases", [])))]
+            for role in ROLES if f"{role} cases" in data]
+    if not rows:
+        return ""
+    rule = f" Split: {_e(data['split'])}." if data.get("split") else ""
+    text = ('<p>Which cases served which role (as paper 000: thresholds found on the validation data, errors '
+            "evaluated on the test data; no test case was used for training, early stopping or choosing a "
+            f"threshold).{rule}</p>")
+    return "<h2>Cases and their roles</h2>\n" + text + _table(["role", "cases", "used for", "case names"], rows, 1)
 
 
 def _settings_section(study: StudyData) -> str:
@@ -569,14 +725,15 @@ def _settings_section(study: StudyData) -> str:
     if rows:
         parts.append(_table(["training loss", "model", "loss name", "loss arguments", "outputs", "epochs run",
                              "best epoch", "checkpoint"], rows, 8))
-    data = meta.get("data", {})
+    data = {k: v for k, v in meta.get("data", {}).items() if not k.endswith(" cases") and k != "split"}
     if data:
         drows = [[k, ", ".join(map(str, v)) if isinstance(v, list) else v] for k, v in data.items()]
         parts.append(_table(["data", ""], drows, 2))
     facts = [["created", meta.get("created", "")], ["finished", meta.get("finished", "")],
              ["wall time (s)", fmt_num(meta.get("duration_s"), 1) if meta.get("duration_s") is not None else ""],
              ["status", meta.get("status", "")], ["device", meta.get("device", "")],
-             ["seed", meta.get("settings", {}).get("seed", "")]]
+             ["seed", meta.get("settings", {}).get("seed", "")],
+             ["bootstrap", f"{N_BOOTSTRAP} resamples of the test cases, seed {study.seed}, percentile 95 % CI"]]
     parts.append(_table(["run", ""], facts, 2))
     versions = meta.get("versions", {})
     if versions:
@@ -601,66 +758,81 @@ def render_html(study: StudyData, deltas: Sequence[float] = DEFAULT_DELTAS) -> s
     if problems:
         parts.append('<div class="warn"><b>Problems:</b><ul>' + "".join(
             f"<li>{_e(p.get('case', ''))}: {_e(p.get('reason', ''))}</li>" for p in problems) + "</ul></div>")
+    parts.append(_roles_section(study))
 
-    # headline
+    # headline: held-out numbers
     rows = summary_rows(study, deltas)
-    parts.append("<h2>Headline</h2>")
+    parts.append("<h2>Headline (held-out test cases)</h2>")
     head = []
     for entry in study.losses:
         key = entry["key"]
-        losses05 = [r["dice_loss_at_0.5"] for r in rows if r["loss"] == key and r.get("dice_loss_at_0.5") is not None]
-        pert = []
-        for r in rows:
-            if r["loss"] == key:
-                pert += [v for v in (r.get("dice_loss_minus_0.05"), r.get("dice_loss_plus_0.05")) if v is not None]
-        if losses05:
-            head.append(f"<li><b>{_e(study.label(key))}</b>: median Dice loss at 0.5 instead of the optimum "
-                        f"{fmt_pct(float(np.median(losses05)))}; median loss at t_opt ± 0.05 "
-                        f"{fmt_pct(float(np.median(pert))) if pert else 'n/a'} "
-                        f"(over {len(losses05)} structure{'s' if len(losses05) != 1 else ''}).</li>")
+        mine = [r for r in rows if r["loss"] == key and r.get("dice_test_loss_at_0.5") is not None]
+        pert = [v for r in mine for v in (r.get("dice_test_loss_minus_0.05"), r.get("dice_test_loss_plus_0.05"))
+                if v is not None]
+        if mine:
+            lo, hi = median_loss_ci(study, key, rows)
+            n_test = max(r["n_test_cases"] for r in mine)
+            head.append(f"<li><b>{_e(study.label(key))}</b>: median test Dice loss at 0.5 instead of the threshold "
+                        f"chosen on validation {fmt_pct(float(np.median([r['dice_test_loss_at_0.5'] for r in mine])))} "
+                        f"(95 % CI {_ci_text(lo, hi)}, bootstrap over {n_test} test cases); median test loss at "
+                        f"t ± 0.05 {fmt_pct(float(np.median(pert))) if pert else 'n/a'} "
+                        f"(over {len(mine)} structure{'s' if len(mine) != 1 else ''}).</li>")
     corr = correlations(study)
     for entry in study.losses:
-        c = corr.get(entry["key"])
-        if c and c["r"] is not None:
-            rtxt = "undefined (constant values)" if not math.isfinite(c["r"]) else f"{c['r']:.3f} (p = {c['p']:.3g})"
-            head.append(f"<li><b>{_e(study.label(entry['key']))}</b>: Pearson r between prominence and optimal "
-                        f"threshold = {rtxt}, n = {c['n']}.</li>")
+        for role in ROLES[1:]:
+            c = corr.get(entry["key"], {}).get(role)
+            if c and c["r"] is not None:
+                rtxt = ("undefined (constant values)" if not math.isfinite(c["r"])
+                        else f"{c['r']:.3f} (p = {c['p']:.3g})")
+                head.append(f"<li><b>{_e(study.label(entry['key']))}</b>: Pearson r between prominence and the "
+                            f"{_e(CORRELATION_KINDS[role])} = {rtxt}, n = {c['n']}.</li>")
     unlearnt = [f"{r['structure']} ({r['loss_label']})" for r in rows
-                if r.get("dice_optimum_threshold") is not None and r["dice_optimum_threshold"] <= 0.0]
+                if r.get("dice_threshold_chosen_on_validation") is not None
+                and r["dice_threshold_chosen_on_validation"] <= 0.0]
     if unlearnt:
-        head.append(f"<li><b>Not learnt</b> (best Dice at threshold 0.00, i.e. every voxel): {_e(', '.join(unlearnt))}. "
-                    "Their optimum and losses say nothing about thresholding, and they dominate the correlation "
-                    "above; train longer or wider (--epochs, --width).</li>")
+        head.append(f"<li><b>Not learnt</b> (best validation Dice at threshold 0.00, i.e. every voxel): "
+                    f"{_e(', '.join(unlearnt))}. Their losses say nothing about thresholding, and they dominate the "
+                    "correlation above; train longer or wider (--epochs, --width).</li>")
     parts.append("<ul>" + "".join(head) + "</ul>")
-    parts.append('<p class="small">Paper 000 (Bice et al. 2021) reports a median Dice loss of 13.5 % at 0.5 and '
-                 "11.8 % at ±0.05 on real head-and-neck CT; the numbers here come from this run only.</p>")
+    parts.append('<p class="small">Paper 000 (Bice et al. 2021) chose thresholds on validation data and reports, on '
+                 "its held-out test cases (real head-and-neck CT), a median Dice loss of 13.5 % at 0.5 and 11.8 % at "
+                 "±0.05 from the optimum. The numbers above are measured the same way, on this run's test cases "
+                 "only; the validation values are in-sample and shown only as where the threshold was chosen.</p>")
     hrow = []
     for r in rows:
+        if r.get("dice_threshold_chosen_on_validation") is None:
+            continue
         hrow.append([r["structure"], r["loss_label"], fmt_num(r["prominence"], 5) if r["prominence"] is not None
-                     else "n/a", f"{r['dice_optimum_threshold']:.2f}", fmt_num(r["dice_at_optimum"]),
-                     fmt_num(r["dice_at_0.5"]), fmt_pct(r["dice_loss_at_0.5"]),
-                     fmt_pct(r.get("relative_volume_bias_at_0.5")), fmt_pct(r.get("relative_volume_bias_at_optimum"))])
+                     else "n/a", f"{r['dice_threshold_chosen_on_validation']:.2f}", fmt_num(r.get("dice_test_at_threshold")),
+                     fmt_num(r.get("dice_test_at_0.5")), fmt_pct(r.get("dice_test_loss_at_0.5")),
+                     _ci_text(r.get("dice_test_loss_at_0.5_ci_low"), r.get("dice_test_loss_at_0.5_ci_high")),
+                     fmt_pct(r.get("test_relative_volume_bias_at_0.5")),
+                     fmt_pct(r.get("test_relative_volume_bias_at_threshold"))])
     if hrow:
-        parts.append(_table(["structure", "loss", "prominence", "optimum t", "Dice at optimum", "Dice at 0.5",
-                             "loss at 0.5", "volume bias at 0.5", "volume bias at optimum"], hrow, 2))
+        parts.append(_table(["structure", "loss", "prominence", "t chosen on validation", "test Dice at t",
+                             "test Dice at 0.5", "test loss at 0.5", "95 % CI", "test volume bias at 0.5",
+                             "test volume bias at t"], hrow, 2))
 
     # across structures
     parts.append("<h2>Across structures</h2>")
-    parts.append(_img(figure_prominence(study, corr), "prominence vs optimal threshold"))
-    parts.append(_img(figure_perturbation(study, deltas), "perturbation losses"))
+    parts.append(_img(figure_prominence(study, corr), "prominence vs Dice threshold"))
+    parts.append(_img(figure_perturbation(rows, study, deltas), "perturbation losses on the test cases"))
 
     parts.append("<h2>Per structure</h2>")
-    parts.append('<p class="small">Threshold grid: a voxel is foreground when p &gt;= t. Dice is pooled over '
-                 "voxels and validation cases (Eq. 1); MSD/HD/HD95 in mm. Losses are relative: Dice "
-                 "(D<sub>opt</sub> - D)/D<sub>opt</sub>, distances (d - d<sub>opt</sub>)/d<sub>opt</sub>. "
-                 "Optimum: best value, ties toward 0.5.</p>")
+    parts.append('<p class="small">Threshold grid: a voxel is foreground when p &gt;= t. t is the validation optimum '
+                 "(best pooled value on the validation cases, ties toward 0.5); every other value is measured on the "
+                 "test cases. Dice is pooled over voxels and cases (Eq. 1); MSD/HD/HD95 in mm. Losses are relative to "
+                 "the test value at t, for the worse: Dice (D<sub>t</sub> - D)/D<sub>t</sub>, distances "
+                 "(d - d<sub>t</sub>)/d<sub>t</sub>; a negative loss means the test cases did better at the other "
+                 "threshold.</p>")
     for s in study.structures:
-        if any(s in study.sweeps.get(e["key"], {}) for e in study.losses):
-            parts.append(_structure_section(study, s, deltas))
+        if any(r["structure"] == s for r in rows):
+            parts.append(_structure_section(study, s, rows, deltas))
     parts.append(_settings_section(study))
     parts.append(f'<p class="small">Tables behind this page: summary.csv, {VOLUME_BIAS_CSV}, correlation.csv, '
-                 f"{SWEEPS_DIR}/&lt;loss&gt;/&lt;structure&gt;/sweep.csv, sweep_per_case.csv, summary.json; "
-                 f"{STUDY_JSON}. Regenerate with: autosegsens report --study DIR --out report.html</p>")
+                 f"{SWEEPS_DIR}/&lt;loss&gt;/&lt;structure&gt;/&lt;validation|test&gt;/sweep.csv, sweep_per_case.csv, "
+                 f"summary.json, test/{COUNTS_CSV}; {STUDY_JSON}. Regenerate with: autosegsens report --study DIR "
+                 "--out report.html</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

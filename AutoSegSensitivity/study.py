@@ -4,19 +4,30 @@
 
 1. **data**: a phantom dataset (``data/``, :func:`AutoSegSensitivity.phantom.make_phantom_dataset` layout)
    unless ``StudyConfig.data_dir`` names an existing dataset folder;
-2. **training**: per training loss (default BCE, and BCE + lambda * 2D Dice with lambda 0.5, paper Eq. 5),
+2. **split**: the cases into training, validation and test (:func:`AutoSegSensitivity.held_out.split_roles`:
+   sorted names permuted with the study seed; ``test_fraction`` of them test, ``val_fraction`` validation,
+   the rest training; ``study.json`` and the report name the cases of each role). As paper 000 ("Optimal
+   thresholds were found ... using the validation data, and the errors were evaluated using the test
+   dataset"): models learn from the training cases, early stopping and the threshold choice use the
+   validation cases, and every reported loss is measured on the test cases;
+3. **training**: per training loss (default BCE, and BCE + lambda * 2D Dice with lambda 0.5, paper Eq. 5),
    either one binary 2D U-Net per structure (``per_structure``, the default, as the paper: "10 individual
    models were trained"; ``models/<loss>/<structure>/``) or one *multi-label* model with one sigmoid output
    per structure (``models/<loss>/``); same seed and same case split for all; ``study.json`` and the report
    say which mode ran;
-3. **prediction**: probability maps of the validation cases (``predictions/<loss>/<case>/<structure>.nrrd``),
-   through the batch mode (:mod:`AutoSegSensitivity.batch`: a bad case is reported and skipped);
-4. **sweep**: per loss and structure, thresholds 0..1 by 0.01 with pooled and per-case Dice, MSD, HD, HD95
-   (``sweeps/<loss>/<structure>/sweep.csv``, ``sweep_per_case.csv``, ``summary.json``, ``sweep.png``);
-5. **prominence** of the training set per structure (paper Eq. 4, from the checkpoint) and the Pearson
-   correlation with the optimal Dice threshold across structures (``correlation.csv``, ``prominence.png``);
-6. **volume bias** at the optimal Dice threshold and at 0.5 (``volume_bias.csv``);
-7. ``summary.csv`` (one row per loss and structure), ``study.json`` (settings, data, models, versions, dates)
+4. **prediction**: probability maps of the validation and test cases
+   (``predictions/<loss>/<case>/prob_<structure>.nrrd``, the layout ``autosegsens predict`` writes and
+   ``autosegsens tune --prob-dir`` reads), through the batch mode (:mod:`AutoSegSensitivity.batch`: a bad
+   case is reported and skipped);
+5. **sweep**: per loss, structure and role (validation, test), thresholds 0..1 by 0.01 with pooled and
+   per-case Dice, MSD, HD, HD95 (``sweeps/<loss>/<structure>/<role>/sweep.csv``, ``sweep_per_case.csv``,
+   ``summary.json``, ``sweep.png``; the test folder also holds ``counts_per_case.csv``, the voxel counts
+   behind pooled Dice, for the bootstrap confidence intervals of the report);
+6. **prominence** of the training set per structure (paper Eq. 4, from the checkpoint) and the Pearson
+   correlation across structures with the Dice threshold chosen on validation and with the test optimum
+   (``correlation.csv``, ``prominence.png``);
+7. **volume bias** on the test cases at the threshold chosen on validation and at 0.5 (``volume_bias.csv``);
+8. ``summary.csv`` (one row per loss and structure), ``study.json`` (settings, data, models, versions, dates)
    and ``report.html`` (:mod:`AutoSegSensitivity.html_report`).
 
 Ctrl-C (or SIGTERM during training) stops cleanly: what is complete stays on disk, ``study.json`` says
@@ -42,10 +53,18 @@ import numpy as np
 from . import __version__
 from .atomic import write_text
 from .errors import CancelledError, InputError
+from .held_out import ROLES, counts_table, split_roles
 
-__all__ = ["LossSpec", "StudyConfig", "StudyResult", "DEFAULT_STRUCTURES", "run_study", "volume_bias"]
+__all__ = ["PROB_PREFIX", "write_role_sweep", "held_out_volume_bias", "LossSpec", "StudyConfig", "StudyResult",
+           "DEFAULT_STRUCTURES", "run_study", "volume_bias"]
 
 PathLike = Union[str, Path]
+
+VOLUME_BIAS_COLUMNS = ["loss", "structure", "at", "cases", "threshold", "volume_ref_ml", "volume_pred_ml",
+                       "volume_diff_ml", "relative_volume_diff"]
+CORRELATION_COLUMNS = ["loss", "thresholds_from", "n_structures", "pearson_r", "p_value"]
+PROB_PREFIX = "prob_"
+"""Probability maps are ``<case>/prob_<Structure>.nrrd``, as ``autosegsens predict`` writes them."""
 
 DEFAULT_STRUCTURES = ("Brain", "Parotid_L", "SpinalCord", "Lens_L")
 """Large, medium, thin and tiny: prominences over more than two orders of magnitude."""
@@ -72,18 +91,21 @@ def default_losses(lam: float = 0.5) -> List[LossSpec]:
 class StudyConfig:
     """Settings of a study. Sizes in voxels; the phantom grid ``phantom_shape`` is (z, y, x).
 
-    The defaults are the CPU demo: 8 phantom cases, 4 structures, one binary model per structure and loss
+    The defaults are the CPU demo: 12 phantom cases (6 training, 2 validation, 4 test: ``val_fraction``
+    0.2 and ``test_fraction`` 0.3 of them, see :func:`~AutoSegSensitivity.held_out.split_roles`), 4
+    structures, one binary model per structure and loss
     (``per_structure``; ``False``: one multi-label model per loss), a narrow 2D U-Net (paper 000's Table A1
     at ``base_features`` 8) on the full 128 x 128 slices (no resize: the lenses are 2 x 5 pixels there and
     vanish at 64 x 64), Adam at ``lr`` 3e-3 halved every 10 epochs (at 1e-2 the BCE + Dice SpinalCord model
     stayed all background), 20 epochs of 64 slices (80 % foreground-biased), about 5 minutes on 2
-    otherwise idle CPU cores with ``num_threads`` 2.
+    otherwise idle CPU cores with ``num_threads`` 2. Early stopping keeps the model with the lowest running
+    mean of the last ``early_stopping_window`` = 10 validation losses, as the paper.
     ``dropout`` is 0 (Table A1: 0.2): at width 8, dropout before BatchNorm shifts the statistics between
     training and evaluation so much that the validation Dice of the Brain jumped between 0.9 and 0 from
     one epoch to the next."""
 
     structures: List[str] = field(default_factory=lambda: list(DEFAULT_STRUCTURES))
-    cases: int = 8
+    cases: int = 12
     seed: int = 0
     data_dir: Optional[str] = None
     phantom_shape: Optional[List[int]] = None
@@ -101,8 +123,9 @@ class StudyConfig:
     lr: float = 3e-3
     scheduler: Dict[str, Any] = field(default_factory=lambda: {"name": "step", "step_size": 10, "gamma": 0.5})
     intensity: Any = "NLF1"
-    val_fraction: float = 0.25
-    early_stopping_window: int = 3
+    val_fraction: float = 0.2
+    test_fraction: float = 0.3
+    early_stopping_window: int = 10
     thresholds: str = "0:1:0.01"
     deltas: List[float] = field(default_factory=lambda: [0.02, 0.05, 0.1])
     device: str = "auto"
@@ -139,8 +162,14 @@ class StudyConfig:
                 self.structures):
             raise InputError(source, "structures", "a non-empty list of distinct structure names", got=self.structures)
         if not isinstance(self.cases, int) or self.cases < 3:
-            raise InputError(source, "cases", "an integer >= 3 (training and validation cases)", got=self.cases)
-        for key in ("epochs", "batch_size", "base_features"):
+            raise InputError(source, "cases", "an integer >= 3 (training, validation and test cases)", got=self.cases)
+        for key in ("val_fraction", "test_fraction"):
+            v = getattr(self, key)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < float(v) < 1.0):
+                raise InputError(source, key, "a fraction of the cases in (0, 1)", got=v)
+        if self.data_dir is None:  # the phantom: the split must leave a training case
+            split_roles([str(i) for i in range(self.cases)], self.val_fraction, self.test_fraction, 0, source)
+        for key in ("epochs", "batch_size", "base_features", "early_stopping_window"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(source, key, "a positive integer", got=v)
@@ -168,7 +197,9 @@ class StudyConfig:
 @dataclass
 class StudyResult:
     """Where a finished study is: the folder, the report, and the headline numbers per loss and structure
-    (``rows`` as in ``summary.csv``) and the correlation per loss."""
+    (``rows`` as in ``summary.csv``: thresholds chosen on validation, values on test) and the correlation
+    rows of ``correlation.csv`` as ``correlation[loss][thresholds_from]`` (``validation``: prominence against
+    the Dice threshold chosen on validation; ``test``: against the test optimum, in hindsight)."""
 
     out_dir: Path
     report: Path
@@ -192,6 +223,39 @@ def volume_bias(probs: Sequence[np.ndarray], refs: Sequence[np.ndarray], spacing
     rel = diff / ref_ml if ref_ml > 0 else (0.0 if diff == 0 else math.inf)
     return {"threshold": float(threshold), "volume_ref_ml": ref_ml, "volume_pred_ml": pred_ml,
             "volume_diff_ml": diff, "relative_volume_diff": rel}
+
+
+def write_role_sweep(folder: PathLike, res: Any, role: str, cases: Sequence[Tuple[str, np.ndarray, np.ndarray]],
+                     thresholds: np.ndarray, deltas: Sequence[float] = (0.02, 0.05, 0.1),
+                     extra: Optional[Mapping[str, Any]] = None, title: str = "", figure: bool = True) -> Path:
+    """Write one sweep of one role into ``folder`` (``sweeps/<loss>/<structure>/<role>/``): ``sweep.csv``,
+    ``sweep_per_case.csv``, ``summary.json`` (with ``role`` and ``extra``), ``sweep.png`` (when ``figure``),
+    and for the test role ``counts_per_case.csv`` from ``cases`` (``(name, probability map, reference mask)``, the cases of
+    ``res`` that have a reference), the voxel counts the report bootstraps. Returns ``folder``."""
+    from . import report as figs
+    from .html_report import COUNTS_CSV
+
+    folder = Path(folder)
+    figs.write_csv(res.to_table(), folder / "sweep.csv")
+    figs.write_csv(res.per_case_table(), folder / "sweep_per_case.csv")
+    summ = res.summary([float(d) for d in deltas])
+    summ.update({"role": role, **dict(extra or {})})
+    figs.write_json(summ, folder / "summary.json")
+    if figure:
+        figs.plot_sweep_metrics(res, folder / "sweep.png", title=title or f"{res.structure} ({role} cases)")
+    if role == "test":
+        figs.write_csv(counts_table(list(cases), thresholds), folder / COUNTS_CSV)
+    return folder
+
+
+def held_out_volume_bias(loss: str, structure: str, t_chosen: float, probs: Sequence[np.ndarray],
+                     refs: Sequence[np.ndarray], spacings: Sequence[Sequence[float]]) -> List[Dict[str, Any]]:
+    """The two ``volume_bias.csv`` rows of one loss and structure: :func:`volume_bias` of the test cases at the
+    threshold chosen on validation and at 0.5 (``spacings`` in mm)."""
+    from .html_report import CHOSEN
+
+    return [{"loss": loss, "structure": structure, "at": kind, "cases": "test",
+             **volume_bias(probs, refs, spacings, t)} for kind, t in ((CHOSEN, t_chosen), ("0.5", 0.5))]
 
 
 def _versions() -> Dict[str, str]:
@@ -272,8 +336,9 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
         "title": "Threshold sensitivity study (Bice et al. 2021, in miniature)",
         "description": (("One binary 2D U-Net per structure" if cfg.per_structure else
                          "One multi-label 2D U-Net (one sigmoid output per structure)")
-                        + " trained with each loss on the same cases; probability maps of the validation "
-                        "cases swept over thresholds; prominence of the training set against optimal threshold."),
+                        + " trained with each loss on the same training cases; thresholds chosen on the validation "
+                        "cases; every loss, Dice and volume measured on held-out test cases at that threshold "
+                        "and at 0.5; prominence of the training set against the chosen threshold."),
         "mode": "per_structure" if cfg.per_structure else "multi_label",
         "created": _now(), "status": "running", "status_detail": "", "device": str(dev),
         "settings": cfg.to_dict(), "versions": _versions(), "structures": list(cfg.structures),
@@ -303,9 +368,20 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
         scan = scan_dataset(data_dir)
         for name, reason in scan.problems:
             meta["problems"].append({"case": name, "reason": reason})
+        roles = split_roles([c.name for c in scan.cases], cfg.val_fraction, cfg.test_fraction, cfg.seed,
+                            source=str(data_dir))
+        meta["data"].update({f"{r} cases": roles[r] for r in ROLES})
+        meta["data"]["split"] = (f"case names sorted and permuted with seed {cfg.seed}; {len(roles['test'])} "
+                                 f"test (test_fraction {cfg.test_fraction:g}), {len(roles['validation'])} "
+                                 f"validation (val_fraction {cfg.val_fraction:g}), the rest training")
         save_meta()
+        by_name = {c.name: c for c in scan.cases}
 
-        # 2. training: one job per loss (multi-label) or per loss and structure (per_structure)
+        def holding(role: str, struct: Optional[str]) -> List[str]:
+            wanted = [struct] if struct else list(cfg.structures)
+            return [c for c in roles[role] if all(s in by_name[c].structures for s in wanted)]
+
+        # 2. training on the training cases, early stopping on the validation cases
         jobs: List[Tuple[LossSpec, Optional[str]]] = [
             (spec, s) for spec in specs for s in (cfg.structures if cfg.per_structure else [None])]
         checkpoints: Dict[Tuple[str, Optional[str]], Path] = {}
@@ -320,7 +396,8 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
                 "structures": [struct] if struct else list(cfg.structures),
                 "intensity": cfg.intensity, "resize": cfg.resize, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
                 "samples_per_epoch": cfg.samples_per_epoch, "foreground_fraction": cfg.foreground_fraction,
-                "lr": cfg.lr, "scheduler": dict(cfg.scheduler), "val_fraction": cfg.val_fraction, "seed": cfg.seed,
+                "lr": cfg.lr, "scheduler": dict(cfg.scheduler), "seed": cfg.seed,
+                "train_cases": holding("training", struct), "val_cases": holding("validation", struct),
                 "device": str(dev.type),
                 "early_stopping": {"rule": "running_mean", "window": cfg.early_stopping_window},
             }, source="study")
@@ -354,17 +431,14 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
             kept.append(f"the {label} model in {mdir}")
             save_meta()
 
-        # 3. prediction of the validation cases
+        # 3. prediction of the validation and test cases
         loaded = {k: load_checkpoint(p, device=str(dev)) for k, p in checkpoints.items()}
-        first = loaded[jobs[0][0].key, jobs[0][1]]
-        split = first.info.get("split") or {}
-        val_cases = list(split.get("val", []))
         for (key, struct), lm in loaded.items():
-            other = lm.info.get("split") or {}
-            if list(other.get("val", [])) != val_cases:
-                meta["problems"].append({"case": "-", "reason": f"model {key} {struct or ''} was validated on "
-                                         f"{other.get('val')} instead of {val_cases}"})
-        meta["data"].update({"training cases": list(split.get("train", [])), "validation cases": val_cases})
+            used = lm.info.get("split") or {}
+            if not set(used.get("train", [])) <= set(roles["training"]) or \
+                    not set(used.get("val", [])) <= set(roles["validation"]):
+                meta["problems"].append({"case": "-", "reason": f"model {key} {struct or ''} used {used} instead "
+                                         "of the study's training and validation cases"})
         prom: Dict[str, float] = {}
         for (key, struct), lm in loaded.items():  # per structure: from its own model (same training cases)
             if key == specs[0].key:
@@ -373,10 +447,10 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
         meta["prominence_definition"] = ("paper 000 Eq. 4: true voxels / all voxels over the training masks, "
                                          "in the network's input space")
         save_meta()
-        by_name = {c.name: c for c in scan.cases}
+        eval_cases = roles["validation"] + roles["test"]
         refs: Dict[str, Dict[str, np.ndarray]] = {}
         spacings: Dict[str, Tuple[float, float, float]] = {}
-        for c in val_cases:
+        for c in eval_cases:
             image, seg = load_case(by_name[c])
             if not seg.geometry.same_grid(image):
                 seg = seg.resample_like(image)
@@ -385,14 +459,15 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
         probs: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {}
         for spec in specs:
             n_models = len(cfg.structures) if cfg.per_structure else 1
-            say(f"[3/5] predicting {len(val_cases)} validation cases with the {spec.key} model"
-                + ("s (one per structure)" if n_models > 1 else ""))
+            say(f"[3/5] predicting {len(roles['validation'])} validation and {len(roles['test'])} test cases with "
+                f"the {spec.key} model" + ("s (one per structure)" if n_models > 1 else ""))
             pdir = out / "predictions" / spec.key
             probs[spec.key] = {}
             for (key, struct), lm in loaded.items():
                 if key != spec.key:
                     continue
-                batch = predict_dataset(lm, data_dir, pdir, cases=val_cases, device=str(dev), progress=show)
+                batch = predict_dataset(lm, data_dir, pdir, cases=eval_cases, device=str(dev), progress=show,
+                                        prefix=PROB_PREFIX)
                 for f in batch.failed:
                     meta["problems"].append({"case": f.name, "reason": f"prediction ({spec.key}"
                                              + (f" {struct}" if struct else "") + f"): {f.reason}"})
@@ -403,61 +478,63 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
             kept.append(f"the {spec.key} probability maps in {pdir}")
         save_meta()
 
-        # 4. sweeps, 5. volume bias and correlation
+        # 4. sweeps (validation: the threshold choice; test: the reported numbers), volume bias, correlation
         th = parse_thresholds(cfg.thresholds)
         bias_rows: List[Dict[str, Any]] = []
         corr_rows: List[Dict[str, Any]] = []
-        bar = _bar(len(specs) * len(cfg.structures), "threshold sweeps", show, "sweep")
-        say(f"[4/5] threshold sweeps ({th.size} thresholds, Dice/MSD/HD/HD95) per loss and structure")
+        bar = _bar(len(specs) * len(cfg.structures) * 2, "threshold sweeps", show, "sweep")
+        say(f"[4/5] threshold sweeps ({th.size} thresholds, Dice/MSD/HD/HD95) per loss and structure, on the "
+            "validation and on the test cases")
         try:
             for spec in specs:
-                optima, proms, names = [], [], []
+                points: Dict[str, Tuple[List[float], List[float], List[str]]] = {r: ([], [], []) for r in ROLES[1:]}
                 for s in cfg.structures:
-                    cases = [c for c in val_cases if c in probs[spec.key] and s in probs[spec.key][c]]
-                    if not cases:
-                        meta["problems"].append({"case": "-", "reason": f"{s} ({spec.key}): no predicted case"})
-                        continue
-                    p_list = [probs[spec.key][c][s] for c in cases]
-                    r_list = [refs[c].get(s) for c in cases]
-                    sp_list = [spacings[c] for c in cases]
-                    res = sweep_thresholds(p_list, r_list, sp_list, thresholds=th, case_names=cases, structure=s,
-                                           device=cfg.sweep_device)
-                    sdir = out / "sweeps" / spec.key / s
-                    figs.write_csv(res.to_table(), sdir / "sweep.csv")
-                    figs.write_csv(res.per_case_table(), sdir / "sweep_per_case.csv")
-                    summ = res.summary([float(d) for d in cfg.deltas])
-                    summ["loss"] = spec.key
-                    summ["model"] = str(checkpoints.get((spec.key, s), checkpoints.get((spec.key, None))))
-                    figs.write_json(summ, sdir / "summary.json")
-                    figs.plot_sweep_metrics(res, sdir / "sweep.png", title=f"{s}: {spec.label or spec.key}")
-                    t_opt, _ = res.optimum("dice")
-                    used = [i for i, r in enumerate(r_list) if r is not None]
-                    for kind, t in (("optimum", t_opt), ("0.5", 0.5)):
-                        b = volume_bias([p_list[i] for i in used], [r_list[i] for i in used],
-                                        [sp_list[i] for i in used], t)
-                        bias_rows.append({"loss": spec.key, "structure": s, "at": kind, **b})
-                    if s in meta["prominence"]:
-                        optima.append(t_opt)
-                        proms.append(meta["prominence"][s])
-                        names.append(s)
-                    if bar is not None:
-                        bar.update(1)
-                r = p = None
-                if len(optima) >= 2:
-                    r, p = correlate_prominence(proms, optima)
-                    if math.isfinite(r):
-                        figs.plot_prominence(proms, optima, out / "sweeps" / spec.key / "prominence.png", labels=names)
-                corr_rows.append({"loss": spec.key, "n_structures": len(optima), "pearson_r": r, "p_value": p})
+                    sweeps: Dict[str, Any] = {}
+                    for role in ROLES[1:]:
+                        cases = [c for c in roles[role] if c in probs[spec.key] and s in probs[spec.key][c]]
+                        if not cases:
+                            meta["problems"].append({"case": "-", "reason": f"{s} ({spec.key}): no predicted "
+                                                     f"{role} case"})
+                            continue
+                        p_list = [probs[spec.key][c][s] for c in cases]
+                        r_list = [refs[c].get(s) for c in cases]
+                        sp_list = [spacings[c] for c in cases]
+                        res = sweep_thresholds(p_list, r_list, sp_list, thresholds=th, case_names=cases,
+                                               structure=s, device=cfg.sweep_device)
+                        sweeps[role] = res
+                        used = [i for i, r in enumerate(r_list) if r is not None]
+                        model = checkpoints.get((spec.key, s), checkpoints.get((spec.key, None)))
+                        write_role_sweep(out / "sweeps" / spec.key / s / role, res, role,
+                                         [(cases[i], p_list[i], r_list[i]) for i in used], th, cfg.deltas,
+                                         {"loss": spec.key, "model": str(model)},
+                                         f"{s}: {spec.label or spec.key} ({role} cases)")
+                        if role == "test" and "validation" in sweeps:
+                            bias_rows += held_out_volume_bias(
+                                spec.key, s, sweeps["validation"].optimum("dice")[0], [p_list[i] for i in used],
+                                [r_list[i] for i in used], [sp_list[i] for i in used])
+                        if s in meta["prominence"]:
+                            xs, ys, names = points[role]
+                            xs.append(meta["prominence"][s])
+                            ys.append(res.optimum("dice")[0])
+                            names.append(s)
+                        if bar is not None:
+                            bar.update(1)
+                for role, (xs, ys, names) in points.items():
+                    r = p = None
+                    if len(xs) >= 2:
+                        r, p = correlate_prominence(xs, ys)
+                        if math.isfinite(r) and role == "validation":
+                            figs.plot_prominence(xs, ys, out / "sweeps" / spec.key / "prominence.png", labels=names)
+                    corr_rows.append({"loss": spec.key, "thresholds_from": role, "n_structures": len(xs),
+                                      "pearson_r": r, "p_value": p})
                 kept.append(f"the {spec.key} sweeps in {out / 'sweeps' / spec.key}")
         finally:
             if bar is not None:
                 bar.close()
-        figs.write_csv(bias_rows, out / VOLUME_BIAS_CSV,
-                       columns=["loss", "structure", "at", "threshold", "volume_ref_ml", "volume_pred_ml",
-                                "volume_diff_ml", "relative_volume_diff"])
-        figs.write_csv(corr_rows, out / "correlation.csv", columns=["loss", "n_structures", "pearson_r", "p_value"])
+        figs.write_csv(bias_rows, out / VOLUME_BIAS_CSV, columns=VOLUME_BIAS_COLUMNS)
+        figs.write_csv(corr_rows, out / "correlation.csv", columns=CORRELATION_COLUMNS)
 
-        # 6. summary and report
+        # 5. summary and report
         say("[5/5] summary tables and report")
         meta["status"] = "complete"
         meta["finished"] = _now()
@@ -467,7 +544,9 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
         rows = summary_rows(study, [float(d) for d in cfg.deltas])
         figs.write_csv(rows, out / "summary.csv")
         report = write_report(out, out / "report.html")
-        corr = {r["loss"]: r for r in corr_rows}
+        corr: Dict[str, Dict[str, Any]] = {}
+        for r in corr_rows:
+            corr.setdefault(r["loss"], {})[r["thresholds_from"]] = r
         return StudyResult(out, report, rows, corr, time.monotonic() - t0)
     except (KeyboardInterrupt, CancelledError) as exc:
         meta["status"] = "cancelled"

@@ -43,7 +43,8 @@ class TrainConfig:
       ``step_size`` epochs and ``gamma``).
     * ``early_stopping``: ``rule`` ``running_mean`` (``window``, optional ``patience``), ``patience`` (on
       mean validation Dice) or ``none`` (lowest validation loss kept); ``min_delta``.
-    * ``val_fraction`` or ``val_cases`` (names); ``seed``; ``device``; ``num_threads`` (CPU threads while
+    * ``val_fraction`` or ``val_cases`` (names); ``train_cases`` (names; null: every case not in validation,
+      so a caller can hold test cases out of training); ``seed``; ``device``; ``num_threads`` (CPU threads while
       training, null: torch's default); ``inference_batch_size`` and ``sliding_window_overlap``
       (validation and inference).
     * GPU speed (safe defaults; none changes what is learnt beyond floating-point rounding): ``amp`` (mixed
@@ -76,6 +77,7 @@ class TrainConfig:
     early_stopping: Dict[str, Any] = field(default_factory=lambda: dict(_STOP_KEYS))
     val_fraction: float = 0.2
     val_cases: Optional[List[str]] = None
+    train_cases: Optional[List[str]] = None
     seed: int = 0
     amp: bool = True
     amp_dtype: str = "auto"
@@ -236,6 +238,9 @@ class TrainConfig:
         if self.val_cases is not None:
             need(isinstance(self.val_cases, list) and all(isinstance(s, str) for s in self.val_cases) and self.val_cases,
                  "val_cases", "a non-empty list of case names or null", self.val_cases)
+        if self.train_cases is not None:
+            need(isinstance(self.train_cases, list) and all(isinstance(s, str) for s in self.train_cases)
+                 and self.train_cases, "train_cases", "a non-empty list of case names or null", self.train_cases)
         need(is_int(self.seed), "seed", "an integer", self.seed)
         for key in ("amp", "channels_last", "cudnn_benchmark", "pin_memory", "sync_batchnorm"):
             need(isinstance(getattr(self, key), bool), key, "true or false", getattr(self, key))

@@ -279,9 +279,17 @@ def load_dataset(data_dir: Union[str, Path], structures: Optional[Sequence[str]]
 
 
 def split_cases(names: Sequence[str], val_fraction: float, seed: int,
-                val_cases: Optional[Sequence[str]] = None, source: str = "config") -> Tuple[List[str], List[str]]:
-    """Seeded split of case names into (train, val); ``val_cases`` fixes the validation cases."""
+                val_cases: Optional[Sequence[str]] = None, source: str = "config",
+                train_cases: Optional[Sequence[str]] = None) -> Tuple[List[str], List[str]]:
+    """Seeded split of case names into (train, val); ``val_cases`` fixes the validation cases and
+    ``train_cases`` the training cases (default: every other case; cases in neither are not used)."""
     names = sorted(names)
+    if train_cases is not None:
+        unknown = [n for n in train_cases if n not in names]
+        if unknown:
+            raise InputError(source, "train_cases", f"case names of the dataset ({names})", got=unknown)
+        if val_cases is None:
+            val_cases = [n for n in names if n not in set(train_cases)]
     if val_cases is not None:
         unknown = [n for n in val_cases if n not in names]
         if unknown:
@@ -292,6 +300,11 @@ def split_cases(names: Sequence[str], val_fraction: float, seed: int,
         perm = np.random.default_rng(seed).permutation(len(names))
         val = sorted(names[i] for i in perm[:n_val])
     train = [n for n in names if n not in set(val)]
+    if train_cases is not None:
+        both = sorted(set(train_cases) & set(val))
+        if both:
+            raise InputError(source, "train_cases", "cases not in validation", got=both)
+        train = [n for n in names if n in set(train_cases)]
     if not train or not val:
         raise InputError(source, "val_fraction/val_cases", "at least one training and one validation case",
                          got={"train": train, "val": val})
@@ -623,7 +636,8 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
         if missing:
             raise InputError(data_dir, "cases", "the cases the run being resumed used", got=f"missing {missing}")
     else:
-        train_names, val_names = split_cases(names, cfg.val_fraction, cfg.seed, cfg.val_cases)
+        train_names, val_names = split_cases(names, cfg.val_fraction, cfg.seed, cfg.val_cases,
+                                             train_cases=cfg.train_cases)
     by_name = {r[0]: r for r in raw}
     prepared = {n: prepare_case(n, by_name[n][1].array, by_name[n][2], pre, cfg.seed)
                 for n in train_names + val_names}

@@ -13,12 +13,16 @@ What it does, through the engine (``AutoSegSensitivity``) and its MRML layer (``
 
 1. writes a phantom dataset (``OUT/data``) and loads every case into the scene as a scalar volume node
    (CT, HU) and a segmentation node (references);
-2. trains one multi-label 2D U-Net per loss (BCE; BCE + lambda * 2D Dice) with the engine;
-3. for each validation case, takes the CT *from its volume node*, predicts, and puts each probability map
-   into the scene as a scalar volume node (``<case> <structure> <loss>``);
+2. splits the cases into training, validation and test as ``autosegsens demo`` does
+   (:func:`AutoSegSensitivity.held_out.split_roles`) and trains one multi-label 2D U-Net per loss (BCE;
+   BCE + lambda * 2D Dice) with the engine on the training cases, early stopping on the validation cases;
+3. for each validation and test case, takes the CT *from its volume node*, predicts, and puts each
+   probability map into the scene as a scalar volume node (``<case> <structure> <loss>``);
 4. sweeps thresholds 0..1 by 0.01 with ``ThresholdTuningLogic`` on those nodes against the reference
-   segmentation nodes (table, chart and summary nodes in the scene), thresholds every map at its optimum
-   into a segmentation node (``<case> <loss> tuned``), and saves those as ``.seg.nrrd``;
+   segmentation nodes (table, chart and summary nodes in the scene), on the validation cases (where each
+   threshold is chosen) and on the test cases (where it is measured), thresholds every test map at the
+   threshold chosen on validation into a segmentation node (``<case> <loss> tuned``), and saves those as
+   ``.seg.nrrd``;
 5. writes the study folder (``study.json``, sweep CSVs, ``volume_bias.csv``, ``summary.csv``) and the
    self-contained ``report.html``, the same as ``autosegsens demo``, plus ``scene_nodes.json`` listing the
    nodes it made.
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 import traceback
@@ -47,7 +50,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder (refused if not empty unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--cases", type=int, default=6)
+    p.add_argument("--cases", type=int, default=8, help="phantom cases (30 %% test, 20 %% validation, the rest "
+                   "training)")
     p.add_argument("--structures", nargs="+", default=["Brain", "Parotid_L", "SpinalCord", "Lens_L"])
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--samples-per-epoch", type=int, default=64)
@@ -71,13 +75,15 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     """The study on MRML nodes; returns what was made (also written to ``OUT/scene_nodes.json``)."""
     from AutoSegSensitivity import report as figs
     from AutoSegSensitivity.cli.common import prepare_out_dir
-    from AutoSegSensitivity.html_report import load_study, summary_rows, write_report
+    from AutoSegSensitivity.held_out import ROLES, split_roles
+    from AutoSegSensitivity.html_report import fmt_num, load_study, summary_rows, write_report
     from AutoSegSensitivity.inference import load_checkpoint, predict_volume
     from AutoSegSensitivity.io import load_case, scan_dataset, write_segmentation
     from AutoSegSensitivity.mrml import nodes
     from AutoSegSensitivity.mrml.converters import ensure_segmentation_converters
     from AutoSegSensitivity.mrml.threshold_logic import ThresholdTuningLogic
-    from AutoSegSensitivity.study import StudyConfig, _versions, default_losses, make_phantom_data, volume_bias
+    from AutoSegSensitivity.study import (CORRELATION_COLUMNS, VOLUME_BIAS_COLUMNS, StudyConfig, _versions,
+                                          default_losses, held_out_volume_bias, make_phantom_data, write_role_sweep)
     from AutoSegSensitivity.sweep import correlate_prominence
     from AutoSegSensitivity.training import TrainConfig, resolve_device, train
 
@@ -109,21 +115,24 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         made["segmentations"].append(ref_nodes[case.name].GetName())
 
     specs = default_losses(cfg.lam)
+    roles = split_roles(list(ct_nodes), cfg.val_fraction, cfg.test_fraction, cfg.seed, "headless_slicer_study.py")
     meta: Dict[str, Any] = {
         "title": "Threshold sensitivity study on MRML nodes (headless Slicer)",
         "description": "CT and references as MRML nodes; probability maps as volume nodes; sweeps by "
-                       "ThresholdTuningLogic on the scene.",
+                       "ThresholdTuningLogic on the scene; thresholds chosen on the validation cases, every "
+                       "reported number measured on the test cases.",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "running",
         "device": str(dev), "settings": cfg.to_dict(), "versions": _versions(),
         "structures": list(cfg.structures), "prominence": {}, "problems": [],
-        "data": {"source": "synthetic head-and-neck phantom, loaded into MRML nodes", "folder": "data"},
+        "data": {"source": "synthetic head-and-neck phantom, loaded into MRML nodes", "folder": "data",
+                 **{f"{r} cases": roles[r] for r in ROLES}},
         "losses": [],
     }
     logic = ThresholdTuningLogic(scene)
     bias_rows: List[Dict[str, Any]] = []
     corr_rows: List[Dict[str, Any]] = []
     for spec in specs:
-        # 2. training (engine)
+        # 2. training (engine) on the training cases, early stopping on the validation cases
         print(f"training: {spec.label}", flush=True)
         tcfg = TrainConfig.from_dict({
             "model": cfg.model, "model_kwargs": cfg.model_kwargs(), "loss": spec.loss,
@@ -131,68 +140,65 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             "resize": cfg.resize,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "samples_per_epoch": cfg.samples_per_epoch,
             "foreground_fraction": cfg.foreground_fraction, "lr": cfg.lr, "scheduler": dict(cfg.scheduler),
-            "val_fraction": cfg.val_fraction,
+            "train_cases": roles["training"], "val_cases": roles["validation"],
             "seed": cfg.seed, "early_stopping": {"rule": "running_mean", "window": cfg.early_stopping_window}},
             source="headless_slicer_study.py")
         res = train(tcfg, data_dir, out / "models" / spec.key, device=str(dev), progress_bar=False)
         ckpt = res.best_path if res.best_path.is_file() else res.last_path
         model = load_checkpoint(ckpt, device=str(dev))
-        val_cases = list(model.info["split"]["val"])
         meta["prominence"] = {s: float(model.prominence[s]) for s in cfg.structures}
-        meta["data"].update({"training cases": list(model.info["split"]["train"]), "validation cases": val_cases})
         meta["losses"].append({"key": spec.key, "label": spec.label, "loss": spec.loss,
                                "loss_kwargs": spec.loss_kwargs, "model": cfg.model,
                                "model_kwargs": cfg.model_kwargs(), "multi_label": True,
                                "checkpoint": str(ckpt.relative_to(out)), "epochs_run": res.epochs_run,
                                "best_epoch": res.best_epoch, "train_config": tcfg.to_dict()})
 
-        # 3. prediction from the CT volume nodes into probability volume nodes
+        # 3. prediction from the CT volume nodes into probability volume nodes (validation and test cases)
         prob_nodes: Dict[str, Dict[str, Any]] = {}
-        for case in val_cases:
+        for case in roles["validation"] + roles["test"]:
             ct = nodes.volume_from_node(ct_nodes[case])
             for s, vol in predict_volume(model, ct, device=str(dev)).items():
                 node = nodes.volume_to_node(vol, scene, f"{case} {s} {spec.key}")
                 prob_nodes.setdefault(s, {})[case] = node
                 made["volumes"].append(node.GetName())
 
-        # 4. sweeps on the nodes, thresholding at the optimum into segmentation nodes
-        optima, proms = [], []
+        # 4. sweeps on the nodes: the threshold chosen on validation, then the test cases thresholded at it
+        points: Dict[str, Any] = {r: ([], []) for r in ROLES[1:]}
         tuned: Dict[str, Any] = {}
         for s in cfg.structures:
-            maps = [prob_nodes[s][c] for c in val_cases]
-            result, table, chart, summary = logic.sweep(maps, [ref_nodes[c] for c in val_cases], s,
-                                                        name=f"{s} {spec.key} sweep")
-            made["tables"] += [table.GetName(), summary.GetName()]
-            made["charts"].append(chart.GetName())
-            sdir = out / "sweeps" / spec.key / s
-            figs.write_csv(result.to_table(), sdir / "sweep.csv")
-            figs.write_csv(result.per_case_table(), sdir / "sweep_per_case.csv")
-            figs.write_json(result.summary(), sdir / "summary.json")
-            t_opt, _ = result.optimum("dice")
-            optima.append(t_opt)
-            proms.append(meta["prominence"][s])
-            arrays, masks, spacings = logic.case_arrays(maps, [ref_nodes[c] for c in val_cases], s)[:3]
-            for kind, t in (("optimum", t_opt), ("0.5", 0.5)):
-                bias_rows.append({"loss": spec.key, "structure": s, "at": kind,
-                                  **volume_bias(arrays, masks, spacings, t)})
-            for c in val_cases:
-                seg_node = tuned.get(c) or nodes.get_or_create_node(scene, "vtkMRMLSegmentationNode",
-                                                                    f"{c} {spec.key} tuned")
-                tuned[c] = logic.apply_threshold(prob_nodes[s][c], t_opt, seg_node, segment=s)
+            t_chosen = 0.5
+            for role in ROLES[1:]:
+                maps, refs = [prob_nodes[s][c] for c in roles[role]], [ref_nodes[c] for c in roles[role]]
+                result, table, chart, summary = logic.sweep(maps, refs, s, name=f"{s} {spec.key} {role} sweep")
+                made["tables"] += [table.GetName(), summary.GetName()]
+                made["charts"].append(chart.GetName())
+                arrays, masks, spacings, names = logic.case_arrays(maps, refs, s)
+                write_role_sweep(out / "sweeps" / spec.key / s / role, result, role,
+                                 list(zip(names, arrays, masks)), result.thresholds, cfg.deltas, figure=False)
+                points[role][0].append(meta["prominence"][s])
+                points[role][1].append(result.optimum("dice")[0])
+                if role == "validation":
+                    t_chosen = result.optimum("dice")[0]
+                    continue
+                bias_rows += held_out_volume_bias(spec.key, s, t_chosen, arrays, masks, spacings)
+                for c in roles["test"]:
+                    seg_node = tuned.get(c) or nodes.get_or_create_node(scene, "vtkMRMLSegmentationNode",
+                                                                        f"{c} {spec.key} tuned")
+                    tuned[c] = logic.apply_threshold(prob_nodes[s][c], t_chosen, seg_node, segment=s)
         for c, seg_node in tuned.items():
             made["segmentations"].append(seg_node.GetName())
             seg = nodes.segmentation_from_node(seg_node, ct_nodes[c])
             write_segmentation(seg, out / "tuned" / spec.key / f"{c}.seg.nrrd")
-        r = p = None
-        if len(optima) >= 2:
-            r, p = correlate_prominence(proms, optima)
-        corr_rows.append({"loss": spec.key, "n_structures": len(optima), "pearson_r": r, "p_value": p})
+        for role, (proms, optima) in points.items():
+            r = p = None
+            if len(optima) >= 2:
+                r, p = correlate_prominence(proms, optima)
+            corr_rows.append({"loss": spec.key, "thresholds_from": role, "n_structures": len(optima),
+                              "pearson_r": r, "p_value": p})
 
     # 5. the study folder and the report
-    figs.write_csv(bias_rows, out / "volume_bias.csv",
-                   columns=["loss", "structure", "at", "threshold", "volume_ref_ml", "volume_pred_ml",
-                            "volume_diff_ml", "relative_volume_diff"])
-    figs.write_csv(corr_rows, out / "correlation.csv", columns=["loss", "n_structures", "pearson_r", "p_value"])
+    figs.write_csv(bias_rows, out / "volume_bias.csv", columns=VOLUME_BIAS_COLUMNS)
+    figs.write_csv(corr_rows, out / "correlation.csv", columns=CORRELATION_COLUMNS)
     meta.update(status="complete", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 duration_s=round(time.monotonic() - t0, 1))
     (out / "study.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -202,8 +208,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     made["scene_node_count"] = [int(scene.GetNumberOfNodes())]
     (out / "scene_nodes.json").write_text(json.dumps(made, indent=2) + "\n")
     for row in rows:
-        print(f"{row['structure']:<12s} {row['loss_label']:<28s} optimum {row['dice_optimum_threshold']:.2f} "
-              f"Dice {row['dice_at_optimum']:.4f}; at 0.5 {row['dice_at_0.5']:.4f}", flush=True)
+        print(f"{row['structure']:<12s} {row['loss_label']:<28s} t {row['dice_threshold_chosen_on_validation']:.2f} "
+              f"(chosen on validation): test Dice {fmt_num(row['dice_test_at_threshold'])}; at 0.5 "
+              f"{fmt_num(row['dice_test_at_0.5'])}", flush=True)
     print(f"report: {report}", flush=True)
     return made
 

@@ -1,16 +1,22 @@
 """Run the threshold-sensitivity study of Bice et al. (2021, paper 000) in miniature, end to end, on CPU.
 
-With no arguments: writes 8 synthetic head-and-neck phantom cases into OUT/data and, as the paper ("10
+With no arguments: writes 12 synthetic head-and-neck phantom cases into OUT/data and splits them, by a
+seeded permutation of the sorted names, into 6 training, 2 validation and 4 test cases (30 % test, 20 %
+validation, the rest training; --data: the same rule on that dataset's cases). As the paper ("10
 individual models were trained"), trains one binary narrow 2D U-Net (paper 000's Table A1 layout, width 8,
 no dropout, on the full 128 x 128 slices) per structure (Brain, Parotid_L, SpinalCord, Lens_L) and per training loss:
 binary cross entropy (BCE) and BCE + lambda * 2D Dice (lambda 0.5, paper Eq. 5), all on the same training
-cases and seed (--multi-label: one model per loss with one sigmoid output per structure instead; the
-foreground-biased sampling is then class-balanced); predicts the validation cases
-(probability maps in OUT/predictions); sweeps the threshold from 0 to 1 by 0.01 with Dice, MSD, HD and HD95
-per structure and loss (OUT/sweeps); computes each structure's training-set prominence (Eq. 4) and the
-Pearson r and p between prominence and optimal threshold, and the volume bias at the optimum and at 0.5;
-and writes OUT/report.html (one self-contained page) with summary.csv, volume_bias.csv, correlation.csv
-and study.json behind it. About 5 minutes on 2 otherwise idle CPU cores; options scale it up.
+cases and seed, with early stopping on the validation cases (lowest running mean of the last 10 validation
+losses, as the paper) (--multi-label: one model per loss with one sigmoid output per structure instead;
+the foreground-biased sampling is then class-balanced); predicts the validation and test cases
+(OUT/predictions/<loss>/<case>/prob_<Structure>.nrrd, the layout of 'autosegsens predict'); sweeps the
+threshold from 0 to 1 by 0.01 with Dice, MSD, HD and HD95 per structure and loss on both (OUT/sweeps);
+chooses each threshold on the validation cases and measures, as paper 000 did, every reported number on
+the test cases: Dice at that threshold and at 0.5, the loss at 0.5 with a 95 % bootstrap interval over test
+cases, the losses at t +- 0.02/0.05/0.1, the volume bias; the Pearson r and p between training-set
+prominence (Eq. 4) and the chosen threshold. Writes OUT/report.html (one self-contained page naming the
+cases of each role) with summary.csv, volume_bias.csv, correlation.csv and study.json behind it. About 5
+minutes on 2 otherwise idle CPU cores; options scale it up.
 
 An OUT folder that is not empty is refused unless --overwrite. Ctrl-C stops cleanly and says what was kept
 (study.json records it; a partial report is written when some sweeps finished).
@@ -26,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -44,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default ./demo-output; refused if not empty unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     parser.add_argument("--data", type=Path, help="use this dataset folder instead of generating the phantom")
-    parser.add_argument("--cases", type=int, default=d.cases, help=f"phantom cases (default {d.cases})")
+    parser.add_argument("--cases", type=int, default=d.cases, help=f"phantom cases (default {d.cases}; "
+                        f"{100 * d.test_fraction:.0f} %% test, {100 * d.val_fraction:.0f} %% validation, the rest "
+                        "training)")
     parser.add_argument("--structures", nargs="+", default=list(DEFAULT_STRUCTURES),
                         help=f"structures (default {' '.join(DEFAULT_STRUCTURES)})")
     parser.add_argument("--multi-label", action="store_true",
@@ -73,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..html_report import fmt_num, fmt_pct
     from ..study import StudyConfig, run_study
     from .common import prepare_out_dir
 
@@ -98,12 +106,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {result.report} ("
           + ("one binary model per structure and loss" if cfg.per_structure else "one multi-label model per loss")
           + ")")
+    print("  thresholds chosen on the validation cases; Dice and losses on the test cases:")
     for row in result.rows:
-        print(f"  {row['structure']:<12s} {row['loss_label']:<28s} optimum {row['dice_optimum_threshold']:.2f} "
-              f"Dice {row['dice_at_optimum']:.4f}; at 0.5 Dice {row['dice_at_0.5']:.4f} "
-              f"(loss {100 * row['dice_loss_at_0.5']:.1f} %)")
+        if row.get("dice_test_at_threshold") is None:
+            continue
+        print(f"  {row['structure']:<12s} {row['loss_label']:<28s} t {row['dice_threshold_chosen_on_validation']:.2f}: "
+              f"test Dice {fmt_num(row['dice_test_at_threshold'])}; at 0.5 {fmt_num(row['dice_test_at_0.5'])} "
+              f"(loss {fmt_pct(row['dice_test_loss_at_0.5'])}, 95 % CI "
+              f"{fmt_pct(row['dice_test_loss_at_0.5_ci_low'])} to {fmt_pct(row['dice_test_loss_at_0.5_ci_high'])})")
     for key, c in result.correlation.items():
-        if c.get("pearson_r") is not None:
-            print(f"  prominence vs optimum ({key}): Pearson r {c['pearson_r']:.3f}, p {c['p_value']:.3g}")
+        v = c.get("validation", {})
+        if v.get("pearson_r") is not None:
+            print(f"  prominence vs chosen threshold ({key}): Pearson r {v['pearson_r']:.3f}, p {v['p_value']:.3g}")
     print(f"done in {time.monotonic() - t0:.0f} s")
     return 0

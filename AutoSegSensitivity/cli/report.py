@@ -1,7 +1,9 @@
 """Rebuild the HTML report of a study folder from its CSV/JSON tables.
 
-Reads DIR/study.json (settings, data, models, versions), DIR/sweeps/<loss>/<structure>/sweep.csv and
-sweep_per_case.csv, and DIR/volume_bias.csv, recomputes every number and figure from them, and writes one
+Reads DIR/study.json (settings, data, case roles, models, versions),
+DIR/sweeps/<loss>/<structure>/<validation|test>/sweep.csv, sweep_per_case.csv and test/counts_per_case.csv,
+and DIR/volume_bias.csv, recomputes every number and figure from them (thresholds chosen on the validation
+tables, values read from the test tables, seeded bootstrap intervals), and writes one
 self-contained HTML page (images inlined as base64 PNG, no external references). --out defaults to
 DIR/report.html; an existing file is refused unless --overwrite.
 

@@ -1,10 +1,12 @@
-"""`autosegsens demo` on a tiny phantom: outputs exist, the report's numbers equal the sweep CSVs, a
+"""`autosegsens demo` on a tiny phantom: outputs exist (probability maps as prob_<Structure>.nrrd), the
+report's thresholds come from the validation sweep CSVs and its numbers from the test sweep CSVs, a
 non-empty output folder is refused; `autosegsens report` rebuilds the same page from the tables."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import torch
 from AutoSegSensitivity.cli import main
 from AutoSegSensitivity.html_report import fmt_num, fmt_pct
 
-TINY_ARGS = ["--cases", "3", "--shape", "8", "48", "48", "--epochs", "1", "--samples-per-epoch", "8", "--width", "2",
+TINY_ARGS = ["--cases", "4", "--shape", "8", "48", "48", "--epochs", "1", "--samples-per-epoch", "8", "--width", "2",
              "--resize", "32", "32", "--structures", "Brain", "SpinalCord", "--seed", "2", "--device", "cpu", "--threads", "1", "--no-progress"]
 
 
@@ -41,7 +43,9 @@ def test_demo_writes_everything(demo):
         assert (out / name).is_file(), name
     meta = json.loads((out / "study.json").read_text())
     assert meta["settings"]["epochs"] == 1 and meta["settings"]["seed"] == 2
-    assert len(list((out / "data").glob("case*/image.nrrd"))) == 3
+    assert len(list((out / "data").glob("case*/image.nrrd"))) == 4
+    roles = [meta["data"][f"{r} cases"] for r in ("training", "validation", "test")]
+    assert sorted(sum(roles, [])) == [f"case{i:03d}" for i in range(4)] and all(roles)
     assert meta["mode"] == "per_structure" and meta["settings"]["per_structure"] is True
     assert all(e["multi_label"] is False and set(e["models"]) == {"Brain", "SpinalCord"} for e in meta["losses"])
     assert "one model per structure" in (out / "report.html").read_text()
@@ -49,12 +53,19 @@ def test_demo_writes_everything(demo):
         for s in ("Brain", "SpinalCord"):  # one binary model per structure and loss (the default)
             assert (out / "models" / key / s / "best.pt").is_file()
         assert not (out / "models" / key / "best.pt").exists()
-        for c in meta["data"]["validation cases"]:
-            assert (out / "predictions" / key / c / "Brain.nrrd").is_file()
+        for c in meta["data"]["validation cases"] + meta["data"]["test cases"]:
+            for s in ("Brain", "SpinalCord"):  # the layout 'predict' writes and 'tune --prob-dir' reads
+                assert (out / "predictions" / key / c / f"prob_{s}.nrrd").is_file()
+                assert not (out / "predictions" / key / c / f"{s}.nrrd").exists()
+        for c in meta["data"]["training cases"]:
+            assert not (out / "predictions" / key / c).exists()
         for s in ("Brain", "SpinalCord"):
-            rows = _csv(out / "sweeps" / key / s / "sweep.csv")
-            assert [round(float(r["threshold"]), 2) for r in rows] == [round(i * 0.01, 2) for i in range(101)]
-            assert {"dice", "msd_mm", "hd_mm", "hd95_mm"} <= set(rows[0])
+            for role in ("validation", "test"):
+                rows = _csv(out / "sweeps" / key / s / role / "sweep.csv")
+                assert [round(float(r["threshold"]), 2) for r in rows] == [round(i * 0.01, 2) for i in range(101)]
+                assert {"dice", "msd_mm", "hd_mm", "hd95_mm"} <= set(rows[0])
+                cases = {r["case"] for r in _csv(out / "sweeps" / key / s / role / "sweep_per_case.csv")}
+                assert cases == set(meta["data"][f"{role} cases"])
 
 
 def test_report_numbers_equal_the_sweep_csvs(demo):
@@ -64,14 +75,18 @@ def test_report_numbers_equal_the_sweep_csvs(demo):
     assert 'src="http' not in page and str(out) not in page
     for key in ("bce", "bce_dice2d"):
         for s in ("Brain", "SpinalCord"):
-            rows = [(float(r["threshold"]), float(r["dice"])) for r in _csv(out / "sweeps" / key / s / "sweep.csv")]
+            sweeps = out / "sweeps" / key / s
+            rows = [(float(r["threshold"]), float(r["dice"])) for r in _csv(sweeps / "validation" / "sweep.csv")]
             best = max(d for _, d in rows)
             t = min((t for t, d in rows if d >= best - 1e-12), key=lambda t: (abs(t - 0.5), t))
-            at05 = next(d for t_, d in rows if abs(t_ - 0.5) < 1e-9)
-            loss = (best - at05) / best if best > 0 else 0.0
-            assert f"<td>{t:.2f}</td><td>{fmt_num(best)}</td><td>{fmt_num(at05)}</td><td>{fmt_pct(loss)}</td>" in page
+            test = {round(float(r["threshold"]), 2): float(r["dice"]) for r in _csv(sweeps / "test" / "sweep.csv")}
+            at_t, at05 = test[round(t, 2)], test[0.5]
+            loss = (at_t - at05) / at_t if at_t > 0 else (0.0 if at05 == at_t else math.inf)
+            assert (f"<td>{t:.2f}</td><td>{fmt_num(best)}</td><td>{fmt_num(at_t)}</td><td>{fmt_num(at05)}</td>"
+                    f"<td>{fmt_pct(loss)}</td>") in page
             s_row = next(r for r in _csv(out / "summary.csv") if r["loss"] == key and r["structure"] == s)
-            assert float(s_row["dice_optimum_threshold"]) == t and float(s_row["dice_at_optimum"]) == best
+            assert float(s_row["dice_threshold_chosen_on_validation"]) == t
+            assert float(s_row["dice_validation_at_threshold"]) == best and float(s_row["dice_test_at_threshold"]) == at_t
 
 
 def test_demo_refuses_a_non_empty_folder(demo, capsys):

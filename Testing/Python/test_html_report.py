@@ -1,12 +1,12 @@
 """The HTML report on a hand-made study folder: self-contained (images inline, no external references),
-numbers equal to the tables (checked by brute force against the CSV), plain-language summary, provenance."""
+thresholds from the validation tables and every number from the test tables (checked by brute force against
+the CSV), case roles, plain-language summary, provenance."""
 
 from __future__ import annotations
 
 import base64
 import csv
 import json
-import math
 import re
 import shutil
 from pathlib import Path
@@ -16,10 +16,11 @@ import pytest
 from scipy import stats
 
 from AutoSegSensitivity.errors import InputError
-from AutoSegSensitivity.html_report import (fmt_num, fmt_pct, load_study, plain_summary, read_sweep_folder,
-                                            render_html, write_report)
-from AutoSegSensitivity.report import write_csv, write_json
-from AutoSegSensitivity.sweep import sweep_thresholds
+from AutoSegSensitivity.html_report import (CHOSEN, fmt_num, fmt_pct, load_study, plain_summary,
+                                            read_sweep_folder, render_html, write_report)
+from AutoSegSensitivity.report import write_csv
+from AutoSegSensitivity.study import write_role_sweep
+from AutoSegSensitivity.sweep import parse_thresholds, sweep_thresholds
 
 SPACING = (2.0, 1.0, 1.0)
 # per structure: (probability inside the reference, probability outside, prominence written in study.json)
@@ -29,6 +30,9 @@ DESIGN = {
     "SpinalCord": (0.30, 0.10, 0.01),  # optimum 0.30; at 0.5 nothing is predicted: Dice 0, loss 100 %
     "Lens_L": (0.90, 0.60, 0.001),  # optimum 0.61 (plateau 0.61..0.90, closest to 0.5)
 }
+
+
+ROLE_SEEDS = {"validation": (0, 1), "test": (2, 3)}
 
 
 def _maps(inside: float, outside: float, seed: int):
@@ -41,7 +45,8 @@ def _maps(inside: float, outside: float, seed: int):
 
 
 def make_study(folder: Path) -> Path:
-    """A study folder by hand: two losses (the second shifts every probability by -0.05)."""
+    """A study folder by hand: two losses (the second shifts every probability by -0.05); validation cases
+    case000, case001 and test cases case002, case003 (same design, other positions)."""
     losses = [{"key": "bce", "label": "BCE", "loss": "bce", "loss_kwargs": {}, "model": "unet2d",
                "multi_label": True, "epochs_run": 3, "best_epoch": 2, "checkpoint": "models/bce/best.pt"},
               {"key": "bce_dice2d", "label": "BCE + 2D Dice (lambda 0.5)", "loss": "bce_dice2d",
@@ -50,18 +55,19 @@ def make_study(folder: Path) -> Path:
     bias = []
     for li, entry in enumerate(losses):
         for s, (inside, outside, _) in DESIGN.items():
-            probs, refs = [], []
-            for c in range(2):
-                p, r = _maps(inside - 0.05 * li, outside - 0.05 * li, seed=c)
-                probs.append(p)
-                refs.append(r)
-            res = sweep_thresholds(probs, refs, [SPACING] * 2, case_names=["case000", "case001"], structure=s,
-                                   device="numpy")
-            sub = folder / "sweeps" / entry["key"] / s
-            write_csv(res.to_table(), sub / "sweep.csv")
-            write_csv(res.per_case_table(), sub / "sweep_per_case.csv")
-            write_json(res.summary(), sub / "summary.json")
-            for kind, t in (("optimum", res.optimum("dice")[0]), ("0.5", 0.5)):
+            for role, seeds in ROLE_SEEDS.items():
+                probs, refs = [], []
+                for c in seeds:
+                    p, r = _maps(inside - 0.05 * li, outside - 0.05 * li, seed=c)
+                    probs.append(p)
+                    refs.append(r)
+                names = [f"case{c:03d}" for c in seeds]
+                res = sweep_thresholds(probs, refs, [SPACING] * 2, case_names=names, structure=s, device="numpy")
+                write_role_sweep(folder / "sweeps" / entry["key"] / s / role, res, role,
+                                 list(zip(names, probs, refs)), parse_thresholds("0:1:0.01"), figure=False)
+                if role == "validation":
+                    t_val = res.optimum("dice")[0]
+            for kind, t in ((CHOSEN, t_val), ("0.5", 0.5)):
                 vol_ref = sum(int(r.sum()) for r in refs) * 2.0 / 1000
                 vol_pred = sum(int((p >= np.float32(t)).sum()) for p in probs) * 2.0 / 1000
                 bias.append({"loss": entry["key"], "structure": s, "at": kind, "threshold": t,
@@ -72,7 +78,8 @@ def make_study(folder: Path) -> Path:
             "device": "cpu", "settings": {"seed": 7, "epochs": 3}, "versions": {"torch": "9.9.9-handmade"},
             "structures": list(DESIGN), "losses": losses,
             "prominence": {s: v[2] for s, v in DESIGN.items()},
-            "data": {"source": "hand-made arrays", "validation cases": ["case000", "case001"]}}
+            "data": {"source": "hand-made arrays", "training cases": ["case004"],
+                     "validation cases": ["case000", "case001"], "test cases": ["case002", "case003"]}}
     (folder / "study.json").write_text(json.dumps(meta))
     return folder
 
@@ -117,21 +124,34 @@ def test_numbers_equal_the_sweep_csvs(study_dir, page):
     expected_opt = {"Brain": 0.5, "SpinalCord": 0.3, "Lens_L": 0.61}
     for key in ("bce", "bce_dice2d"):
         for s in DESIGN:
-            t, best, at05 = brute_optimum(study_dir / "sweeps" / key / s / "sweep.csv")
+            t, best, _ = brute_optimum(study_dir / "sweeps" / key / s / "validation" / "sweep.csv")
             if key == "bce":
                 assert t == pytest.approx(expected_opt[s])
-            loss = (best - at05) / best
-            assert f"<td>{t:.2f}</td><td>{fmt_num(best)}</td><td>{fmt_num(at05)}</td><td>{fmt_pct(loss)}</td>" in page
-    # hand arithmetic: SpinalCord with BCE loses all of its Dice at 0.5
-    assert "For SpinalCord (BCE), thresholding at 0.5 instead of 0.30 loses 100.0 % Dice (0.0000 instead of 1.0000)." in page
-    assert "For Brain (BCE), 0.5 is already the best threshold (Dice 1.0000)." in page
+            test = {round(float(r["threshold"]), 2): float(r["dice"])
+                    for r in _csv(study_dir / "sweeps" / key / s / "test" / "sweep.csv")}
+            at_t, at05 = test[round(t, 2)], test[0.5]
+            loss = (at_t - at05) / at_t
+            assert (f"<td>{t:.2f}</td><td>{fmt_num(best)}</td><td>{fmt_num(at_t)}</td><td>{fmt_num(at05)}</td>"
+                    f"<td>{fmt_pct(loss)}</td>") in page
+    # hand arithmetic: SpinalCord with BCE loses all of its test Dice at 0.5, in every resample of the test cases
+    assert ("For SpinalCord (BCE), the threshold chosen on the validation cases is 0.30. On the test cases, "
+            "thresholding at 0.5 instead loses 100.0 % Dice (0.0000 instead of 1.0000; 95 % CI 100.0 % to 100.0 %).") in page
+    assert "For Brain (BCE), the threshold chosen on the validation cases is 0.50. It is 0.5 itself (test Dice 1.0000)." in page
+
+
+def test_page_names_the_roles_and_says_where_thresholds_come_from(page):
+    assert "<h2>Cases and their roles</h2>" in page
+    for role, names in (("training", "case004"), ("validation", "case000, case001"), ("test", "case002, case003")):
+        assert f'<td class="l">{role}</td>' in page and names in page
+    assert "Headline (held-out test cases)" in page and "t chosen on validation" in page
+    assert "median test Dice loss at 0.5" in page and "13.5 %" in page and "held-out test cases" in page
 
 
 def test_correlation_and_volume_bias_shown(study_dir, page):
     prom = [DESIGN[s][2] for s in DESIGN]
-    opt = [brute_optimum(study_dir / "sweeps" / "bce" / s / "sweep.csv")[0] for s in DESIGN]
+    opt = [brute_optimum(study_dir / "sweeps" / "bce" / s / "validation" / "sweep.csv")[0] for s in DESIGN]
     r, p = stats.pearsonr(prom, opt)
-    assert f"threshold = {r:.3f} (p = {p:.3g}), n = 3" in page
+    assert f"prominence and the Dice threshold chosen on validation = {r:.3f} (p = {p:.3g}), n = 3" in page
     for row in _csv(study_dir / "volume_bias.csv"):
         if row["loss"] == "bce" and row["structure"] == "SpinalCord" and row["at"] == "0.5":
             assert float(row["relative_volume_diff"]) == -1.0
@@ -170,10 +190,9 @@ def test_write_report_and_partial_study(study_dir, tmp_path):
     meta = json.loads((study_dir / "study.json").read_text())
     meta.update(status="cancelled", status_detail="stopped by the user; kept: the bce sweeps")
     (study_dir / "study.json").write_text(json.dumps(meta))
-    for f in (study_dir / "sweeps" / "bce_dice2d" / "Lens_L").iterdir():
-        f.unlink()
+    shutil.rmtree(study_dir / "sweeps" / "bce_dice2d" / "Lens_L")
     study = load_study(study_dir)
-    assert "Lens_L" not in study.sweeps["bce_dice2d"]
+    assert "Lens_L" not in study.sweeps["validation"]["bce_dice2d"] and "Lens_L" not in study.sweeps["test"]["bce_dice2d"]
     page = render_html(study)
     assert "This study is incomplete (cancelled)" in page and "kept: the bce sweeps" in page
     assert len(plain_summary(study, "Lens_L")) == 1
@@ -187,17 +206,18 @@ def test_not_a_study_folder(tmp_path):
         load_study(tmp_path)
 
 
-def test_structure_never_found_is_said_plainly(tmp_path):
-    folder = make_study(tmp_path / "s")
+def test_structure_never_found_is_said_plainly(study_dir, tmp_path):
+    folder = Path(shutil.copytree(study_dir, tmp_path / "s"))
     p, r = _maps(0.9, 0.6, seed=0)
     res = sweep_thresholds([np.zeros_like(p)], [r], [SPACING], case_names=["case000"], structure="Lens_L",
                            metrics=("dice",), device="numpy")
-    write_csv(res.to_table(), folder / "sweeps" / "bce" / "Lens_L" / "sweep.csv")
-    write_csv(res.per_case_table(), folder / "sweeps" / "bce" / "Lens_L" / "sweep_per_case.csv")
+    shutil.rmtree(folder / "sweeps" / "bce" / "Lens_L" / "validation")
+    write_role_sweep(folder / "sweeps" / "bce" / "Lens_L" / "validation", res, "validation", [], res.thresholds,
+                     figure=False)
     sentences = plain_summary(load_study(folder), "Lens_L")
-    dice_all = 2 * r.sum() / (r.sum() + r.size)  # threshold 0 selects the whole image
-    assert sentences[0] == (f"For Lens_L (BCE), the best Dice ({dice_all:.4f}) comes from thresholding at 0.00, "
+    assert sentences[0] == ("For Lens_L (BCE), the best validation Dice comes from thresholding at 0.00, "
                             "i.e. calling every voxel Lens_L: the model has not learnt this structure.")
-    assert sentences[1].startswith("For Lens_L (BCE + 2D Dice (lambda 0.5)), thresholding at 0.5 instead of 0.56")
+    assert sentences[1].startswith("For Lens_L (BCE + 2D Dice (lambda 0.5)), the threshold chosen on the validation "
+                                   "cases is 0.56.")
     page = render_html(load_study(folder))
-    assert "<b>Not learnt</b> (best Dice at threshold 0.00, i.e. every voxel): Lens_L (BCE)." in page
+    assert "<b>Not learnt</b> (best validation Dice at threshold 0.00, i.e. every voxel): Lens_L (BCE)." in page
