@@ -457,21 +457,25 @@ def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
 # --------------------------------------------------------------------------------------------------------
 
 
-def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> Dict[str, float]:
-    """Every metric of one mask pair on the same grid, as a dict with the keys :data:`COMPARE_KEYS`.
+def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
+                  nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Dict[str, float]:
+    """Every metric of one mask pair on the same grid, as a dict with the keys :data:`COMPARE_KEYS` and then
+    the surface Dice at ``nsd_tolerance_mm`` under :func:`nsd_column` (e.g. ``nsd_2mm``).
 
     Volumes in ml, distances in mm; ``volume_diff_ml`` = pred - ref (signed, positive = over-segmentation),
     ``relative_volume_diff`` = (pred - ref) / ref; ``sensitivity`` = |P∩R|/|R|, ``precision`` = |P∩R|/|P|,
     ``com_distance_mm`` = distance between the centres of mass. Empty-mask rules: module docstring."""
     p, r = _as_pair(pred, ref)
     s = _as_spacing(spacing, p.ndim)
+    tau = _check_tolerance(nsd_tolerance_mm)
+    nsd_key = nsd_column(tau)
     voxel_ml = float(np.prod(s)) / 1000.0
     box = _union_box(p.shape, p, r, margin=1)
     if box is None:
         return {
             "dice": 1.0, "jaccard": 1.0, "volume_ref_ml": 0.0, "volume_pred_ml": 0.0, "volume_diff_ml": 0.0,
             "relative_volume_diff": 0.0, "sensitivity": 1.0, "precision": 1.0, "com_distance_mm": 0.0,
-            "hd_mm": 0.0, "hd95_mm": 0.0, "msd_mm": 0.0,
+            "hd_mm": 0.0, "hd95_mm": 0.0, "msd_mm": 0.0, nsd_key: 1.0,
         }
     pc, rc = p[box], r[box]
     n_p = int(np.count_nonzero(pc))
@@ -501,7 +505,9 @@ def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
         out["com_distance_mm"] = math.inf
         sd = SurfaceDistances(math.inf, math.inf, math.inf)
     out["hd_mm"], out["hd95_mm"], out["msd_mm"] = sd.hd, sd.hd95, sd.msd
-    return {k: out[k] for k in COMPARE_KEYS}
+    within, total = _nsd_parts(_cell_codes(pc), _cell_codes(rc), s, tau)
+    out[nsd_key] = within / total
+    return {k: out[k] for k in COMPARE_KEYS + (nsd_key,)}
 
 
 def _grid_check(pred: Volume, ref: Volume, resample: bool, source: str) -> Volume:
@@ -515,19 +521,22 @@ def _grid_check(pred: Volume, ref: Volume, resample: bool, source: str) -> Volum
     return out.with_array(out.array != 0)
 
 
-def compare_volumes(pred: Volume, ref: Volume, resample: bool = False) -> Dict[str, float]:
+def compare_volumes(pred: Volume, ref: Volume, resample: bool = False,
+                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Dict[str, float]:
     """:func:`compare_masks` for two mask Volumes (non-zero = inside). Different grids are an
     :class:`InputError` unless ``resample`` is true; then the prediction is resampled (nearest neighbour)
     onto the reference grid."""
     pred = _grid_check(pred, ref, resample, "prediction")
-    return compare_masks(pred.array, ref.array, ref.spacing_zyx)
+    return compare_masks(pred.array, ref.array, ref.spacing_zyx, nsd_tolerance_mm)
 
 
 def compare_segmentations(ref: Segmentation, pred: Segmentation,
                           pairs: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
-                          resample: bool = False) -> List[Dict[str, object]]:
+                          resample: bool = False,
+                          nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> List[Dict[str, object]]:
     """Compare segments of two segmentations: one row (dict) per pair, with ``segment`` (reference name),
-    ``pred_segment`` (prediction name) and the :data:`COMPARE_KEYS` metrics.
+    ``pred_segment`` (prediction name), the :data:`COMPARE_KEYS` metrics and the surface Dice at
+    ``nsd_tolerance_mm`` (column :func:`nsd_column`).
 
     ``pairs`` maps reference names to prediction names (a dict or ``(ref, pred)`` tuples); by default the
     segments are paired by equal name, in reference order (an :class:`InputError` if no name is shared).
@@ -557,7 +566,7 @@ def compare_segmentations(ref: Segmentation, pred: Segmentation,
         if not same:
             mask_p = _grid_check(pred.mask_volume(b), ref.geometry, True, "prediction").array
         row: Dict[str, object] = {"segment": a, "pred_segment": b}
-        row.update(compare_masks(mask_p, ref.mask(a), spacing))
+        row.update(compare_masks(mask_p, ref.mask(a), spacing, nsd_tolerance_mm))
         rows.append(row)
     return rows
 
