@@ -329,7 +329,7 @@ def _cell_pieces(code: int, ndim: int) -> List[np.ndarray]:
              if a < b and sum(x != y for x, y in zip(a, b)) == 1 and inside[a] != inside[b]]
     if not edges:
         return []
-    mid = {e: (np.asarray(e[0], float) + np.asarray(e[1], float)) / 2.0 for e in edges}
+    mid = {e: tuple((a + b) / 2.0 for a, b in zip(*e)) for e in edges}
     faces = [()] if ndim == 2 else [(ax, v) for ax in range(3) for v in (0, 1)]
     links: Dict[tuple, List[tuple]] = {e: [] for e in edges}
     segments = []
@@ -343,7 +343,7 @@ def _cell_pieces(code: int, ndim: int) -> List[np.ndarray]:
         for a, b in pairs:
             links[a].append(b)
             links[b].append(a)
-            segments.append(np.stack([mid[a], mid[b]]))
+            segments.append(np.array([mid[a], mid[b]]))
     if ndim == 2:
         return segments
     triangles: List[np.ndarray] = []
@@ -371,7 +371,7 @@ def _cell_pieces(code: int, ndim: int) -> List[np.ndarray]:
 
         start = max(range(len(pts)), key=rank)
         v = pts[start:] + pts[:start]
-        triangles.extend(np.stack([v[0], v[i], v[i + 1]]) for i in range(1, len(v) - 1))
+        triangles.extend(np.array([v[0], v[i], v[i + 1]]) for i in range(1, len(v) - 1))
     return triangles
 
 
@@ -382,8 +382,13 @@ def _pieces(ndim: int) -> Tuple[np.ndarray, np.ndarray]:
     """All pieces of all codes of a ``ndim`` cell: ``(code of each piece, vertices (P, ndim, ndim))``."""
     if ndim not in _PIECES:
         codes, verts = [], []
-        for code in range(2 ** (2 ** ndim)):
-            for piece in _cell_pieces(code, ndim):
+        full = 2 ** (2 ** ndim) - 1
+        pieces: Dict[int, List[np.ndarray]] = {}
+        for code in range(full + 1):
+            # a configuration and its complement have the same surface
+            if full - code not in pieces:
+                pieces[code] = _cell_pieces(code, ndim)
+            for piece in pieces.get(code, pieces.get(full - code)):
                 codes.append(code)
                 verts.append(piece)
         _PIECES[ndim] = (np.asarray(codes), np.asarray(verts))

@@ -36,6 +36,7 @@ Given probability maps and reference masks of one structure over a set of valida
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -45,8 +46,8 @@ from scipy import ndimage, special, stats
 from scipy.spatial import cKDTree
 
 from .errors import InputError
-from .metrics import (DEFAULT_NSD_TOLERANCE_MM, _bbox, _cell_codes, _check_tolerance, _nsd_parts, _surfels,
-                      summarise_distances, surfel_area_table)
+from .metrics import (DEFAULT_NSD_TOLERANCE_MM, _bbox, _cell_codes, _check_tolerance, _corner_bit, _nsd_parts,
+                      _surfels, summarise_distances, surfel_area_table)
 from .volume import Volume
 
 __all__ = [
@@ -549,12 +550,18 @@ def _nsd_full_image(ref: np.ndarray, spacing: np.ndarray, tau: float, table: np.
     return within, total - float(table[code_p[_surfels(code_p)]].sum()) + area_full
 
 
-def _nsd_case(ref: np.ndarray, box, pc, rc, t_cast: np.ndarray, npred: np.ndarray, n_full: int,
+def _nsd_case(ref: np.ndarray, box, k_box: Optional[np.ndarray], rc, n: int, n_full: int,
               spacing: np.ndarray, tau: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Per threshold ``(surfel area within tau, total surfel area)`` of both surfaces of one case: the
-    reference's cell codes and distance map in the box once, per threshold the prediction's cell codes in
-    the box and one bounded k-d tree query for the reference surfels' distances to the prediction."""
-    n = t_cast.size
+    """Per threshold ``(surfel area within tau, total surfel area)`` of both surfaces of one case, for all
+    thresholds at once and with no per-threshold pass over the box.
+
+    ``k_box[v]`` is the number of thresholds <= p at voxel v of the box (v is inside at threshold i iff
+    ``i < k``). A cell is a surfel at i iff ``min k <= i < max k`` over its corners, and its code changes
+    only where i passes one of its corners' k: each cell adds its piecewise-constant area to the totals by
+    a difference array. A reference surfel lies within tau of the prediction at i iff one of the cells
+    within tau of it (a fixed stencil, the distance computed as the distance transform computes it) is a
+    surfel at i: a union of intervals, again by difference arrays. Thresholds selecting the whole image
+    (the first ``n_full``) are solved by :func:`_nsd_full_image`."""
     num, den = np.zeros(n), np.zeros(n)
     table = surfel_area_table(spacing)
     if n_full:
@@ -564,30 +571,54 @@ def _nsd_case(ref: np.ndarray, box, pc, rc, t_cast: np.ndarray, npred: np.ndarra
     code_r = _cell_codes(rc)
     sr = _surfels(code_r)
     areas_r = table[code_r[sr]]
-    den[n_full:] = areas_r.sum()
+    near_r = ndimage.distance_transform_edt(~sr, sampling=spacing) <= tau if sr.any() else np.zeros(sr.shape, bool)
+    # k of every cell corner; outside the box nothing is inside at thresholds n_full.. (their p is lower)
+    kpad = np.pad(k_box.astype(np.int32), 1, constant_values=n_full)
+    shape = code_r.shape
+    corners = [kpad[tuple(slice(c, c + m) for c, m in zip(corner, shape))]
+               for corner in itertools.product((0, 1), repeat=3)]
+    bits = np.array([1 << _corner_bit(corner) for corner in itertools.product((0, 1), repeat=3)])
+    kmin = np.minimum.reduce(corners)
+    kmax = np.maximum.reduce(corners)
+    cells = np.flatnonzero(kmin < kmax)
+    kc = np.stack([c.ravel()[cells] for c in corners], axis=1)
+    order = np.argsort(kc, axis=1, kind="stable")
+    ks = np.take_along_axis(kc, order, axis=1)
+    ob = bits[order]
+    # between the m-th and (m+1)-th smallest k the corners still inside are those sorted after m
+    inside = np.zeros((cells.size, 8), dtype=np.int64)
+    for m in range(6, -1, -1):
+        inside[:, m] = inside[:, m + 1] | ob[:, m + 1]
+    area = table[inside[:, :7]]
+    starts, ends = ks[:, :7].ravel(), ks[:, 1:].ravel()
+    near = np.repeat(near_r.ravel()[cells], 7)
+    a = area.ravel()
+    pred_area = np.cumsum(np.bincount(starts, a, n + 1) - np.bincount(ends, a, n + 1))[:n]
+    pred_near = np.cumsum(np.bincount(starts, a * near, n + 1) - np.bincount(ends, a * near, n + 1))[:n]
+    ref_near = np.zeros(n)
     if sr.any():
-        near_r = ndimage.distance_transform_edt(~sr, sampling=spacing) <= tau
+        radius = np.floor(tau / spacing).astype(np.int64)
+        offs = np.array(list(itertools.product(*[range(-r, r + 1) for r in radius])), dtype=np.int64)
+        d = offs.astype(np.float64) * spacing
+        offs = offs[np.sqrt(np.add.reduce(d * d, axis=1)) <= tau]
         idx_r = np.argwhere(sr)
-        pts_r = idx_r * spacing
-    prev = None
-    for i in range(n_full, n):
-        if npred[i] == 0:
-            continue
-        if prev is not None and npred[i] == npred[prev]:
-            num[i], den[i] = num[prev], den[prev]
-            continue
-        prev = i
-        code_p = _cell_codes(pc >= t_cast[i])
-        sp = _surfels(code_p)
-        den[i] += table[code_p[sp]].sum()
-        if not sr.any():
-            continue
-        idx_p = np.argwhere(sp)
-        d, j = cKDTree(idx_p * spacing).query(pts_r, k=1, distance_upper_bound=tau * (1 + 1e-9) + 1e-12)
-        hit = np.flatnonzero(np.isfinite(d))
-        delta = (idx_p[j[hit]] - idx_r[hit]) * spacing  # the distance as the distance transform computes it
-        exact = np.sqrt(np.add.reduce(delta * delta, axis=1))
-        num[i] = table[code_p[sp & near_r]].sum() + areas_r[hit[exact <= tau]].sum()
+        kmin_f, kmax_f = kmin.ravel(), kmax.ravel()
+        strides = np.array([shape[1] * shape[2], shape[2], 1])
+        chunk = max(1, 2_000_000 // (n + 1))
+        for j in range(0, len(idx_r), chunk):
+            part = idx_r[j:j + chunk]
+            q = part[:, None, :] + offs[None, :, :]
+            ok = np.all((q >= 0) & (q < np.asarray(shape)), axis=2)
+            flat = np.where(ok, q @ strides, 0)
+            lo = np.where(ok, kmin_f[flat], 0)
+            hi = np.where(ok, kmax_f[flat], 0)
+            row = np.arange(len(part))[:, None] * (n + 1)
+            size = len(part) * (n + 1)
+            cover = np.bincount((row + lo).ravel(), minlength=size) - np.bincount((row + hi).ravel(), minlength=size)
+            within = np.cumsum(cover.reshape(len(part), n + 1), axis=1)[:, :n] > 0
+            ref_near += areas_r[j:j + chunk] @ within
+    num[n_full:] = (pred_near + ref_near)[n_full:]
+    den[n_full:] = (pred_area + areas_r.sum())[n_full:]
     return num, den
 
 
@@ -638,7 +669,8 @@ def _sweep_case(p: np.ndarray, ref: np.ndarray, spacing: np.ndarray, th: np.ndar
 
     d_pr: List[Optional[np.ndarray]] = [None] * n
     d_rp: List[Optional[np.ndarray]] = [None] * n
-    nsd = (None, None) if nsd_tau is None else _nsd_case(ref, box, pc, rc, t_cast, npred, n_full, spacing, nsd_tau)
+    nsd = (None, None) if nsd_tau is None else _nsd_case(ref, box, None if box is None else k.reshape(pc.shape), rc,
+                                                         n, n_full, spacing, nsd_tau)
     if not surfaces:
         return _CaseOut(tp, npred, nref, d_pr, d_rp, *nsd)
 
