@@ -167,3 +167,18 @@ def test_sweep_nsd_with_distance_metrics_and_a_bad_tolerance():
                                                    (0.3, 0.5, 0.7)], atol=1e-12)
     with pytest.raises(InputError, match="tolerance"):
         sweep_thresholds([p], [r], [(1, 1, 1)], metrics=("nsd",), nsd_tolerance=-2)
+
+
+def test_sweep_nsd_at_the_image_border_with_tied_probabilities_and_a_wide_tolerance():
+    rng = np.random.default_rng(11)
+    x = ndimage.gaussian_filter(rng.random((10, 16, 15)), 1.5)
+    p = np.round((x - x.min()) / (x.max() - x.min()), 1).astype(np.float32)  # many ties, p = 0 and 1 present
+    r = np.zeros(p.shape, bool)
+    r[:4, :7, 9:] = True  # touches three faces of the image
+    th = np.round(np.arange(0, 1.0001, 0.1), 2)
+    for tau, spacing in ((5.0, (2.0, 0.7, 0.9)), (0.0, (1.0, 1.0, 1.0))):
+        res = sweep_thresholds([p], [r], [spacing], thresholds=th, metrics=("nsd",), nsd_tolerance=tau)
+        expected = [surface_dice(p >= np.float32(t), r, spacing, tau) for t in th]
+        np.testing.assert_allclose(res.pooled["nsd"], expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(expected, [reference_nsd(p >= np.float32(t), r, spacing, tau) for t in th],
+                                   atol=1e-4)
