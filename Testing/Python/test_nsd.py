@@ -182,3 +182,16 @@ def test_sweep_nsd_at_the_image_border_with_tied_probabilities_and_a_wide_tolera
         np.testing.assert_allclose(res.pooled["nsd"], expected, rtol=0, atol=1e-12)
         np.testing.assert_allclose(expected, [reference_nsd(p >= np.float32(t), r, spacing, tau) for t in th],
                                    atol=1e-4)
+
+
+def test_sweep_figures_name_the_tolerance(tmp_path):
+    from AutoSegSensitivity.report import _label, plot_sweep, plot_sweep_metrics
+
+    rng = np.random.default_rng(2)
+    x = ndimage.gaussian_filter(rng.random((8, 12, 12)), 1.5)
+    p = ((x - x.min()) / (x.max() - x.min())).astype(np.float32)
+    res = sweep_thresholds([p], [p > 0.5], [(2.0, 1.0, 1.0)], thresholds="0:1:0.1", metrics=("dice", "nsd"),
+                           nsd_tolerance=1.5)
+    assert _label("nsd", res) == "surface Dice at 1.5 mm" and _label("dice", res) == "Dice"
+    for path in (plot_sweep(res, tmp_path / "nsd.png", metric="nsd"), plot_sweep_metrics(res, tmp_path / "all.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
