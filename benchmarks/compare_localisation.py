@@ -148,9 +148,10 @@ def anti_alias_study(args: argparse.Namespace) -> int:
     import torch
 
     from AutoSegSensitivity import Box
-    from AutoSegSensitivity.inference import load_checkpoint
+    from AutoSegSensitivity.inference import load_checkpoint, predict_volume
     from AutoSegSensitivity.io import load_case, scan_dataset
-    from AutoSegSensitivity.localisation import localise, make_lowres_dataset
+    from AutoSegSensitivity.localisation import (largest_component_box, make_lowres_dataset, make_lowres_image,
+                                                 scale_box)
     from AutoSegSensitivity.phantom import make_phantom_dataset
     from AutoSegSensitivity.training import train
 
@@ -182,21 +183,28 @@ def anti_alias_study(args: argparse.Namespace) -> int:
               low_root, work / "runs" / name, device="cpu", progress_bar=False)
         t_train = time.perf_counter() - t0
         loc = load_checkpoint(work / "runs" / name / "best.pt")
-        for structure in small:
-            found = hit = 0
-            for image, seg in tests:
-                box = localise(image, loc, structure, 0.5, factors, anti_alias=smooth)
-                found += box is not None
+        counts = {s: [0, 0, []] for s in small}
+        for image, seg in tests:
+            low = make_lowres_image(image, factors, anti_alias=smooth)
+            maps = predict_volume(loc, low)  # one prediction per case; boxes as localise() makes them
+            for structure in small:
+                prob = maps[structure].array
+                low_box = largest_component_box(prob, 0.5)
+                box = None if low_box is None else scale_box(low_box, low.shape, image.shape).clip(image.shape)
                 ref = seg.mask(structure)
-                hit += box is not None and ref.any() and not box.intersect(Box.from_mask(ref)).is_empty
-            table[(name, structure)] = (found, hit)
+                counts[structure][0] += box is not None
+                counts[structure][1] += box is not None and ref.any() and not box.intersect(Box.from_mask(ref)).is_empty
+                counts[structure][2].append(float(prob.max()))
+        for structure in small:
+            table[(name, structure)] = counts[structure]
         print(f"{name}: localiser trained in {t_train:.0f} s")
     n = len(tests)
-    print(f"{'structure':<14} {'smoothed found':>14} {'hit':>5} {'plain found':>12} {'hit':>5}   (of {n})")
+    print(f"{'structure':<14} {'smoothed found':>14} {'hit':>4} {'max p':>6} {'plain found':>12} {'hit':>4} "
+          f"{'max p':>6}   (of {n} test cases; max p: mean over cases of the map's maximum)")
     for structure in small:
-        fs, hs = table[("smoothed", structure)]
-        fp, hp = table[("plain", structure)]
-        print(f"{structure:<14} {fs:>14} {hs:>5} {fp:>12} {hp:>5}")
+        fs, hs, ms = table[("smoothed", structure)]
+        fp, hp, mp = table[("plain", structure)]
+        print(f"{structure:<14} {fs:>14} {hs:>4} {np.mean(ms):6.2f} {fp:>12} {hp:>4} {np.mean(mp):6.2f}")
     tot = {k: sum(table[(k, s)][1] for s in small) for k in ("smoothed", "plain")}
     print(f"hits in total: smoothed {tot['smoothed']}/{n * len(small)}, plain {tot['plain']}/{n * len(small)}")
     return 0
