@@ -21,9 +21,11 @@ Given probability maps and reference masks of one structure over a set of valida
 * **Surface Dice at tolerance** (``nsd``, :func:`AutoSegSensitivity.metrics.surface_dice`) per case and
   pooled like Dice (all cases' surfel areas within the tolerance / all cases' surfel areas), plus the mean
   of the per-case values. Inside the same box, the reference's surfels and one distance transform of them
-  are computed once per case; per threshold only the prediction's cell codes, a look-up of that distance
-  map at its surfels and a k-d tree query (bounded by the tolerance) of the reference surfels. A threshold
-  that selects the whole image is solved once on the reference's neighbourhood.
+  are computed once per case; the prediction's side needs no per-threshold pass at all: the per-voxel
+  threshold counts of the Dice pass give every cell's surfel area as a piecewise-constant function of the
+  threshold, and whether a reference surfel lies within the tolerance as a union of threshold intervals
+  over a fixed stencil, both summed by difference arrays (:func:`_nsd_case`). A threshold that selects
+  the whole image is solved once on the reference's neighbourhood.
 * **Optimum** per metric (max Dice, min distances), ties broken toward 0.5 (then toward the lower
   threshold) (paper Eq. 2).
 * **Perturbation loss** (paper Eq. 3) at ``t_opt ± delta`` and the loss at 0.5, as *relative* changes for the
@@ -298,8 +300,8 @@ class SweepResult:
 
     # ---- tables ---------------------------------------------------------------------------------------
     def to_table(self) -> List[Dict[str, object]]:
-        """One row per threshold: ``threshold``, pooled ``dice``, ``nsd``, ``msd_mm``, ``hd_mm``, ``hd95_mm``, then the
-        mean-of-cases values (``*_mean``) and the count of cases left out as inf (``n_undefined_*``)."""
+        """One row per threshold: ``threshold``, pooled ``dice``, ``nsd``, ``msd_mm``, ``hd_mm``, ``hd95_mm``, then
+        the mean-of-cases values (``*_mean``) and the count of cases left out as inf (``n_undefined_*``)."""
         rows = []
         for i, t in enumerate(self.thresholds):
             row: Dict[str, object] = {"threshold": float(t)}
@@ -743,9 +745,9 @@ def sweep_thresholds(
     shape, or ``None`` when the structure is missing in that case: the case is reported in ``problems`` and
     left out) and ``spacings[i]`` (mm, array-axis order z, y, x) describe case i. ``metrics`` is a subset of
     :data:`METRICS` ``("dice", "nsd", "msd", "hd", "hd95")``; ``nsd_tolerance`` is the surface Dice's
-    tolerance in mm (its work is numpy's on every device). ``device``: "auto" (torch on a CUDA GPU when there is one, else numpy
-    and scipy), "numpy", or a torch device ("cpu", "cuda", "cuda:1") for the per-threshold surface work; every
-    path gives the same values. See the module docstring for definitions and the speed-ups."""
+    tolerance in mm (its work is numpy's on every device). ``device``: "auto" (torch on a CUDA GPU when
+    there is one, else numpy and scipy), "numpy", or a torch device ("cpu", "cuda", "cuda:1") for the
+    per-threshold surface work of MSD, HD and HD95; every path gives the same values. See the module docstring for definitions and the speed-ups."""
     metrics = tuple(metrics)
     bad = [m for m in metrics if m not in METRICS]
     if bad or not metrics:

@@ -2,8 +2,8 @@
 
 Prints two ratios in one run:
 
-1. ``sweep_thresholds`` (101 thresholds, Dice + MSD + HD + HD95, as before NSD existed) against a loop that thresholds the
-   probability map and calls MONAI's ``DiceMetric``, ``compute_hausdorff_distance`` (max and 95th percentile)
+1. ``sweep_thresholds`` (101 thresholds, Dice + MSD + HD + HD95: the metrics MONAI has) against a loop that
+   thresholds the probability map and calls MONAI's ``DiceMetric``, ``compute_hausdorff_distance`` (max and 95th percentile)
    and ``compute_average_surface_distance(symmetric=True)`` at every threshold, with the values asserted
    equal. If the MONAI loop would take too long, it is timed on every ``--monai-every``-th threshold and its
    time per threshold is extrapolated to the full grid (the output says so).
