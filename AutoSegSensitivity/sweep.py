@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "DEFAULT_DELTAS",
     "METRICS",
+    "SWEEP_METRICS",
     "FRACTIONS",
     "column_name",
     "HIGHER_IS_BETTER",
@@ -76,7 +77,13 @@ DEFAULT_THRESHOLDS = np.round(np.arange(101) * 0.01, 2)
 DEFAULT_DELTAS = (0.02, 0.05, 0.1)
 """Perturbations about the optimum threshold reported by default (paper Figures 14-15)."""
 
-METRICS = ("dice", "nsd", "msd", "hd", "hd95")
+SWEEP_METRICS = ("dice", "nsd", "msd", "hd", "hd95")
+"""Every metric the sweep offers, in table-column order (the default of ``autosegsens sweep`` and of the
+AutoSegThreshold logic)."""
+METRICS = ("dice", "msd", "hd", "hd95")
+"""The metrics of paper 000 (:data:`SWEEP_METRICS` without ``nsd``): the default of
+:func:`sweep_thresholds`, and what readers that name the columns themselves (the study report's reader)
+know. A reader that maps columns with :func:`column_name` can iterate :data:`SWEEP_METRICS` instead."""
 HIGHER_IS_BETTER = {"dice": True, "nsd": True, "msd": False, "hd": False, "hd95": False}
 UNITS = {"dice": "", "nsd": "", "msd": "mm", "hd": "mm", "hd95": "mm"}
 FRACTIONS = ("dice", "nsd")
@@ -744,14 +751,15 @@ def sweep_thresholds(
     ``probs[i]`` (3D, values in [0, 1], or logits with ``logits=True``), ``refs[i]`` (bool mask of the same
     shape, or ``None`` when the structure is missing in that case: the case is reported in ``problems`` and
     left out) and ``spacings[i]`` (mm, array-axis order z, y, x) describe case i. ``metrics`` is a subset of
-    :data:`METRICS` ``("dice", "nsd", "msd", "hd", "hd95")``; ``nsd_tolerance`` is the surface Dice's
+    :data:`SWEEP_METRICS` ``("dice", "nsd", "msd", "hd", "hd95")`` (default :data:`METRICS`, without
+    ``nsd``); ``nsd_tolerance`` is the surface Dice's
     tolerance in mm (its work is numpy's on every device). ``device``: "auto" (torch on a CUDA GPU when
     there is one, else numpy and scipy), "numpy", or a torch device ("cpu", "cuda", "cuda:1") for the
     per-threshold surface work of MSD, HD and HD95; every path gives the same values. See the module docstring for definitions and the speed-ups."""
     metrics = tuple(metrics)
-    bad = [m for m in metrics if m not in METRICS]
+    bad = [m for m in metrics if m not in SWEEP_METRICS]
     if bad or not metrics:
-        raise InputError("sweep", "metrics", f"a non-empty subset of {list(METRICS)}", got=metrics)
+        raise InputError("sweep", "metrics", f"a non-empty subset of {list(SWEEP_METRICS)}", got=metrics)
     th = parse_thresholds(thresholds)
     probs, refs, spacings = list(probs), list(refs), list(spacings)
     if not probs:

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..metrics import DEFAULT_NSD_TOLERANCE_MM
+from ..sweep import SWEEP_METRICS
 from .common import add_out_argument, prepare_out_dir
 
 NAME = "sweep"
@@ -51,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment", help="structure name in the references")
     parser.add_argument("--names", type=Path, help="JSON {label value: name} for label-volume references")
     parser.add_argument("--thresholds", default="0:1:0.01", help="'start:stop:step' (stop included) or 'a,b,c'")
-    parser.add_argument("--metrics", default="dice,nsd,msd,hd,hd95",
-                        help="comma-separated subset of dice,nsd,msd,hd,hd95 (nsd: surface Dice at tolerance)")
+    parser.add_argument("--metrics", default=",".join(SWEEP_METRICS),
+                        help="comma-separated subset of %(default)s (nsd: surface Dice at tolerance)")
     parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
                         help="tolerance of the surface Dice (nsd) in mm (default %(default)s)")
     parser.add_argument("--logits", action="store_true", help="the maps hold logits: apply a sigmoid first")

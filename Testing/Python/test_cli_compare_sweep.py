@@ -14,7 +14,7 @@ from AutoSegSensitivity.cli import main
 from AutoSegSensitivity.io import read_volume, write_segmentation, write_volume
 from AutoSegSensitivity.metrics import compare_masks, surface_dice
 from AutoSegSensitivity.segmentation import Segmentation
-from AutoSegSensitivity.sweep import sweep_thresholds
+from AutoSegSensitivity.sweep import SWEEP_METRICS, sweep_thresholds
 from AutoSegSensitivity.volume import Volume
 
 SPACING_XYZ = (0.9, 1.1, 2.5)
@@ -167,7 +167,7 @@ def test_sweep_cli_writes_tables_summary_and_figures(tmp_path):
     table = read_csv(out / "sweep.csv")
     assert len(table) == 101
     assert list(table[0])[:6] == ["threshold", "dice", "nsd", "msd_mm", "hd_mm", "hd95_mm"]
-    direct = sweep_thresholds(probs, refs, [SPACING_XYZ[::-1]] * 2)
+    direct = sweep_thresholds(probs, refs, [SPACING_XYZ[::-1]] * 2, metrics=SWEEP_METRICS)
     np.testing.assert_allclose([float(r["nsd"]) for r in table], direct.pooled["nsd"], rtol=1e-12)
     assert json.loads((out / "summary.json").read_text())["metrics"]["nsd"]["tolerance_mm"] == 2.0
     np.testing.assert_allclose([float(r["dice"]) for r in table], direct.pooled["dice"], rtol=1e-12)

@@ -13,7 +13,7 @@ from surface_distance import metrics as sd_metrics
 
 from AutoSegSensitivity.errors import InputError
 from AutoSegSensitivity.metrics import compare_masks, nsd_column, surface_dice, surfel_area_table
-from AutoSegSensitivity.sweep import sweep_thresholds
+from AutoSegSensitivity.sweep import METRICS, SWEEP_METRICS, sweep_thresholds
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::RuntimeWarning")
 
@@ -161,8 +161,11 @@ def test_sweep_nsd_with_distance_metrics_and_a_bad_tolerance():
     x = ndimage.gaussian_filter(rng.random((12, 15, 14)), 2.0)
     p = ((x - x.min()) / (x.max() - x.min())).astype(np.float32)
     r = p > 0.5
-    res = sweep_thresholds([p], [r], [(1.5, 1.0, 0.7)], thresholds="0.3,0.5,0.7", device="numpy")
-    assert res.metrics == ("dice", "nsd", "msd", "hd", "hd95")
+    res = sweep_thresholds([p], [r], [(1.5, 1.0, 0.7)], thresholds="0.3,0.5,0.7", device="numpy",
+                           metrics=SWEEP_METRICS)
+    assert res.metrics == SWEEP_METRICS == ("dice", "nsd", "msd", "hd", "hd95")
+    # the library's default stays the four metrics of paper 000 (readers that name columns themselves)
+    assert sweep_thresholds([p], [r], [(1, 1, 1)], thresholds=[0.5]).metrics == METRICS == ("dice", "msd", "hd", "hd95")
     np.testing.assert_allclose(res.pooled["nsd"], [surface_dice(p >= np.float32(t), r, (1.5, 1.0, 0.7)) for t in
                                                    (0.3, 0.5, 0.7)], atol=1e-12)
     with pytest.raises(InputError, match="tolerance"):
