@@ -40,7 +40,7 @@ from .common import add_out_argument, prepare_out_dir
 NAME = "sweep"
 HELP = "threshold sweep of probability maps against references (optimum, loss at 0.5, perturbation losses)"
 
-METRIC_FILES = ("sweep_dice.png", "sweep_msd.png", "sweep_hd.png", "sweep_hd95.png")
+METRIC_FILES = tuple(f"sweep_{m}.png" for m in SWEEP_METRICS)
 OUTPUTS = ("sweep.csv", "sweep_per_case.csv", "summary.json", "sweep.png", "perturbation_losses.png") + METRIC_FILES
 
 

@@ -181,7 +181,7 @@ def test_sweep_cli_writes_tables_summary_and_figures(tmp_path):
     assert summary["metrics"]["msd"]["pooled"]["loss_at_0.5"] == pytest.approx(direct.loss_at(0.5, "msd"))
     assert summary["inputs"]["probability_maps"] == [str(p) for p in paths_p]
     assert summary["inputs"]["segment"] == "Blob"
-    for name in ("sweep.png", "sweep_dice.png", "sweep_msd.png", "sweep_hd.png", "sweep_hd95.png",
+    for name in ("sweep.png", "sweep_dice.png", "sweep_nsd.png", "sweep_msd.png", "sweep_hd.png", "sweep_hd95.png",
                  "perturbation_losses.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
