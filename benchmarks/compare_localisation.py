@@ -18,7 +18,8 @@ plain low-resolution copies, each on all the phantom's small structures (``--sma
 structure in how many test cases each found it (largest component at 0.5 not empty) and hit it (the
 box scaled back to full resolution overlaps the reference organ).
 
-    python benchmarks/compare_localisation.py --anti-alias-study --train-cases 6 --test-cases 6
+    python benchmarks/compare_localisation.py --anti-alias-study --train-cases 8 --test-cases 8 \
+        --epochs 60 --samples-per-epoch 128 --small SpinalCord,Parotid_L,OpticNerve_L,Lens_L   # ~4 min
 """
 
 from __future__ import annotations
