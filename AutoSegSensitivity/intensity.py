@@ -21,6 +21,13 @@ NLF1    -100, 100                       0, 1   (soft-tissue window)
 NLF2    -500, 800                       0, 1   (wide window)
 ======  ==============================  ======================
 
+``SLF1-CODE`` (name case-insensitive, e.g. ``SLF1-code``) is the variant of SepNet's released
+preprocessing: HU points -500, -100, 400, 1500 with values 0, 0.1, 0.8, 1 (``thresh_lis`` / ``norm_lis``
+in ``data_process/Preprocess.py`` of github.com/HiLab-git/SepNet, commit fb9fbbc, applied by
+``img_multi_thresh_normalized`` in ``data_process/data_process_func.py``: the same piecewise-linear map,
+0 below the first point, 1 above the last). It differs from every printed SLF (SLF3's points with 0.1
+instead of 0.2 at -100 HU); use it to reproduce the code, the printed presets to reproduce the paper.
+
 A transform is written as a preset name (``"SLF1"``) or as points ``"-500:0,-200:0.2,200:0.8,1500:1"``
 (HU:value pairs, comma or space separated); :func:`get_transform` parses both. Several transforms applied
 to one image give one input channel each (:func:`stack_transforms`). :func:`apply_transform` (numpy) and
@@ -130,7 +137,9 @@ PRESETS: Dict[str, SegmentalLinearFunction] = {
     "NLF1": SegmentalLinearFunction((-100.0, 100.0), (0.0, 1.0), "NLF1"),
     "NLF2": SegmentalLinearFunction((-500.0, 800.0), (0.0, 1.0), "NLF2"),
 }
-"""The transforms of Lei et al. (paper 004): three SLFs and two plain windows (NLF)."""
+PRESETS["SLF1-CODE"] = SegmentalLinearFunction((-500.0, -100.0, 400.0, 1500.0), (0.0, 0.1, 0.8, 1.0), "SLF1-CODE")
+"""The transforms of Lei et al. (paper 004): three SLFs and two plain windows (NLF) as printed, and the
+variant of SepNet's released code (``SLF1-CODE``, see the module docstring)."""
 
 TransformSpec = Union[str, SegmentalLinearFunction, Mapping[str, Any], Sequence[Sequence[float]]]
 

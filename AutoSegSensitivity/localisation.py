@@ -4,8 +4,12 @@ After Smith et al. (paper 002, "Localise to segment"):
 
 1. **Localiser.** A segmentation model trained on low-resolution copies of the dataset
    (:func:`make_lowres_dataset`): width and height divided by 2 and depth by 3 by default
-   (:data:`DEFAULT_FACTORS`, (z, y, x) divisors, configurable). Images are resampled with linear
-   interpolation over the same physical extent (voxel corners kept, :meth:`Volume.resample_to_shape`);
+   (:data:`DEFAULT_FACTORS`, (z, y, x) divisors, configurable). Images are first smoothed against
+   aliasing (Gaussian, per axis sigma = max(0, (n_old / n_new - 1) / 2) voxels, mirrored edges: the rule
+   of ``skimage.transform.resize(anti_aliasing=True)``; ``anti_alias=False`` leaves it out), then
+   resampled with linear interpolation over the same physical extent (voxel corners kept,
+   :meth:`Volume.resample_to_shape`); without the smoothing a structure thinner than the new voxel
+   appears or vanishes depending on where the coarse samples fall;
    masks either with nearest neighbour or by area averaging then thresholding at 0.5 (the default; a
    structure too small to reach 0.5 anywhere keeps its best-covered voxel, so small organs never vanish). At inference the largest connected component (26-connectivity) of the
    thresholded low-resolution output gives a box (:func:`largest_component_box`).
@@ -104,10 +108,25 @@ def area_resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return out
 
 
-def make_lowres_image(image: Volume, factors: Union[float, Sequence[float]] = DEFAULT_FACTORS) -> Volume:
-    """Low-resolution copy of an image (linear interpolation, same physical extent)."""
-    low = image.resample_to_shape(lowres_shape(image.shape, factors), interpolation="linear")
-    return low
+def anti_alias_sigma(shape: Sequence[int], low_shape: Sequence[int]) -> np.ndarray:
+    """Gaussian sigma (voxels of the original grid, per axis) that smooths an image before it is
+    downsampled from ``shape`` to ``low_shape``: ``max(0, (n / n_low - 1) / 2)``, as
+    ``skimage.transform.resize(anti_aliasing=True)`` chooses it (factor 2: 0.5, factor 3: 1)."""
+    return np.maximum(0.0, (np.asarray(shape, float) / np.asarray(low_shape, float) - 1.0) / 2.0)
+
+
+def make_lowres_image(image: Volume, factors: Union[float, Sequence[float]] = DEFAULT_FACTORS,
+                      anti_alias: bool = True) -> Volume:
+    """Low-resolution copy of an image (same physical extent): Gaussian anti-aliasing
+    (:func:`anti_alias_sigma`, mirrored edges; float32 out) unless ``anti_alias`` is false, then linear
+    interpolation."""
+    low_shape = lowres_shape(image.shape, factors)
+    if anti_alias:
+        sigma = anti_alias_sigma(image.shape, low_shape)
+        if np.any(sigma > 0):
+            smooth = ndimage.gaussian_filter(np.asarray(image.array, dtype=np.float32), sigma, mode="mirror")
+            image = image.with_array(smooth)
+    return image.resample_to_shape(low_shape, interpolation="linear")
 
 
 def make_lowres_mask(mask: np.ndarray, low_grid: Volume, method: str = "area", full_grid: Optional[Volume] = None) -> np.ndarray:
@@ -133,11 +152,11 @@ def make_lowres_mask(mask: np.ndarray, low_grid: Volume, method: str = "area", f
 
 
 def make_lowres_case(image: Volume, segmentation: Segmentation, factors: Union[float, Sequence[float]] = DEFAULT_FACTORS,
-                     mask_method: str = "area") -> Tuple[Volume, Segmentation]:
-    """Low-resolution image and segmentation (every segment) of one case."""
+                     mask_method: str = "area", anti_alias: bool = True) -> Tuple[Volume, Segmentation]:
+    """Low-resolution image (:func:`make_lowres_image`) and segmentation (every segment) of one case."""
     if segmentation.geometry.shape != image.shape:
         raise InputError("segmentation", "shape", f"the image shape {image.shape}", got=segmentation.geometry.shape)
-    low = make_lowres_image(image, factors)
+    low = make_lowres_image(image, factors, anti_alias)
     seg = Segmentation.on_grid(low)
     for s in segmentation:
         seg.add(s.name, make_lowres_mask(s.mask, low, mask_method, full_grid=image), s.color, s.id)
@@ -145,13 +164,15 @@ def make_lowres_case(image: Volume, segmentation: Segmentation, factors: Union[f
 
 
 def make_lowres_dataset(src_root: Union[str, Path], dst_root: Union[str, Path],
-                        factors: Union[float, Sequence[float]] = DEFAULT_FACTORS, mask_method: str = "area") -> List[Path]:
+                        factors: Union[float, Sequence[float]] = DEFAULT_FACTORS, mask_method: str = "area",
+                        anti_alias: bool = True) -> List[Path]:
     """Write a low-resolution copy of every readable case of the dataset at ``src_root`` under
     ``dst_root`` (same case folder names, standard layout), so that the training engine trains the
     localiser on it. Cases that cannot be read are skipped with a :class:`LocalisationWarning`.
-    Returns the written case folders."""
+    Returns the written case folders. A localiser must be applied with the ``anti_alias`` it was trained
+    with (:func:`localise`)."""
     return _derive_dataset(src_root, dst_root,
-                           lambda name, image, seg: make_lowres_case(image, seg, factors, mask_method))
+                           lambda name, image, seg: make_lowres_case(image, seg, factors, mask_method, anti_alias))
 
 
 def _derive_dataset(src_root: Union[str, Path], dst_root: Union[str, Path],
@@ -345,12 +366,13 @@ def _predict(model: Any, volume: Volume, device: Optional[str]) -> Dict[str, Vol
 
 
 def localise(image: Volume, localiser: Any, structure: Optional[str] = None, threshold: float = 0.5,
-             factors: Union[float, Sequence[float]] = DEFAULT_FACTORS, device: Optional[str] = None) -> Optional[Box]:
+             factors: Union[float, Sequence[float]] = DEFAULT_FACTORS, device: Optional[str] = None,
+             anti_alias: bool = True) -> Optional[Box]:
     """Run the localiser (a :class:`~AutoSegSensitivity.inference.LoadedModel` trained on low-resolution
-    copies made with the same ``factors``) on a low-resolution copy of ``image``; return the box of the
-    largest component of its ``structure`` map at ``threshold``, scaled to ``image``'s grid and clipped, or
-    ``None`` when nothing reaches the threshold."""
-    low = make_lowres_image(image, factors)
+    copies made with the same ``factors`` and ``anti_alias``) on a low-resolution copy of ``image``; return
+    the box of the largest component of its ``structure`` map at ``threshold``, scaled to ``image``'s grid
+    and clipped, or ``None`` when nothing reaches the threshold."""
+    low = make_lowres_image(image, factors, anti_alias)
     _, prob = _class_map(_predict(localiser, low, device), structure, "localiser")
     low_box = largest_component_box(prob.array, threshold)
     if low_box is None:
@@ -377,7 +399,8 @@ def segment_in_box(image: Volume, organ_model: Any, box: Box, structure: Optiona
 def two_stage_predict(image: Volume, localiser: Any, organ_model: Any = None, structure: Optional[str] = None,
                       padding: Union[int, Sequence[int]] = DEFAULT_PADDING, threshold: float = 0.5,
                       factors: Union[float, Sequence[float]] = DEFAULT_FACTORS, pad_value: float = AIR_HU,
-                      device: Optional[str] = None, roi_name: Optional[str] = None) -> LocalisationResult:
+                      device: Optional[str] = None, roi_name: Optional[str] = None,
+                      anti_alias: bool = True) -> LocalisationResult:
     """Localise then segment one image.
 
     Models are :class:`~AutoSegSensitivity.inference.LoadedModel` objects or plain callables
@@ -387,7 +410,8 @@ def two_stage_predict(image: Volume, localiser: Any, organ_model: Any = None, st
     organ's box: "ground truth localised"). With ``organ_model`` the crop (box + ``padding``) is segmented
     and the map pasted on the full grid. ``structure`` picks the class of each model's output (optional
     when a model has one class). When the localiser finds nothing the result has ``found=False`` and the
-    message "organ not found ..."; the probability map is then all zeros."""
+    message "organ not found ..."; the probability map is then all zeros. ``anti_alias``: as the localiser
+    was trained (:func:`make_lowres_dataset`)."""
     from .io import Roi, box_to_roi
 
     label = structure or "organ"
@@ -400,7 +424,7 @@ def two_stage_predict(image: Volume, localiser: Any, organ_model: Any = None, st
         box = box_from_roi(localiser, image)
         how = f"ROI {getattr(localiser, 'name', 'ROI')!r}"
     else:
-        box = localise(image, localiser, structure, threshold, factors, device)
+        box = localise(image, localiser, structure, threshold, factors, device, anti_alias)
         how = "localiser"
     if box is None:
         prob = image.with_array(np.zeros(image.shape, np.float32)) if organ_model is not None else None

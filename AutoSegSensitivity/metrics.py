@@ -16,6 +16,15 @@ Conventions (checked against MONAI 1.6 and SimpleITK in ``Testing/Python/test_me
   ``compute_hausdorff_distance(percentile=95)``.
   **MSD** (paper Eq. 7) = (sum of A->B distances + sum of B->A distances) / (|surface A| + |surface B|), which
   is MONAI ``compute_average_surface_distance(symmetric=True)``.
+* **Surface Dice at tolerance** (NSD, Nikolov et al. 2021, DeepMind's ``surface-distance``
+  ``compute_surface_dice_at_tolerance``): the surface is made of *surfels*, one per 2x2x2 cell of voxels
+  (2x2 in 2D) whose corners are neither all inside nor all outside, with the area (mm^2; contour length in
+  mm in 2D) of the marching-cubes surface inside that cell (vertices at edge midpoints, see
+  :func:`surfel_area_table`). Each surfel sits at its cell; distances between surfels are Euclidean with
+  spacing. NSD = (area of reference surfels within ``tau`` mm of the predicted surface + area of predicted
+  surfels within ``tau`` of the reference surface) / (total reference area + total predicted area), a
+  fraction in [0, 1] (higher is better; "within" is ``d <= tau``). Both empty: 1 (as Dice; the package
+  gives NaN); one empty: 0 (as the package).
 * **Empty masks** (never a crash, never a NaN): both empty: Dice = Jaccard = 1, sensitivity = precision = 1,
   distances 0, volume differences 0. One empty: Dice = Jaccard = 0, sensitivity / precision 0 (the side that
   is defined keeps its value: a non-empty prediction against an empty reference has precision 0, and
@@ -28,6 +37,7 @@ Conventions (checked against MONAI 1.6 and SimpleITK in ``Testing/Python/test_me
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -53,7 +63,14 @@ __all__ = [
     "mean_finite",
     "percentile",
     "COMPARE_KEYS",
+    "DEFAULT_NSD_TOLERANCE_MM",
+    "surfel_area_table",
+    "surface_dice",
+    "nsd_column",
 ]
+
+DEFAULT_NSD_TOLERANCE_MM = 2.0
+"""Default tolerance (mm) of the surface Dice (``--nsd-tolerance``)."""
 
 COMPARE_KEYS = (
     "dice",
@@ -69,7 +86,8 @@ COMPARE_KEYS = (
     "hd95_mm",
     "msd_mm",
 )
-"""Keys of the dictionary :func:`compare_masks` returns, in table-column order."""
+"""Keys of the dictionary :func:`compare_masks` returns, in table-column order (then ``nsd_<tau>mm``, see
+:func:`nsd_column`)."""
 
 
 class SurfaceDistances(NamedTuple):
@@ -269,25 +287,200 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
 
 
 # --------------------------------------------------------------------------------------------------------
+# surfels and the surface Dice at tolerance
+# --------------------------------------------------------------------------------------------------------
+
+
+def nsd_column(tolerance_mm: float) -> str:
+    """Table column of the surface Dice at ``tolerance_mm``: ``nsd_2mm``, ``nsd_1.5mm`` (compact)."""
+    return f"nsd_{float(tolerance_mm):g}mm"
+
+
+def _check_tolerance(tolerance_mm: float) -> float:
+    try:
+        tau = float(tolerance_mm)
+    except (TypeError, ValueError):
+        tau = math.nan
+    if not math.isfinite(tau) or tau < 0:
+        raise InputError("surface Dice", "tolerance", "a finite tolerance >= 0 in mm", got=tolerance_mm)
+    return tau
+
+
+def _corner_bit(corner: Tuple[int, ...]) -> int:
+    """Bit of a cell corner in the cell's code: corner (i, j, k) -> 4i + 2j + k (2D: 2i + j)."""
+    return int(sum(c << (len(corner) - 1 - a) for a, c in enumerate(corner)))
+
+
+def _cell_pieces(code: int, ndim: int) -> List[np.ndarray]:
+    """The marching-cubes pieces of one cell, in unit-cell coordinates: 2D segments (2, 2) or 3D triangles
+    (3, 3), with vertices at the midpoints of the cell's edges whose corners differ.
+
+    The surface is built around the corners of the side with fewer corners (the inside on a tie), so a
+    configuration and its complement give the same surface; on a face with four cut edges the segments
+    separate that side's corners. Each closed 3D polygon is cut into a fan of triangles from the vertex
+    whose fan holds the most triangles lying in a mid-plane of the cell (then the most diagonals joining two
+    vertices in one mid-plane, then the first vertex): for non-planar polygons this is the triangulation of
+    the reference implementation's table (checked for all codes in the tests)."""
+    corners = list(itertools.product((0, 1), repeat=ndim))
+    inside = {c: bool(code >> _corner_bit(c) & 1) for c in corners}
+    if sum(inside.values()) > len(corners) // 2:
+        inside = {c: not v for c, v in inside.items()}
+    edges = [(a, b) for a in corners for b in corners
+             if a < b and sum(x != y for x, y in zip(a, b)) == 1 and inside[a] != inside[b]]
+    if not edges:
+        return []
+    mid = {e: tuple((a + b) / 2.0 for a, b in zip(*e)) for e in edges}
+    faces = [()] if ndim == 2 else [(ax, v) for ax in range(3) for v in (0, 1)]
+    links: Dict[tuple, List[tuple]] = {e: [] for e in edges}
+    segments = []
+    for face in faces:
+        on = [e for e in edges if not face or (e[0][face[0]] == face[1] and e[1][face[0]] == face[1])]
+        if len(on) == 2:
+            pairs = [on]
+        else:  # 0 or 4 cut edges; 4: one segment around each corner of the chosen side
+            pairs = [[e for e in on if c in e] for c in corners
+                     if inside[c] and (not face or c[face[0]] == face[1])] if on else []
+        for a, b in pairs:
+            links[a].append(b)
+            links[b].append(a)
+            segments.append(np.array([mid[a], mid[b]]))
+    if ndim == 2:
+        return segments
+    triangles: List[np.ndarray] = []
+    seen: set = set()
+    for first in edges:
+        if first in seen:
+            continue
+        loop, prev, cur = [first], None, first
+        seen.add(first)
+        while True:
+            nxt = [e for e in links[cur] if e != prev and e not in seen]
+            if not nxt:
+                break
+            prev, cur = cur, nxt[0]
+            loop.append(cur)
+            seen.add(cur)
+        pts = [mid[e] for e in loop]
+
+        def rank(start: int) -> Tuple[int, int, int]:
+            v = pts[start:] + pts[:start]
+            flat = sum(any(all(p[ax] == 0.5 for p in (v[0], v[i], v[i + 1])) for ax in range(3))
+                       for i in range(1, len(v) - 1))
+            diag = sum(any(v[0][ax] == 0.5 == v[i][ax] for ax in range(3)) for i in range(2, len(v) - 1))
+            return flat, diag, -start
+
+        start = max(range(len(pts)), key=rank)
+        v = pts[start:] + pts[:start]
+        triangles.extend(np.array([v[0], v[i], v[i + 1]]) for i in range(1, len(v) - 1))
+    return triangles
+
+
+_PIECES: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _pieces(ndim: int) -> Tuple[np.ndarray, np.ndarray]:
+    """All pieces of all codes of a ``ndim`` cell: ``(code of each piece, vertices (P, ndim, ndim))``."""
+    if ndim not in _PIECES:
+        codes, verts = [], []
+        full = 2 ** (2 ** ndim) - 1
+        pieces: Dict[int, List[np.ndarray]] = {}
+        for code in range(full + 1):
+            # a configuration and its complement have the same surface
+            if full - code not in pieces:
+                pieces[code] = _cell_pieces(code, ndim)
+            for piece in pieces.get(code, pieces.get(full - code)):
+                codes.append(code)
+                verts.append(piece)
+        _PIECES[ndim] = (np.asarray(codes), np.asarray(verts))
+    return _PIECES[ndim]
+
+
+def surfel_area_table(spacing: Sequence[float]) -> np.ndarray:
+    """Surface area (mm^2) of the marching-cubes surface in one cell of voxels of ``spacing`` (mm, array-axis
+    order), for every cell code (256 in 3D; 16 contour lengths in mm in 2D). A cell's code has bit
+    ``4i + 2j + k`` (2D ``2i + j``) set when its corner ``(i, j, k)`` is inside the mask."""
+    s = np.asarray(spacing, dtype=float).reshape(-1)
+    codes, verts = _pieces(s.size)
+    v = verts * s
+    if s.size == 2:
+        size = np.linalg.norm(v[:, 1] - v[:, 0], axis=1)
+    else:
+        size = 0.5 * np.linalg.norm(np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), axis=1)
+    return np.bincount(codes, weights=size, minlength=2 ** (2 ** s.size))
+
+
+def _cell_codes(mask: np.ndarray, pad: Union[int, Sequence[Tuple[int, int]]] = 0) -> np.ndarray:
+    """Codes (uint8) of the cells of ``mask`` padded by one voxel on every side (``pad``: the padding
+    value, or one ``(before, after)`` pair per axis); cell ``c`` has the voxels ``c - 1 .. c`` of ``mask`` as
+    corners, so the result is one larger than ``mask`` along every axis."""
+    m = np.pad(mask.astype(np.uint8), 1, constant_values=pad)
+    n = mask.shape
+    out = np.zeros(tuple(k + 1 for k in n), dtype=np.uint8)
+    for corner in itertools.product((0, 1), repeat=mask.ndim):
+        sl = tuple(slice(c, c + k + 1) for c, k in zip(corner, n))
+        out |= m[sl] << np.uint8(_corner_bit(corner))
+    return out
+
+
+def _surfels(codes: np.ndarray) -> np.ndarray:
+    """Cells that hold a piece of surface: neither no corner nor every corner inside."""
+    return (codes != 0) & (codes != 2 ** (2 ** codes.ndim) - 1)
+
+
+def _nsd_parts(code_p: np.ndarray, code_r: np.ndarray, spacing: np.ndarray, tau: float,
+               table: Optional[np.ndarray] = None) -> Tuple[float, float]:
+    """``(area within tau, total area)`` of both surfaces, from their cell codes on one grid."""
+    table = surfel_area_table(spacing) if table is None else table
+    sp, sr = _surfels(code_p), _surfels(code_r)
+    area_p = table[code_p[sp]].sum()
+    area_r = table[code_r[sr]].sum()
+    if not sp.any() or not sr.any():
+        return 0.0, float(area_p + area_r)
+    near_r = ndimage.distance_transform_edt(~sr, sampling=spacing) <= tau
+    near_p = ndimage.distance_transform_edt(~sp, sampling=spacing) <= tau
+    within = table[code_p[sp & near_r]].sum() + table[code_r[sr & near_p]].sum()
+    return float(within), float(area_p + area_r)
+
+
+def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
+                 tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> float:
+    """Surface Dice at tolerance ``tolerance_mm`` (NSD, a fraction in [0, 1]) of two masks of one shape,
+    ``spacing`` in mm in array-axis order. Both masks empty: 1.0; one empty: 0.0. Definition: module
+    docstring (that of DeepMind's ``surface-distance``, ``compute_surface_dice_at_tolerance``)."""
+    p, r = _as_pair(pred, ref)
+    s = _as_spacing(spacing, p.ndim)
+    tau = _check_tolerance(tolerance_mm)
+    box = _union_box(p.shape, p, r, margin=0)
+    if box is None:
+        return 1.0
+    within, total = _nsd_parts(_cell_codes(p[box]), _cell_codes(r[box]), s, tau)
+    return within / total
+
+
+# --------------------------------------------------------------------------------------------------------
 # all metrics of one pair
 # --------------------------------------------------------------------------------------------------------
 
 
-def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> Dict[str, float]:
-    """Every metric of one mask pair on the same grid, as a dict with the keys :data:`COMPARE_KEYS`.
+def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
+                  nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Dict[str, float]:
+    """Every metric of one mask pair on the same grid, as a dict with the keys :data:`COMPARE_KEYS` and then
+    the surface Dice at ``nsd_tolerance_mm`` under :func:`nsd_column` (e.g. ``nsd_2mm``).
 
     Volumes in ml, distances in mm; ``volume_diff_ml`` = pred - ref (signed, positive = over-segmentation),
     ``relative_volume_diff`` = (pred - ref) / ref; ``sensitivity`` = |P∩R|/|R|, ``precision`` = |P∩R|/|P|,
     ``com_distance_mm`` = distance between the centres of mass. Empty-mask rules: module docstring."""
     p, r = _as_pair(pred, ref)
     s = _as_spacing(spacing, p.ndim)
+    tau = _check_tolerance(nsd_tolerance_mm)
+    nsd_key = nsd_column(tau)
     voxel_ml = float(np.prod(s)) / 1000.0
     box = _union_box(p.shape, p, r, margin=1)
     if box is None:
         return {
             "dice": 1.0, "jaccard": 1.0, "volume_ref_ml": 0.0, "volume_pred_ml": 0.0, "volume_diff_ml": 0.0,
             "relative_volume_diff": 0.0, "sensitivity": 1.0, "precision": 1.0, "com_distance_mm": 0.0,
-            "hd_mm": 0.0, "hd95_mm": 0.0, "msd_mm": 0.0,
+            "hd_mm": 0.0, "hd95_mm": 0.0, "msd_mm": 0.0, nsd_key: 1.0,
         }
     pc, rc = p[box], r[box]
     n_p = int(np.count_nonzero(pc))
@@ -317,7 +510,9 @@ def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
         out["com_distance_mm"] = math.inf
         sd = SurfaceDistances(math.inf, math.inf, math.inf)
     out["hd_mm"], out["hd95_mm"], out["msd_mm"] = sd.hd, sd.hd95, sd.msd
-    return {k: out[k] for k in COMPARE_KEYS}
+    within, total = _nsd_parts(_cell_codes(pc), _cell_codes(rc), s, tau)
+    out[nsd_key] = within / total
+    return {k: out[k] for k in COMPARE_KEYS + (nsd_key,)}
 
 
 def _grid_check(pred: Volume, ref: Volume, resample: bool, source: str) -> Volume:
@@ -331,19 +526,22 @@ def _grid_check(pred: Volume, ref: Volume, resample: bool, source: str) -> Volum
     return out.with_array(out.array != 0)
 
 
-def compare_volumes(pred: Volume, ref: Volume, resample: bool = False) -> Dict[str, float]:
+def compare_volumes(pred: Volume, ref: Volume, resample: bool = False,
+                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Dict[str, float]:
     """:func:`compare_masks` for two mask Volumes (non-zero = inside). Different grids are an
     :class:`InputError` unless ``resample`` is true; then the prediction is resampled (nearest neighbour)
     onto the reference grid."""
     pred = _grid_check(pred, ref, resample, "prediction")
-    return compare_masks(pred.array, ref.array, ref.spacing_zyx)
+    return compare_masks(pred.array, ref.array, ref.spacing_zyx, nsd_tolerance_mm)
 
 
 def compare_segmentations(ref: Segmentation, pred: Segmentation,
                           pairs: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
-                          resample: bool = False) -> List[Dict[str, object]]:
+                          resample: bool = False,
+                          nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> List[Dict[str, object]]:
     """Compare segments of two segmentations: one row (dict) per pair, with ``segment`` (reference name),
-    ``pred_segment`` (prediction name) and the :data:`COMPARE_KEYS` metrics.
+    ``pred_segment`` (prediction name), the :data:`COMPARE_KEYS` metrics and the surface Dice at
+    ``nsd_tolerance_mm`` (column :func:`nsd_column`).
 
     ``pairs`` maps reference names to prediction names (a dict or ``(ref, pred)`` tuples); by default the
     segments are paired by equal name, in reference order (an :class:`InputError` if no name is shared).
@@ -373,7 +571,7 @@ def compare_segmentations(ref: Segmentation, pred: Segmentation,
         if not same:
             mask_p = _grid_check(pred.mask_volume(b), ref.geometry, True, "prediction").array
         row: Dict[str, object] = {"segment": a, "pred_segment": b}
-        row.update(compare_masks(mask_p, ref.mask(a), spacing))
+        row.update(compare_masks(mask_p, ref.mask(a), spacing, nsd_tolerance_mm))
         rows.append(row)
     return rows
 

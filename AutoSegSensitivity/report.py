@@ -30,7 +30,15 @@ __all__ = ["write_csv", "write_json", "jsonable", "plot_sweep", "plot_sweep_metr
 
 PathLike = Union[str, Path]
 
-_LABELS = {"dice": "Dice", "msd": "MSD (mm)", "hd": "Hausdorff (mm)", "hd95": "HD95 (mm)"}
+_LABELS = {"dice": "Dice", "nsd": "surface Dice", "msd": "MSD (mm)", "hd": "Hausdorff (mm)", "hd95": "HD95 (mm)"}
+
+
+def _label(metric: str, result: Optional[SweepResult] = None) -> str:
+    """Axis / title label of a metric; the surface Dice names its tolerance (``surface Dice at 2 mm``)."""
+    text = _LABELS.get(metric, metric)
+    if metric == "nsd" and result is not None:
+        text += f" at {result.nsd_tolerance_mm:g} mm"
+    return text
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -167,7 +175,7 @@ def _draw_sweep(ax, result: SweepResult, metric: str, show_cases: bool) -> None:
         if math.isfinite(v05):
             ax.plot([0.5], [v05], "s", color="0.3", label=f"t=0.50: {v05:.4g}{loss_txt}")
     ax.set_xlabel("threshold")
-    ax.set_ylabel(_LABELS.get(metric, metric))
+    ax.set_ylabel(_label(metric, result))
     ax.set_xlim(min(0.0, th[0]), max(1.0, th[-1]))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -182,7 +190,7 @@ def plot_sweep(result: SweepResult, path: PathLike, metric: str = "dice", title:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     _draw_sweep(ax, result, metric, show_cases)
-    ax.set_title(title or f"{result.structure or 'structure'}: {_LABELS.get(metric, metric)} vs threshold")
+    ax.set_title(title or f"{result.structure or 'structure'}: {_label(metric, result)} vs threshold")
     fig.tight_layout()
     return _save(fig, path, dpi)
 
@@ -196,7 +204,7 @@ def plot_sweep_metrics(result: SweepResult, path: PathLike, title: Optional[str]
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
     for ax, m in zip(axes.ravel(), result.metrics):
         _draw_sweep(ax, result, m, show_cases=True)
-        ax.set_title(_LABELS.get(m, m))
+        ax.set_title(_label(m, result))
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     fig.suptitle(title or f"{result.structure or 'structure'}: threshold sweep")

@@ -18,6 +18,14 @@ Given probability maps and reference masks of one structure over a set of valida
   not select the whole image, plus the reference; a threshold at or below the minimum of ``p`` selects the
   whole image, whose surface is the image border, and is solved once, exactly, outside that box.
   The reference surface's k-d tree is built once per case and reused for every threshold.
+* **Surface Dice at tolerance** (``nsd``, :func:`AutoSegSensitivity.metrics.surface_dice`) per case and
+  pooled like Dice (all cases' surfel areas within the tolerance / all cases' surfel areas), plus the mean
+  of the per-case values. Inside the same box, the reference's surfels and one distance transform of them
+  are computed once per case; the prediction's side needs no per-threshold pass at all: the per-voxel
+  threshold counts of the Dice pass give every cell's surfel area as a piecewise-constant function of the
+  threshold, and whether a reference surfel lies within the tolerance as a union of threshold intervals
+  over a fixed stencil, both summed by difference arrays (:func:`_nsd_case`). A threshold that selects
+  the whole image is solved once on the reference's neighbourhood.
 * **Optimum** per metric (max Dice, min distances), ties broken toward 0.5 (then toward the lower
   threshold) (paper Eq. 2).
 * **Perturbation loss** (paper Eq. 3) at ``t_opt ± delta`` and the loss at 0.5, as *relative* changes for the
@@ -30,6 +38,7 @@ Given probability maps and reference masks of one structure over a set of valida
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -39,13 +48,17 @@ from scipy import ndimage, special, stats
 from scipy.spatial import cKDTree
 
 from .errors import InputError
-from .metrics import _bbox, summarise_distances
+from .metrics import (DEFAULT_NSD_TOLERANCE_MM, _bbox, _cell_codes, _check_tolerance, _corner_bit, _nsd_parts,
+                      _surfels, summarise_distances, surfel_area_table)
 from .volume import Volume
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "DEFAULT_DELTAS",
     "METRICS",
+    "SWEEP_METRICS",
+    "FRACTIONS",
+    "column_name",
     "HIGHER_IS_BETTER",
     "SweepResult",
     "apply_threshold",
@@ -64,9 +77,18 @@ DEFAULT_THRESHOLDS = np.round(np.arange(101) * 0.01, 2)
 DEFAULT_DELTAS = (0.02, 0.05, 0.1)
 """Perturbations about the optimum threshold reported by default (paper Figures 14-15)."""
 
+SWEEP_METRICS = ("dice", "nsd", "msd", "hd", "hd95")
+"""Every metric the sweep offers, in table-column order (the default of ``autosegsens sweep`` and of the
+AutoSegThreshold logic)."""
 METRICS = ("dice", "msd", "hd", "hd95")
-HIGHER_IS_BETTER = {"dice": True, "msd": False, "hd": False, "hd95": False}
-UNITS = {"dice": "", "msd": "mm", "hd": "mm", "hd95": "mm"}
+"""The metrics of paper 000 (:data:`SWEEP_METRICS` without ``nsd``): the default of
+:func:`sweep_thresholds`, and what readers that name the columns themselves (the study report's reader)
+know. A reader that maps columns with :func:`column_name` can iterate :data:`SWEEP_METRICS` instead."""
+HIGHER_IS_BETTER = {"dice": True, "nsd": True, "msd": False, "hd": False, "hd95": False}
+UNITS = {"dice": "", "nsd": "", "msd": "mm", "hd": "mm", "hd95": "mm"}
+FRACTIONS = ("dice", "nsd")
+"""Metrics that are fractions in [0, 1]: no unit in their column name, never undefined."""
+DISTANCES = ("msd", "hd", "hd95")
 _TIE_RTOL = 1e-12
 
 
@@ -214,6 +236,7 @@ class SweepResult:
     case_names: List[str]
     problems: List[Tuple[str, str]] = field(default_factory=list)
     structure: Optional[str] = None
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
 
     # ---- lookups --------------------------------------------------------------------------------------
     def curve(self, metric: str, aggregate: str = "pooled") -> np.ndarray:
@@ -284,8 +307,8 @@ class SweepResult:
 
     # ---- tables ---------------------------------------------------------------------------------------
     def to_table(self) -> List[Dict[str, object]]:
-        """One row per threshold: ``threshold``, pooled ``dice``, ``msd_mm``, ``hd_mm``, ``hd95_mm``, then the
-        mean-of-cases values (``*_mean``) and the count of cases left out as inf (``n_undefined_*``)."""
+        """One row per threshold: ``threshold``, pooled ``dice``, ``nsd``, ``msd_mm``, ``hd_mm``, ``hd95_mm``, then
+        the mean-of-cases values (``*_mean``) and the count of cases left out as inf (``n_undefined_*``)."""
         rows = []
         for i, t in enumerate(self.thresholds):
             row: Dict[str, object] = {"threshold": float(t)}
@@ -294,7 +317,7 @@ class SweepResult:
             for m in self.metrics:
                 row[_col(m, "_mean")] = float(self.mean[m][i])
             for m in self.metrics:
-                if m != "dice":
+                if m not in FRACTIONS:
                     row[f"n_undefined_{m}"] = int(self.n_undefined[m][i])
             rows.append(row)
         return rows
@@ -332,6 +355,8 @@ class SweepResult:
         }
         for m in self.metrics:
             entry: Dict[str, object] = {"higher_is_better": HIGHER_IS_BETTER[m], "unit": UNITS[m]}
+            if m == "nsd":
+                entry["tolerance_mm"] = self.nsd_tolerance_mm
             for agg in ("pooled", "mean"):
                 t_opt, v_opt = self.optimum(m, agg)
                 entry[agg] = {
@@ -348,9 +373,13 @@ class SweepResult:
         return out
 
 
-def _col(metric: str, suffix: str = "") -> str:
-    """Table column of a metric: ``dice``, ``msd_mm``, ``hd_mm``, ``hd95_mm`` (+ ``suffix``)."""
-    return ("dice" if metric == "dice" else f"{metric}_mm") + suffix
+def column_name(metric: str, suffix: str = "") -> str:
+    """Table column of a metric in ``sweep.csv``: ``dice``, ``nsd``, ``msd_mm``, ``hd_mm``, ``hd95_mm``
+    (+ ``suffix``)."""
+    return (metric if metric in FRACTIONS else f"{metric}_mm") + suffix
+
+
+_col = column_name
 
 
 def _jsonable(v: Optional[float]) -> object:
@@ -448,6 +477,8 @@ class _CaseOut:
     nref: int
     d_pr: List[Optional[np.ndarray]]
     d_rp: List[Optional[np.ndarray]]
+    nsd_num: Optional[np.ndarray] = None
+    nsd_den: Optional[np.ndarray] = None
 
 
 def _torch_surfaces(pc, t_cast, todo, edt_r, pts_r, offset, spacing, device, d_pr, d_rp) -> None:
@@ -503,9 +534,107 @@ def _resolve_device(device: Optional[str]) -> Optional[str]:
     return str(dev)
 
 
+def _nsd_full_image(ref: np.ndarray, spacing: np.ndarray, tau: float, table: np.ndarray) -> Tuple[float, float]:
+    """``(area within tau, total area)`` of the surface Dice of the whole image as prediction against
+    ``ref``, without full-volume work: the image's surfels are counted by their kind (corner, edge, face)
+    and distances are taken in the reference's neighbourhood grown by the tolerance."""
+    shape = np.asarray(ref.shape)
+    codes = _cell_codes(np.ones([min(int(k), 2) for k in shape], dtype=bool))
+    weight = np.ones(codes.shape)
+    for axis, k in enumerate(shape):
+        w = np.array([1.0, k - 1.0, 1.0]) if k >= 2 else np.array([1.0, 1.0])
+        weight = weight * w.reshape([-1 if a == axis else 1 for a in range(ref.ndim)])
+    area_full = float((table[codes] * weight).sum())  # codes 0 and 255 have no area
+    bb = _bbox(ref)
+    if bb is None:
+        return 0.0, area_full
+    grow = np.ceil(tau / spacing).astype(np.int64) + 1
+    lo = np.maximum(bb[0] - grow, 0)
+    hi = np.minimum(bb[1] + grow, shape)
+    region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    # inside the image the region's own faces are not surface: pad with foreground there
+    pad = [(0 if a == 0 else 1, 0 if b == k else 1) for a, b, k in zip(lo, hi, shape)]
+    code_p = _cell_codes(np.ones(tuple(hi - lo), dtype=bool), pad)
+    within, total = _nsd_parts(code_p, _cell_codes(ref[region]), spacing, tau, table)
+    return within, total - float(table[code_p[_surfels(code_p)]].sum()) + area_full
+
+
+def _nsd_case(ref: np.ndarray, box, k_box: Optional[np.ndarray], rc, n: int, n_full: int,
+              spacing: np.ndarray, tau: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Per threshold ``(surfel area within tau, total surfel area)`` of both surfaces of one case, for all
+    thresholds at once and with no per-threshold pass over the box.
+
+    ``k_box[v]`` is the number of thresholds <= p at voxel v of the box (v is inside at threshold i iff
+    ``i < k``). A cell is a surfel at i iff ``min k <= i < max k`` over its corners, and its code changes
+    only where i passes one of its corners' k: each cell adds its piecewise-constant area to the totals by
+    a difference array. A reference surfel lies within tau of the prediction at i iff one of the cells
+    within tau of it (a fixed stencil, the distance computed as the distance transform computes it) is a
+    surfel at i: a union of intervals, again by difference arrays. Thresholds selecting the whole image
+    (the first ``n_full``) are solved by :func:`_nsd_full_image`."""
+    num, den = np.zeros(n), np.zeros(n)
+    table = surfel_area_table(spacing)
+    if n_full:
+        num[:n_full], den[:n_full] = _nsd_full_image(ref, spacing, tau, table)
+    if box is None:
+        return num, den
+    code_r = _cell_codes(rc)
+    sr = _surfels(code_r)
+    areas_r = table[code_r[sr]]
+    near_r = ndimage.distance_transform_edt(~sr, sampling=spacing) <= tau if sr.any() else np.zeros(sr.shape, bool)
+    # k of every cell corner; outside the box nothing is inside at thresholds n_full.. (their p is lower)
+    kpad = np.pad(k_box.astype(np.int32), 1, constant_values=n_full)
+    shape = code_r.shape
+    corners = [kpad[tuple(slice(c, c + m) for c, m in zip(corner, shape))]
+               for corner in itertools.product((0, 1), repeat=3)]
+    bits = np.array([1 << _corner_bit(corner) for corner in itertools.product((0, 1), repeat=3)])
+    kmin = np.minimum.reduce(corners)
+    kmax = np.maximum.reduce(corners)
+    cells = np.flatnonzero(kmin < kmax)
+    kc = np.stack([c.ravel()[cells] for c in corners], axis=1)
+    order = np.argsort(kc, axis=1, kind="stable")
+    ks = np.take_along_axis(kc, order, axis=1)
+    ob = bits[order]
+    # between the m-th and (m+1)-th smallest k the corners still inside are those sorted after m
+    inside = np.zeros((cells.size, 8), dtype=np.int64)
+    for m in range(6, -1, -1):
+        inside[:, m] = inside[:, m + 1] | ob[:, m + 1]
+    area = table[inside[:, :7]]
+    starts, ends = ks[:, :7].ravel(), ks[:, 1:].ravel()
+    near = np.repeat(near_r.ravel()[cells], 7)
+    a = area.ravel()
+    pred_area = np.cumsum(np.bincount(starts, a, n + 1) - np.bincount(ends, a, n + 1))[:n]
+    pred_near = np.cumsum(np.bincount(starts, a * near, n + 1) - np.bincount(ends, a * near, n + 1))[:n]
+    ref_near = np.zeros(n)
+    if sr.any():
+        radius = np.floor(tau / spacing).astype(np.int64)
+        offs = np.array(list(itertools.product(*[range(-r, r + 1) for r in radius])), dtype=np.int64)
+        d = offs.astype(np.float64) * spacing
+        offs = offs[np.sqrt(np.add.reduce(d * d, axis=1)) <= tau]
+        idx_r = np.argwhere(sr)
+        kmin_f, kmax_f = kmin.ravel(), kmax.ravel()
+        strides = np.array([shape[1] * shape[2], shape[2], 1])
+        chunk = max(1, 2_000_000 // (n + 1))
+        for j in range(0, len(idx_r), chunk):
+            part = idx_r[j:j + chunk]
+            q = part[:, None, :] + offs[None, :, :]
+            ok = np.all((q >= 0) & (q < np.asarray(shape)), axis=2)
+            flat = np.where(ok, q @ strides, 0)
+            lo = np.where(ok, kmin_f[flat], 0)
+            hi = np.where(ok, kmax_f[flat], 0)
+            row = np.arange(len(part))[:, None] * (n + 1)
+            size = len(part) * (n + 1)
+            cover = np.bincount((row + lo).ravel(), minlength=size) - np.bincount((row + hi).ravel(), minlength=size)
+            within = np.cumsum(cover.reshape(len(part), n + 1), axis=1)[:, :n] > 0
+            ref_near += areas_r[j:j + chunk] @ within
+    num[n_full:] = (pred_near + ref_near)[n_full:]
+    den[n_full:] = (pred_area + areas_r.sum())[n_full:]
+    return num, den
+
+
 def _sweep_case(p: np.ndarray, ref: np.ndarray, spacing: np.ndarray, th: np.ndarray, surfaces: bool,
-                torch_device: Optional[str] = None) -> _CaseOut:
-    """Counts for Dice and, if ``surfaces``, directed surface distances for every threshold of one case.
+                torch_device: Optional[str] = None, nsd_tau: Optional[float] = None) -> _CaseOut:
+    """Counts for Dice, if ``surfaces`` directed surface distances, and if ``nsd_tau`` is given the surface
+    Dice's area sums for every threshold of one case.
 
     ``d_pr[i]`` / ``d_rp[i]`` are the directed distance arrays (pred->ref, ref->pred) at threshold i; an empty
     side gives an empty array for its own direction and an array of inf for the other."""
@@ -549,8 +678,10 @@ def _sweep_case(p: np.ndarray, ref: np.ndarray, spacing: np.ndarray, th: np.ndar
 
     d_pr: List[Optional[np.ndarray]] = [None] * n
     d_rp: List[Optional[np.ndarray]] = [None] * n
+    nsd = (None, None) if nsd_tau is None else _nsd_case(ref, box, None if box is None else k.reshape(pc.shape), rc,
+                                                         n, n_full, spacing, nsd_tau)
     if not surfaces:
-        return _CaseOut(tp, npred, nref, d_pr, d_rp)
+        return _CaseOut(tp, npred, nref, d_pr, d_rp, *nsd)
 
     empty = np.zeros(0)
     if nref == 0:
@@ -559,7 +690,7 @@ def _sweep_case(p: np.ndarray, ref: np.ndarray, spacing: np.ndarray, th: np.ndar
                 d_pr[i], d_rp[i] = empty, empty
             else:
                 d_pr[i], d_rp[i] = np.full(1, np.inf), empty
-        return _CaseOut(tp, npred, nref, d_pr, d_rp)
+        return _CaseOut(tp, npred, nref, d_pr, d_rp, *nsd)
 
     offset = np.asarray([s.start for s in box], dtype=np.float64)
     struct = ndimage.generate_binary_structure(p.ndim, 1)
@@ -600,7 +731,7 @@ def _sweep_case(p: np.ndarray, ref: np.ndarray, spacing: np.ndarray, th: np.ndar
     for i in range(n_full, n):
         if d_pr[i] is None:  # same mask as the previous threshold
             d_pr[i], d_rp[i] = d_pr[i - 1], d_rp[i - 1]
-    return _CaseOut(tp, npred, nref, d_pr, d_rp)
+    return _CaseOut(tp, npred, nref, d_pr, d_rp, *nsd)
 
 
 def sweep_thresholds(
@@ -613,19 +744,22 @@ def sweep_thresholds(
     logits: bool = False,
     structure: Optional[str] = None,
     device: Optional[str] = "auto",
+    nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM,
 ) -> SweepResult:
     """Evaluate every threshold of ``thresholds`` on probability maps against reference masks.
 
     ``probs[i]`` (3D, values in [0, 1], or logits with ``logits=True``), ``refs[i]`` (bool mask of the same
     shape, or ``None`` when the structure is missing in that case: the case is reported in ``problems`` and
     left out) and ``spacings[i]`` (mm, array-axis order z, y, x) describe case i. ``metrics`` is a subset of
-    ``("dice", "msd", "hd", "hd95")``. ``device``: "auto" (torch on a CUDA GPU when there is one, else numpy
-    and scipy), "numpy", or a torch device ("cpu", "cuda", "cuda:1") for the per-threshold surface work; every
-    path gives the same values. See the module docstring for definitions and the speed-ups."""
+    :data:`SWEEP_METRICS` ``("dice", "nsd", "msd", "hd", "hd95")`` (default :data:`METRICS`, without
+    ``nsd``); ``nsd_tolerance`` is the surface Dice's
+    tolerance in mm (its work is numpy's on every device). ``device``: "auto" (torch on a CUDA GPU when
+    there is one, else numpy and scipy), "numpy", or a torch device ("cpu", "cuda", "cuda:1") for the
+    per-threshold surface work of MSD, HD and HD95; every path gives the same values. See the module docstring for definitions and the speed-ups."""
     metrics = tuple(metrics)
-    bad = [m for m in metrics if m not in METRICS]
+    bad = [m for m in metrics if m not in SWEEP_METRICS]
     if bad or not metrics:
-        raise InputError("sweep", "metrics", f"a non-empty subset of {list(METRICS)}", got=metrics)
+        raise InputError("sweep", "metrics", f"a non-empty subset of {list(SWEEP_METRICS)}", got=metrics)
     th = parse_thresholds(thresholds)
     probs, refs, spacings = list(probs), list(refs), list(spacings)
     if not probs:
@@ -636,7 +770,8 @@ def sweep_thresholds(
     names = [str(c) for c in case_names] if case_names is not None else [f"case{i:03d}" for i in range(len(probs))]
     if len(names) != len(probs) or len(set(names)) != len(names):
         raise InputError("sweep", "case_names", f"{len(probs)} distinct names", got=names)
-    surfaces = any(m != "dice" for m in metrics)
+    surfaces = any(m in DISTANCES for m in metrics)
+    nsd_tau = _check_tolerance(nsd_tolerance) if "nsd" in metrics else None
     torch_device = _resolve_device(device)
 
     problems: List[Tuple[str, str]] = []
@@ -659,7 +794,7 @@ def sweep_thresholds(
                              got=tuple(np.asarray(s).reshape(-1).tolist()))
         if not rarr.any():
             problems.append((name, "reference mask is empty"))
-        outs[name] = _sweep_case(parr, rarr, sp, th, surfaces, torch_device)
+        outs[name] = _sweep_case(parr, rarr, sp, th, surfaces, torch_device, nsd_tau)
     if not outs:
         raise InputError("sweep", "cases", "at least one case with the structure in its reference",
                          got="none")
@@ -684,12 +819,22 @@ def sweep_thresholds(
         pooled["dice"] = np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 1.0)
         mean["dice"] = np.mean([per_case[c]["dice"] for c in used], axis=0)
         n_undef["dice"] = np.zeros(n, dtype=int)
+    if nsd_tau is not None:
+        for c in used:
+            o = outs[c]
+            per_case[c]["nsd"] = np.where(o.nsd_den > 0, o.nsd_num / np.where(o.nsd_den > 0, o.nsd_den, 1.0), 1.0)
+        num = np.sum([outs[c].nsd_num for c in used], axis=0)
+        den = np.sum([outs[c].nsd_den for c in used], axis=0)
+        pooled["nsd"] = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+        mean["nsd"] = np.mean([per_case[c]["nsd"] for c in used], axis=0)
+        n_undef["nsd"] = np.zeros(n, dtype=int)
+    tol = DEFAULT_NSD_TOLERANCE_MM if nsd_tau is None else nsd_tau
     if not surfaces:
         for c in used:
-            per_case[c] = {"dice": per_case[c]["dice"]}
-        return SweepResult(th, metrics, pooled, mean, n_undef, per_case, used, problems, structure)
+            per_case[c] = {m: per_case[c][m] for m in metrics}
+        return SweepResult(th, metrics, pooled, mean, n_undef, per_case, used, problems, structure, tol)
 
-    dist_metrics = [m for m in metrics if m != "dice"]
+    dist_metrics = [m for m in metrics if m in DISTANCES]
     for c in used:
         vals = [summarise_distances(a, b) for a, b in zip(outs[c].d_pr, outs[c].d_rp)]
         per_case[c]["hd"] = np.array([v.hd for v in vals])
@@ -722,7 +867,7 @@ def sweep_thresholds(
         pooled.update(pool)
     for c in used:
         per_case[c] = {m: per_case[c][m] for m in metrics}
-    return SweepResult(th, metrics, pooled, mean, n_undef, per_case, used, problems, structure)
+    return SweepResult(th, metrics, pooled, mean, n_undef, per_case, used, problems, structure, tol)
 
 
 def sweep_volumes(probs: Sequence[Volume], refs: Sequence[Optional[Volume]], resample: bool = False,

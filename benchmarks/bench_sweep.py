@@ -2,12 +2,17 @@
 
 Prints two ratios in one run:
 
-1. ``sweep_thresholds`` (101 thresholds, Dice + MSD + HD + HD95) against a loop that thresholds the
-   probability map and calls MONAI's ``DiceMetric``, ``compute_hausdorff_distance`` (max and 95th percentile)
+1. ``sweep_thresholds`` (101 thresholds, Dice + MSD + HD + HD95: the metrics MONAI has) against a loop that
+   thresholds the probability map and calls MONAI's ``DiceMetric``, ``compute_hausdorff_distance`` (max and 95th percentile)
    and ``compute_average_surface_distance(symmetric=True)`` at every threshold, with the values asserted
    equal. If the MONAI loop would take too long, it is timed on every ``--monai-every``-th threshold and its
    time per threshold is extrapolated to the full grid (the output says so).
-2. ``compare_masks`` of one mask pair (threshold 0.5) against SimpleITK's ``HausdorffDistanceImageFilter``
+2. The cost of the surface Dice at tolerance (``nsd``, 2 mm): the sweep with and without it, the sweep of
+   ``nsd`` alone, and DeepMind's reference package ``surface-distance`` (``compute_surface_distances`` +
+   ``compute_surface_dice_at_tolerance``) looped over the thresholds (on every ``--monai-every``-th,
+   extrapolated the same way), values asserted equal to 1e-4. Skipped with a note if the package is not
+   installed (``pip install surface-distance``; on numpy 2 it needs ``np.Inf``, which the script restores).
+3. ``compare_masks`` of one mask pair (threshold 0.5) against SimpleITK's ``HausdorffDistanceImageFilter``
    plus ``LabelOverlapMeasuresImageFilter`` (Dice and Jaccard asserted equal).
 
 The volume is 150 x 512 x 512 voxels (z, y, x) at 2.5 x 0.977 x 0.977 mm by default, holding an ellipsoid of
@@ -77,6 +82,9 @@ def monai_metrics(pred, ref_t, spacing):
     return d, msd, hd, hd95
 
 
+DIST = ("dice", "msd", "hd", "hd95")
+
+
 def _close(a, b, rtol=2e-5, atol=2e-5):
     if np.isinf(a) or np.isinf(b):
         return a == b
@@ -119,7 +127,7 @@ def main(argv=None) -> int:
     best = np.inf
     for _ in range(max(1, args.repeat)):
         t0 = time.perf_counter()
-        res = sweep_thresholds([prob], [ref], [spacing], device=args.device)
+        res = sweep_thresholds([prob], [ref], [spacing], device=args.device, metrics=DIST)
         best = min(best, time.perf_counter() - t0)
     t_sweep = best
     subset = np.arange(0, DEFAULT_THRESHOLDS.size, max(1, args.monai_every))
@@ -158,7 +166,50 @@ def main(argv=None) -> int:
     print(f"sweep: AutoSegSensitivity {t_sweep:.3f} s, MONAI loop {t_monai:.1f} s{note}")
     print(f"RATIO sweep vs MONAI loop: {t_monai / t_sweep:.1f}x (target >= 50x)")
 
-    # ---- 2. one pair vs SimpleITK ---------------------------------------------------------------------
+    # ---- 2. the cost of NSD ---------------------------------------------------------------------------
+    tau = 2.0
+    timed = {}
+    # all three timed here, after the warm-up of section 1, each the best of --repeat runs
+    for label, metrics in (("four", DIST), ("all five", ("dice", "nsd") + DIST[1:]), ("nsd only", ("nsd",))):
+        best = np.inf
+        for _ in range(max(1, args.repeat)):
+            t0 = time.perf_counter()
+            res_n = sweep_thresholds([prob], [ref], [spacing], device=args.device, metrics=metrics,
+                                     nsd_tolerance=tau)
+            best = min(best, time.perf_counter() - t0)
+        timed[label] = best
+    print(f"NSD cost: sweep Dice+MSD+HD+HD95 {timed['four']:.3f} s, with NSD {timed['all five']:.3f} s "
+          f"({timed['all five'] - timed['four']:+.3f} s, {timed['all five'] / timed['four']:.2f}x), NSD alone "
+          f"{timed['nsd only']:.3f} s ({1000 * timed['nsd only'] / DEFAULT_THRESHOLDS.size:.1f} ms per threshold)")
+    try:
+        from surface_distance import metrics as sd_metrics
+    except ImportError:
+        print("surface-distance not installed: no reference timing (pip install surface-distance)")
+    else:
+        if not hasattr(np, "Inf"):
+            np.Inf = np.inf  # the package (0.1) still writes np.Inf, which numpy 2 removed
+        sd_times = {}
+        for i in subset:
+            t = DEFAULT_THRESHOLDS[i]
+            t0 = time.perf_counter()
+            d = sd_metrics.compute_surface_distances(ref, prob >= np.float32(t), spacing)
+            v = float(sd_metrics.compute_surface_dice_at_tolerance(d, tau))
+            sd_times[i] = time.perf_counter() - t0
+            if not _close(res_n.pooled["nsd"][i], v, 0.0, 1e-4):
+                print(f"MISMATCH at t={t}: nsd ours {res_n.pooled['nsd'][i]} surface-distance {v}")
+                return 1
+        t_sd = 0.0
+        for kind in (True, False):
+            measured = [sd_times[i] for i in subset if whole[i] == kind]
+            count = int((whole == kind).sum())
+            if count:
+                t_sd += (np.mean(measured) if measured else np.mean(list(sd_times.values()))) * count
+        print(f"NSD values equal to surface-distance (to 1e-4) at {subset.size} thresholds; surface-distance "
+              f"loop {t_sd:.1f} s (extrapolated as above; median {1000 * np.median(list(sd_times.values())):.0f} ms "
+              f"per threshold)")
+        print(f"RATIO NSD sweep vs surface-distance loop: {t_sd / timed['nsd only']:.1f}x")
+
+    # ---- 3. one pair vs SimpleITK ---------------------------------------------------------------------
     pred = prob >= np.float32(0.5)
     best = np.inf
     for _ in range(max(1, args.repeat)):
@@ -183,7 +234,7 @@ def main(argv=None) -> int:
     assert _close(ours["jaccard"], lom.GetJaccardCoefficient(), 1e-12, 1e-12)
     print(f"pair metrics: Dice {ours['dice']:.6f} (SimpleITK {lom.GetDiceCoefficient():.6f}), HD {ours['hd_mm']:.4f} mm "
           f"(SimpleITK voxel-set HD {hdf.GetHausdorffDistance():.4f} mm), HD95 {ours['hd95_mm']:.4f}, MSD {ours['msd_mm']:.4f}")
-    print(f"pair: AutoSegSensitivity compare_masks {t_ours * 1000:.1f} ms (all 12 metrics), "
+    print(f"pair: AutoSegSensitivity compare_masks {t_ours * 1000:.1f} ms (all 13 metrics, NSD included), "
           f"SimpleITK Hausdorff + LabelOverlap {t_sitk * 1000:.1f} ms")
     print(f"RATIO pair vs SimpleITK: {t_sitk / t_ours:.1f}x (target > 1x)")
     return 0

@@ -8,7 +8,8 @@ are paired by name (reference order) unless --pair REF_NAME=PRED_NAME is given (
 Writes one CSV row per pair with the columns segment, pred_segment, dice, jaccard, volume_ref_ml,
 volume_pred_ml, volume_diff_ml (pred - ref), relative_volume_diff, sensitivity, precision,
 com_distance_mm, hd_mm, hd95_mm, msd_mm (distances in mm, with the MONAI surface conventions; a segment
-empty on one side gives distances "inf"). Without --out the table goes to stdout.
+empty on one side gives distances "inf"), nsd_<tau>mm (surface Dice at tolerance --nsd-tolerance, default
+2 mm: e.g. nsd_2mm). Without --out the table goes to stdout.
 
 Both files must share one grid unless --resample is given (the prediction is then resampled, nearest
 neighbour, onto the reference grid).
@@ -28,9 +29,10 @@ from typing import List, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..metrics import DEFAULT_NSD_TOLERANCE_MM, nsd_column
 
 NAME = "compare"
-HELP = "compare a predicted segmentation with a reference (Dice, volumes, HD, HD95, MSD per segment)"
+HELP = "compare a predicted segmentation with a reference (Dice, volumes, HD, HD95, MSD, NSD per segment)"
 
 COLUMNS = ("segment", "pred_segment", "dice", "jaccard", "volume_ref_ml", "volume_pred_ml", "volume_diff_ml",
            "relative_volume_diff", "sensitivity", "precision", "com_distance_mm", "hd_mm", "hd95_mm", "msd_mm")
@@ -44,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compare these two segments (repeatable); default: pair by equal names")
     parser.add_argument("--resample", action="store_true",
                         help="resample the prediction (nearest) onto the reference grid if grids differ")
+    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
+                        help="tolerance of the surface Dice in mm (column nsd_<MM>mm; default %(default)s)")
     parser.add_argument("--out", type=Path, help="CSV file to write (default: print to stdout)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
@@ -106,14 +110,17 @@ def run(args: argparse.Namespace) -> int:
     names = load_names(args.names)
     ref = read_any_segmentation(args.ref, names)
     pred = read_any_segmentation(args.pred, names)
-    rows = compare_segmentations(ref, pred, pairs=parse_pairs(args.pair), resample=args.resample)
+    rows = compare_segmentations(ref, pred, pairs=parse_pairs(args.pair), resample=args.resample,
+                                 nsd_tolerance_mm=args.nsd_tolerance)
+    nsd_key = nsd_column(args.nsd_tolerance)
+    columns = COLUMNS + (nsd_key,)
     parts = []
-    for key in ("dice", "hd_mm", "hd95_mm", "msd_mm"):
+    for key in ("dice", nsd_key, "hd_mm", "hd95_mm", "msd_mm"):
         mean, n_ok, n_inf = mean_finite(float(r[key]) for r in rows)
         parts.append(f"{key} {mean:.4g}" + (f" ({n_inf} inf left out)" if n_inf else ""))
     print(f"mean over {len(rows)} pair(s): " + ", ".join(parts), file=sys.stderr)
     if args.out is not None:
-        write_csv(rows, args.out, columns=COLUMNS)
+        write_csv(rows, args.out, columns=columns)
         print(f"compared {len(rows)} segment pair(s): {args.out}", file=sys.stderr)
     else:
         import csv
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         from ..report import _cell
 
         w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(COLUMNS)
+        w.writerow(columns)
         for r in rows:
-            w.writerow([_cell(r.get(c, "")) for c in COLUMNS])
+            w.writerow([_cell(r.get(c, "")) for c in columns])
     return 0

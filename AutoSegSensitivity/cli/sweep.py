@@ -33,12 +33,14 @@ from typing import List
 import numpy as np
 
 from ..errors import InputError
+from ..metrics import DEFAULT_NSD_TOLERANCE_MM
+from ..sweep import SWEEP_METRICS
 from .common import add_out_argument, prepare_out_dir
 
 NAME = "sweep"
 HELP = "threshold sweep of probability maps against references (optimum, loss at 0.5, perturbation losses)"
 
-METRIC_FILES = ("sweep_dice.png", "sweep_msd.png", "sweep_hd.png", "sweep_hd95.png")
+METRIC_FILES = tuple(f"sweep_{m}.png" for m in SWEEP_METRICS)
 OUTPUTS = ("sweep.csv", "sweep_per_case.csv", "summary.json", "sweep.png", "perturbation_losses.png") + METRIC_FILES
 
 
@@ -50,7 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment", help="structure name in the references")
     parser.add_argument("--names", type=Path, help="JSON {label value: name} for label-volume references")
     parser.add_argument("--thresholds", default="0:1:0.01", help="'start:stop:step' (stop included) or 'a,b,c'")
-    parser.add_argument("--metrics", default="dice,msd,hd,hd95", help="comma-separated subset of dice,msd,hd,hd95")
+    parser.add_argument("--metrics", default=",".join(SWEEP_METRICS),
+                        help="comma-separated subset of %(default)s (nsd: surface Dice at tolerance)")
+    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
+                        help="tolerance of the surface Dice (nsd) in mm (default %(default)s)")
     parser.add_argument("--logits", action="store_true", help="the maps hold logits: apply a sigmoid first")
     parser.add_argument("--resample", action="store_true",
                         help="resample a map (linear) onto its reference grid when the grids differ")
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         spacings.append(seg.geometry.spacing_zyx)
 
     result = sweep_thresholds(probs, refs, spacings, thresholds=thresholds, metrics=metrics,
-                              case_names=case_names, structure=segment)
+                              case_names=case_names, structure=segment, nsd_tolerance=args.nsd_tolerance)
     summary = result.summary()
     summary["inputs"] = {
         "probability_maps": [str(p) for p in args.prob],
@@ -133,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         "logits": bool(args.logits),
         "resample": bool(args.resample),
         "metrics": list(metrics),
+        "nsd_tolerance_mm": args.nsd_tolerance,
     }
     for n in notes:
         if n["case"] not in [p["case"] for p in summary["problems"]]:

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InputError
+from ..metrics import DEFAULT_NSD_TOLERANCE_MM
 from . import nodes
 
 UNITS = {
@@ -43,9 +44,11 @@ class SegmentMetricsLogic:
 
     def compare(self, reference_node: Any, compared_node: Any, grid_node: Any = None,
                 pairs: Optional[Sequence[Tuple[str, str]]] = None, intensity_node: Any = None,
-                table_name: Optional[str] = None) -> Tuple[Any, List[Dict[str, Any]]]:
+                table_name: Optional[str] = None,
+                nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Tuple[Any, List[Dict[str, Any]]]:
         """One row per segment pair: volumes, volume difference, Dice, Jaccard, sensitivity, precision,
-        centre-of-mass distance, HD, HD95, MSD (``metrics.compare_masks``) and, with ``intensity_node``,
+        centre-of-mass distance, HD, HD95, MSD, surface Dice at ``nsd_tolerance_mm`` (column ``nsd_<tau>mm``,
+        a fraction) (``metrics.compare_masks``) and, with ``intensity_node``,
         intensity statistics inside each segment. Returns ``(table_node, rows)``; the table is called
         ``<reference> vs <compared>`` unless named, and reused on re-run."""
         from ..metrics import compare_segmentations
@@ -62,7 +65,7 @@ class SegmentMetricsLogic:
                              f"a name shared with {reference_node.GetName()} (or pairs chosen by hand)")
         ref = nodes.segmentation_from_node(reference_node, grid, [a for a, _ in pairs])
         cmp = nodes.segmentation_from_node(compared_node, grid, list(dict.fromkeys(b for _, b in pairs)))
-        rows = compare_segmentations(ref, cmp, pairs)
+        rows = compare_segmentations(ref, cmp, pairs, nsd_tolerance_mm=nsd_tolerance_mm)
         if intensity_node is not None:
             for row, (a, b) in zip(rows, pairs):
                 row.update(intensity_stats(grid.array[ref.mask(a)], "ref"))

@@ -10,7 +10,8 @@ import numpy as np
 from ..errors import InputError
 from . import nodes
 
-METRIC_COLORS = {"dice": (0.2, 0.4, 0.8), "msd": (0.2, 0.6, 0.3), "hd": (0.8, 0.3, 0.2), "hd95": (0.8, 0.6, 0.1)}
+METRIC_COLORS = {"dice": (0.2, 0.4, 0.8), "nsd": (0.5, 0.3, 0.7), "msd": (0.2, 0.6, 0.3), "hd": (0.8, 0.3, 0.2),
+                 "hd95": (0.8, 0.6, 0.1)}
 
 
 class ThresholdTuningLogic:
@@ -38,23 +39,26 @@ class ThresholdTuningLogic:
         return probs, refs, spacings, names
 
     def sweep(self, probability_nodes: Sequence[Any], reference_nodes: Sequence[Any], segment: str,
-              thresholds: Any = None, metrics: Sequence[str] = ("dice", "msd", "hd", "hd95"),
-              name: Optional[str] = None, device: Optional[str] = "numpy") -> Tuple[Any, Any, Any, Any]:
+              thresholds: Any = None, metrics: Sequence[str] = ("dice", "nsd", "msd", "hd", "hd95"),
+              name: Optional[str] = None, device: Optional[str] = "numpy",
+              nsd_tolerance: float = 2.0) -> Tuple[Any, Any, Any, Any]:
         """Run ``sweep.sweep_thresholds`` on the scene's maps. Returns ``(result, table_node, chart_node,
         summary_table_node)``: the per-threshold table (units in column names), a chart with one curve per
         metric plus the optimum and 0.5 marked, and a summary (optimum, value and loss at 0.5, perturbation
-        losses, prominence). Nodes are named ``<segment> sweep ...`` and reused on re-run."""
-        from ..sweep import DEFAULT_THRESHOLDS, prominence, sweep_thresholds
+        losses, prominence). ``nsd_tolerance``: the surface Dice's tolerance in mm. Nodes are named
+        ``<segment> sweep ...`` and reused on re-run."""
+        from ..sweep import DEFAULT_THRESHOLDS, column_name, prominence, sweep_thresholds
 
         probs, refs, spacings, names = self.case_arrays(probability_nodes, reference_nodes, segment)
         result = sweep_thresholds(probs, refs, spacings, DEFAULT_THRESHOLDS if thresholds is None else thresholds,
-                                  metrics=tuple(metrics), case_names=names, structure=segment, device=device)
+                                  metrics=tuple(metrics), case_names=names, structure=segment, device=device,
+                                  nsd_tolerance=nsd_tolerance)
         base = name or f"{segment} sweep"
         table = nodes.table_from_rows(result.to_table(), self.scene, base)
         series = []
         marks: List[Dict[str, Any]] = []
         for m in result.metrics:
-            col = "dice" if m == "dice" else f"{m}_mm"
+            col = column_name(m)
             series.append(nodes.plot_series(self.scene, table, "threshold", col, f"{base} {m}", METRIC_COLORS[m]))
             t_opt, v_opt = result.optimum(m)
             marks.append({"metric": m, "kind": "optimum", "threshold": t_opt, "value": v_opt})

@@ -12,9 +12,9 @@ from scipy import ndimage
 
 from AutoSegSensitivity.cli import main
 from AutoSegSensitivity.io import read_volume, write_segmentation, write_volume
-from AutoSegSensitivity.metrics import compare_masks
+from AutoSegSensitivity.metrics import compare_masks, surface_dice
 from AutoSegSensitivity.segmentation import Segmentation
-from AutoSegSensitivity.sweep import sweep_thresholds
+from AutoSegSensitivity.sweep import SWEEP_METRICS, sweep_thresholds
 from AutoSegSensitivity.volume import Volume
 
 SPACING_XYZ = (0.9, 1.1, 2.5)
@@ -66,6 +66,13 @@ def test_compare_seg_nrrd_pairs_by_name(tmp_path):
         for key in ("dice", "jaccard", "volume_ref_ml", "volume_pred_ml", "volume_diff_ml", "hd_mm", "hd95_mm",
                     "msd_mm"):
             assert float(r[key]) == pytest.approx(expected[key], rel=1e-12), key
+        assert float(r["nsd_2mm"]) == pytest.approx(surface_dice(pred == value, ref == value, spacing_zyx, 2.0))
+    out15 = tmp_path / "table15.csv"
+    assert main(["compare", str(tmp_path / "ref.seg.nrrd"), str(tmp_path / "pred.seg.nrrd"), "--out", str(out15),
+                 "--nsd-tolerance", "1.5"]) == 0
+    rows15 = read_csv(out15)
+    assert "nsd_1.5mm" in rows15[0] and "nsd_2mm" not in rows15[0]
+    assert float(rows15[0]["nsd_1.5mm"]) == pytest.approx(surface_dice(pred == 1, ref == 1, spacing_zyx, 1.5))
     # an existing output is not replaced silently
     assert main(["compare", str(tmp_path / "ref.seg.nrrd"), str(tmp_path / "pred.seg.nrrd"), "--out", str(out)]) == 2
     assert main(["compare", str(tmp_path / "ref.seg.nrrd"), str(tmp_path / "pred.seg.nrrd"), "--out", str(out),
@@ -159,8 +166,10 @@ def test_sweep_cli_writes_tables_summary_and_figures(tmp_path):
     assert main(argv) == 0
     table = read_csv(out / "sweep.csv")
     assert len(table) == 101
-    assert list(table[0])[:5] == ["threshold", "dice", "msd_mm", "hd_mm", "hd95_mm"]
-    direct = sweep_thresholds(probs, refs, [SPACING_XYZ[::-1]] * 2)
+    assert list(table[0])[:6] == ["threshold", "dice", "nsd", "msd_mm", "hd_mm", "hd95_mm"]
+    direct = sweep_thresholds(probs, refs, [SPACING_XYZ[::-1]] * 2, metrics=SWEEP_METRICS)
+    np.testing.assert_allclose([float(r["nsd"]) for r in table], direct.pooled["nsd"], rtol=1e-12)
+    assert json.loads((out / "summary.json").read_text())["metrics"]["nsd"]["tolerance_mm"] == 2.0
     np.testing.assert_allclose([float(r["dice"]) for r in table], direct.pooled["dice"], rtol=1e-12)
     np.testing.assert_allclose([float(r["hd95_mm"]) for r in table], direct.pooled["hd95"], rtol=1e-12)
     per_case = read_csv(out / "sweep_per_case.csv")
@@ -172,7 +181,7 @@ def test_sweep_cli_writes_tables_summary_and_figures(tmp_path):
     assert summary["metrics"]["msd"]["pooled"]["loss_at_0.5"] == pytest.approx(direct.loss_at(0.5, "msd"))
     assert summary["inputs"]["probability_maps"] == [str(p) for p in paths_p]
     assert summary["inputs"]["segment"] == "Blob"
-    for name in ("sweep.png", "sweep_dice.png", "sweep_msd.png", "sweep_hd.png", "sweep_hd95.png",
+    for name in ("sweep.png", "sweep_dice.png", "sweep_nsd.png", "sweep_msd.png", "sweep_hd.png", "sweep_hd95.png",
                  "perturbation_losses.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -180,6 +189,12 @@ def test_sweep_cli_writes_tables_summary_and_figures(tmp_path):
     assert main(argv) == 2
     assert main(argv + ["--overwrite", "--thresholds", "0.2,0.4", "--metrics", "dice"]) == 0
     assert len(read_csv(out / "sweep.csv")) == 2
+    # another tolerance reaches the sweep
+    assert main(argv + ["--overwrite", "--thresholds", "0.5", "--metrics", "nsd", "--nsd-tolerance", "0.5"]) == 0
+    tight = sweep_thresholds(probs, refs, [SPACING_XYZ[::-1]] * 2, thresholds=[0.5], metrics=("nsd",),
+                             nsd_tolerance=0.5)
+    assert float(read_csv(out / "sweep.csv")[0]["nsd"]) == pytest.approx(tight.pooled["nsd"][0], rel=1e-12)
+    assert json.loads((out / "summary.json").read_text())["metrics"]["nsd"]["tolerance_mm"] == 0.5
 
 
 def test_sweep_cli_missing_segment_logits_and_bad_input(tmp_path, capsys):

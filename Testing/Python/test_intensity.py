@@ -41,6 +41,10 @@ HAND = {
              (1500, 1.0), (1600, 1.0)],
     "NLF1": [(-1000, 0.0), (-100, 0.0), (-50, 0.25), (0, 0.5), (50, 0.75), (100, 1.0), (1000, 1.0)],
     "NLF2": [(-1000, 0.0), (-500, 0.0), (-175, 0.25), (150, 0.5), (800, 1.0), (1200, 1.0)],
+    # SepNet's released preprocessing (HiLab-git/SepNet data_process/Preprocess.py): 0, 0.1, 0.8, 1 at
+    # -500, -100, 400, 1500 HU
+    "SLF1-CODE": [(-1000, 0.0), (-500, 0.0), (-300, 0.05), (-100, 0.1), (150, 0.45), (400, 0.8), (950, 0.9),
+                  (1500, 1.0), (1600, 1.0)],
 }
 
 
@@ -64,7 +68,10 @@ def test_presets_are_the_papers_points():
         assert PRESETS[name].values == (0.0, 0.2, 0.8, 1.0)
     assert PRESETS["NLF1"].hu_points == (-100, 100) and PRESETS["NLF1"].values == (0, 1)
     assert PRESETS["NLF2"].hu_points == (-500, 800) and PRESETS["NLF2"].values == (0, 1)
-    assert sorted(PRESETS) == ["NLF1", "NLF2", "SLF1", "SLF2", "SLF3"]
+    assert sorted(PRESETS) == ["NLF1", "NLF2", "SLF1", "SLF1-CODE", "SLF2", "SLF3"]
+    code = PRESETS["SLF1-CODE"]
+    assert code.hu_points == (-500, -100, 400, 1500) and code.values == (0.0, 0.1, 0.8, 1.0)
+    assert parse_transform("SLF1-code") is code and get_transforms("SLF1,slf1-code") == [PRESETS["SLF1"], code]
 
 
 @pytest.mark.parametrize("name", sorted(HAND))

@@ -11,6 +11,7 @@ from AutoSegSensitivity import Box, InputError, Segmentation, Volume
 from AutoSegSensitivity.localisation import (
     AIR_HU,
     LocalisationWarning,
+    anti_alias_sigma,
     area_resize,
     box_from_roi,
     crop_case,
@@ -18,6 +19,7 @@ from AutoSegSensitivity.localisation import (
     largest_component_box,
     lowres_shape,
     make_lowres_case,
+    make_lowres_image,
     padded_box,
     scale_box,
     segment_in_box,
@@ -192,7 +194,11 @@ def _rule(name: str, level: float):
 def test_two_stage_finds_the_organ_and_pastes_the_map_where_it_is() -> None:
     img, organ = _blob_image()
     localiser, organ_model = _rule("Lens", 300.0), _rule("Lens", 300.0)
-    res = two_stage_predict(img, localiser, organ_model, structure="Lens", padding=3)
+    # the mechanics on the plain low-res copy (a fixed-level rule sees a smoothed organ a little smaller;
+    # with smoothing the padded crop still holds the whole organ)
+    smooth = two_stage_predict(img, _rule("Lens", 300.0), None, structure="Lens", padding=3)
+    assert padded_box(smooth.box, 3).intersect(Box.from_mask(organ)) == Box.from_mask(organ)
+    res = two_stage_predict(img, localiser, organ_model, structure="Lens", padding=3, anti_alias=False)
     assert res.found and "Lens" in res.message
     low = localiser.seen[0]
     assert low.shape == (8, 15, 14)
@@ -364,3 +370,30 @@ def test_two_stage_on_the_phantom_finds_the_small_structure_and_pastes_it_in_pla
     com_ref = np.array(np.nonzero(ref)).mean(axis=1)
     assert np.all(np.abs(com_pred - com_ref) <= (1.5, 2.5, 2.5)), (com_pred, com_ref)
     assert dice(pred, ref) > 0.5
+
+
+def test_anti_alias_sigma_is_skimage_resize_rule() -> None:
+    # skimage.transform.resize(anti_aliasing=True): sigma = max(0, (factor - 1) / 2), factor = in / out
+    np.testing.assert_allclose(anti_alias_sigma((12, 20, 18), (4, 10, 9)), [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(anti_alias_sigma((10, 7, 5), (4, 7, 10)), [0.75, 0.0, 0.0])
+
+
+def test_lowres_image_smoothing_keeps_thin_structures_visible_wherever_they_lie() -> None:
+    # a one-voxel plate across z; depth divided by 3. Without smoothing, linear interpolation samples the
+    # coarse voxel centres only (full-res z = 1, 4, 7, 10), so the plate shows at full strength or vanishes
+    # depending on its position: aliasing. With the Gaussian first it shows at every position.
+    peak_plain, peak_smooth = [], []
+    for z in range(12):
+        arr = np.zeros((12, 6, 6), np.float32)
+        arr[z] = 1000.0
+        img = Volume(arr, spacing=(1.0, 1.0, 3.0))
+        peak_plain.append(make_lowres_image(img, (3, 1, 1), anti_alias=False).array.max())
+        peak_smooth.append(make_lowres_image(img, (3, 1, 1)).array.max())
+    assert min(peak_plain) < 1.0 and max(peak_plain) > 999.0  # vanishes at some positions
+    assert min(peak_smooth) > 200.0 and max(peak_smooth) / min(peak_smooth) < 2.0
+    # a constant image stays constant (mirrored edges), the unsmoothed path is the plain resampling
+    flat = Volume(np.full((12, 6, 6), -300.0, np.float32), spacing=(1.0, 1.0, 3.0))
+    np.testing.assert_allclose(make_lowres_image(flat).array, -300.0, rtol=1e-6)
+    img = Volume(np.random.default_rng(0).normal(size=(12, 8, 8)).astype(np.float32), spacing=(1.0, 1.0, 3.0))
+    np.testing.assert_array_equal(make_lowres_image(img, anti_alias=False).array,
+                                  img.resample_to_shape(lowres_shape(img.shape), "linear").array)

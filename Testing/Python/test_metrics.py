@@ -169,7 +169,7 @@ def test_volumes_precision_sensitivity_and_centre_of_mass_by_hand():
     assert m2["volume_diff_ml"] == pytest.approx(40 * vox)
     assert m2["relative_volume_diff"] == pytest.approx(40 / 120)
     assert m2["precision"] == pytest.approx(120 / 160) and m2["sensitivity"] == 1.0
-    assert list(m) == list(COMPARE_KEYS)
+    assert list(m) == list(COMPARE_KEYS) + ["nsd_2mm"]
 
 
 def test_empty_mask_rules():

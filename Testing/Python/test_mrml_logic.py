@@ -11,7 +11,7 @@ import slicer  # the slicer-core wheel: real MRML, no application
 
 from AutoSegSensitivity.intensity import apply_transform, get_transform
 from AutoSegSensitivity.localisation import two_stage_predict
-from AutoSegSensitivity.metrics import compare_masks, compare_segmentations
+from AutoSegSensitivity.metrics import compare_masks, compare_segmentations, surface_dice
 from AutoSegSensitivity.mrml import nodes
 from AutoSegSensitivity.mrml.intensity_logic import IntensityTransformLogic
 from AutoSegSensitivity.mrml.localisation_logic import LocalisationLogic
@@ -110,6 +110,12 @@ def test_segment_metrics_equal_engine_with_intensity_stats_and_csv(scene, phanto
         [{k: v for k, v in r.items() if k != "pred_segment"} for r in engine_rows]
     columns = [table.GetTable().GetColumn(i).GetName() for i in range(table.GetTable().GetNumberOfColumns())]
     assert "hd95_mm" in columns and "ref_mean [HU]" in columns and "volume_ref_ml" in columns
+    assert "nsd_2mm" in columns
+    _, rows3 = SegmentMetricsLogic(scene).compare(ref_node, cmp_node, grid_node=ct, nsd_tolerance_mm=3.0,
+                                                  table_name="tolerance 3")
+    for row, name in zip(rows3, names):
+        assert row["nsd_3mm"] == pytest.approx(surface_dice(np.roll(pred.mask(name), 1, axis=2), seg.mask(name),
+                                                            volume.spacing_zyx, 3.0), rel=1e-12)
     again, _ = SegmentMetricsLogic(scene).compare(ref_node, cmp_node, intensity_node=ct)
     assert again is table and _count(scene, "vtkMRMLTableNode", "Reference vs Compared") == 1
     path = SegmentMetricsLogic.export_csv(table, tmp_path / "metrics.csv")
@@ -162,14 +168,21 @@ def test_threshold_sweep_equals_engine_with_chart_and_summary(scene, phantom):
     th = np.round(np.arange(0, 1.0001, 0.05), 2)
     logic = ThresholdTuningLogic(scene)
     result, table, chart, summary = logic.sweep(prob_nodes, ref_nodes, "Parotid_L", thresholds=th)
-    engine = sweep_thresholds(probs, refs, [volume.spacing_zyx] * 2, th, device="numpy")
-    for m in ("dice", "msd", "hd", "hd95"):
+    engine = sweep_thresholds(probs, refs, [volume.spacing_zyx] * 2, th, device="numpy",
+                              metrics=("dice", "nsd", "msd", "hd", "hd95"))
+    for m in ("dice", "nsd", "msd", "hd", "hd95"):
         assert np.allclose(result.pooled[m], engine.pooled[m], equal_nan=True)
     rows = nodes.rows_from_table(table)
     assert np.allclose([r["dice"] for r in rows], engine.pooled["dice"])
+    assert np.allclose([r["nsd"] for r in rows], engine.pooled["nsd"])  # a fraction: no unit in the name
     assert "hd95_mm" in rows[0]
     names = nodes.chart_series_names(chart)
-    assert names[:4] == [f"Parotid_L sweep {m}" for m in ("dice", "msd", "hd", "hd95")]
+    assert names[:5] == [f"Parotid_L sweep {m}" for m in ("dice", "nsd", "msd", "hd", "hd95")]
+    tight, _, _, _ = logic.sweep(prob_nodes, ref_nodes, "Parotid_L", thresholds=[0.5], metrics=("nsd",),
+                                 nsd_tolerance=0.5, name="tight")
+    assert tight.pooled["nsd"][0] == pytest.approx(
+        sweep_thresholds(probs, refs, [volume.spacing_zyx] * 2, [0.5], metrics=("nsd",), nsd_tolerance=0.5,
+                         device="numpy").pooled["nsd"][0])
     assert "Parotid_L sweep dice optimum" in names and "Parotid_L sweep dice 0.5" in names
     s_rows = {r["metric"]: r for r in nodes.rows_from_table(summary)}
     t_opt, v_opt = engine.optimum("dice")
