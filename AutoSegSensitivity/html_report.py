@@ -47,8 +47,9 @@ import numpy as np
 from .atomic import write_text
 from .errors import InputError
 from .held_out import N_BOOTSTRAP, ROLES, bootstrap_ci, pooled_dice, read_counts, relative_dice_loss
-from .sweep import DEFAULT_DELTAS, HIGHER_IS_BETTER, METRICS, UNITS, SweepResult, correlate_prominence, relative_loss
+from .sweep import DEFAULT_DELTAS, HIGHER_IS_BETTER, SWEEP_METRICS, UNITS, SweepResult, correlate_prominence, relative_loss
 from .sweep import _col as metric_column
+from .metrics import DEFAULT_NSD_TOLERANCE_MM
 
 __all__ = [
     "STUDY_JSON", "SWEEPS_DIR", "VOLUME_BIAS_CSV", "COUNTS_CSV", "CHOSEN", "CORRELATION_KINDS",
@@ -123,14 +124,15 @@ def _read_csv(path: Path) -> List[Dict[str, str]]:
 def read_sweep_folder(folder: PathLike, structure: Optional[str] = None) -> SweepResult:
     """Rebuild a :class:`SweepResult` from ``folder/sweep.csv`` (pooled and mean curves) and
     ``folder/sweep_per_case.csv`` (per-case curves), as written by the study and by ``autosegsens sweep``.
-    Metrics are the ones present among ``dice, msd_mm, hd_mm, hd95_mm``."""
+    Metrics are the ones present among ``dice, nsd, msd_mm, hd_mm, hd95_mm`` (the NSD tolerance from
+    ``summary.json``)."""
     folder = Path(folder)
     rows = _read_csv(folder / "sweep.csv")
     if not rows:
         raise InputError(folder / "sweep.csv", "rows", "one row per threshold", got="no rows")
-    metrics = tuple(m for m in METRICS if metric_column(m) in rows[0])
+    metrics = tuple(m for m in SWEEP_METRICS if metric_column(m) in rows[0])
     if not metrics or "threshold" not in rows[0]:
-        raise InputError(folder / "sweep.csv", "columns", "threshold and at least one of dice, msd_mm, hd_mm, hd95_mm",
+        raise InputError(folder / "sweep.csv", "columns", "threshold and at least one of dice, nsd, msd_mm, hd_mm, hd95_mm",
                          got=list(rows[0]))
     th = np.array([_float(r["threshold"]) for r in rows])
     pooled = {m: np.array([_float(r[metric_column(m)]) for r in rows]) for m in metrics}
@@ -148,15 +150,18 @@ def read_sweep_folder(folder: PathLike, structure: Optional[str] = None) -> Swee
             per_case[case] = {m: np.array([_float(r[metric_column(m)]) for r in rs]) for m in metrics}
             case_names.append(case)
     problems: List[Tuple[str, str]] = []
+    tolerance = DEFAULT_NSD_TOLERANCE_MM
     summary = folder / "summary.json"
     if summary.is_file():
         try:
             data = json.loads(summary.read_text(encoding="utf-8"))
             problems = [(p["case"], p["reason"]) for p in data.get("problems", [])]
             structure = structure or data.get("structure")
-        except (ValueError, KeyError, TypeError):
+            tolerance = data.get("metrics", {}).get("nsd", {}).get("tolerance_mm", tolerance)
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass
-    return SweepResult(th, metrics, pooled, mean, n_undef, per_case, case_names, problems, structure)
+    return SweepResult(th, metrics, pooled, mean, n_undef, per_case, case_names, problems, structure,
+                       nsd_tolerance_mm=float(tolerance))
 
 
 @dataclass

@@ -316,7 +316,7 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
     from .html_report import STUDY_JSON, VOLUME_BIAS_CSV, load_study, summary_rows, write_report
     from .inference import load_checkpoint
     from .io import load_case, read_volume, scan_dataset
-    from .sweep import correlate_prominence, parse_thresholds, sweep_thresholds
+    from .sweep import SWEEP_METRICS, correlate_prominence, parse_thresholds, sweep_thresholds
     from .training import TrainConfig, read_checkpoint, resolve_device, train
 
     cfg = config if isinstance(config, StudyConfig) else StudyConfig.from_dict(config)
@@ -500,7 +500,7 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
                         r_list = [refs[c].get(s) for c in cases]
                         sp_list = [spacings[c] for c in cases]
                         res = sweep_thresholds(p_list, r_list, sp_list, thresholds=th, case_names=cases,
-                                               structure=s, device=cfg.sweep_device)
+                                               structure=s, device=cfg.sweep_device, metrics=SWEEP_METRICS)
                         sweeps[role] = res
                         used = [i for i, r in enumerate(r_list) if r is not None]
                         model = checkpoints.get((spec.key, s), checkpoints.get((spec.key, None)))

@@ -91,6 +91,7 @@ def test_tiny_study_tables_agree(tiny_study):
             assert split == {"train": roles["training"], "val": roles["validation"]}
     page = (out / "report.html").read_text()
     assert "one model per structure" in page
+    assert "NSD" in page  # the surface Dice column reaches the page
     for r in ROLES:  # the page names the cases of each role
         assert f"<td class=\"l\">{r}</td><td>{len(roles[r])}</td>" in page and ", ".join(roles[r]) in page
     # prominence: the fraction of true training voxels, between the two structures in the phantom's order
@@ -111,9 +112,12 @@ def test_tiny_study_tables_agree(tiny_study):
                     image, seg = load_case(out / "data" / c)
                     refs.append(seg.mask(s))
                     sps.append(image.spacing_zyx)
-                res[role] = sweep_thresholds(probs, refs, sps, case_names=roles[role], device="numpy")
+                res[role] = sweep_thresholds(probs, refs, sps, case_names=roles[role], device="numpy",
+                                             metrics=("dice", "nsd"))
                 rows = _csv(out / "sweeps" / key / s / role / "sweep.csv")
                 np.testing.assert_allclose([float(r["dice"]) for r in rows], res[role].pooled["dice"], rtol=0, atol=0)
+                # the study sweeps surface Dice at 2 mm too (issue 14)
+                np.testing.assert_allclose([float(r["nsd"]) for r in rows], res[role].pooled["nsd"], rtol=0, atol=1e-12)
                 assert (out / "sweeps" / key / s / role / "sweep.png").is_file()
             t_val = res["validation"].optimum("dice")[0]
             row = summary[(key, s)]
