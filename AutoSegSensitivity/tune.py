@@ -48,9 +48,10 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from . import __version__
+from .metrics import DEFAULT_NSD_TOLERANCE_MM, _check_tolerance
 from .atomic import write_text
 from .errors import InputError
-from .sweep import (DEFAULT_THRESHOLDS, HIGHER_IS_BETTER, METRICS, SweepResult, _sweep_case, check_probability,
+from .sweep import (DEFAULT_THRESHOLDS, HIGHER_IS_BETTER, SWEEP_METRICS, SweepResult, _sweep_case, check_probability,
                     parse_thresholds, sweep_thresholds)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -94,9 +95,11 @@ class StructureCounts:
 
 def structure_counts(prob: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
                      thresholds: Union[np.ndarray, Sequence[float]] = DEFAULT_THRESHOLDS, metric: str = "dice",
-                     source: str = "probability map") -> StructureCounts:
+                     source: str = "probability map",
+                     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM) -> StructureCounts:
     """Counts (and, for a non-Dice ``metric``, the per-case curve) of one map ``prob`` (z, y, x; values in
-    [0, 1]) against its reference mask ``ref`` (same shape), spacing in mm (z, y, x). NaN or values outside
+    [0, 1]) against its reference mask ``ref`` (same shape), spacing in mm (z, y, x); ``nsd_tolerance`` (mm)
+    is the surface Dice's tolerance when ``metric`` is ``nsd``. NaN or values outside
     [0, 1], or a shape mismatch, are an :class:`InputError` naming ``source``."""
     _check_metric(metric)
     th = parse_thresholds(thresholds)
@@ -109,15 +112,16 @@ def structure_counts(prob: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
     out = _sweep_case(p, r, sp, th, False)
     curve = None
     if metric != "dice":
-        res = sweep_thresholds([p], [r], [sp], th, metrics=(metric,), case_names=["case"], device="numpy")
+        res = sweep_thresholds([p], [r], [sp], th, metrics=(metric,), case_names=["case"], device="numpy",
+                               nsd_tolerance=nsd_tolerance)
         curve = np.asarray(res.per_case["case"][metric], dtype=float)
     return StructureCounts(np.asarray(out.tp, dtype=np.int64), np.asarray(out.npred, dtype=np.int64),
                            int(out.nref), int(p.size), curve)
 
 
 def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise InputError("tune", "metric", f"one of {list(METRICS)}", got=repr(metric))
+    if metric not in SWEEP_METRICS:
+        raise InputError("tune", "metric", f"one of {list(SWEEP_METRICS)}", got=repr(metric))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -325,6 +329,7 @@ class _CaseTask:
     labels: Optional[Dict[str, int]]
     metric: str
     thresholds: np.ndarray
+    nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM
 
 
 @dataclass
@@ -352,7 +357,7 @@ def _count_case(task: _CaseTask) -> _CaseOut:
             return
         try:
             out.counts[structure] = structure_counts(prob, seg.mask(structure), spacing, task.thresholds,
-                                                     task.metric, source)
+                                                     task.metric, source, task.nsd_tolerance)
         except Exception as exc:
             out.problems.append((structure, _reason(exc)))
 
@@ -462,14 +467,17 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
                 structures: Optional[Sequence[str]] = None, metric: str = "dice", folds: int = DEFAULT_FOLDS,
                 seed: int = 0, train_dir: Optional[PathLike] = None, jobs: int = 1,
                 thresholds: Union[np.ndarray, Sequence[float], str, None] = DEFAULT_THRESHOLDS,
-                n_boot: int = DEFAULT_BOOTSTRAP, on_case: Optional[Callable[[str], None]] = None) -> TuneResult:
+                n_boot: int = DEFAULT_BOOTSTRAP, on_case: Optional[Callable[[str], None]] = None,
+                nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM) -> TuneResult:
     """Tune every structure over the cases of ``prob_dir`` (maps or nnU-Net output) matched by name with the
     dataset folder ``ref_dir``; see the module docstring. Cases, structures and maps with problems are
     listed in :attr:`TuneResult.problems` and the rest goes on. ``on_case(name)`` is called as each case
-    finishes (progress)."""
+    finishes (progress). ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``."""
     from .io.dataset import scan_dataset
 
     _check_metric(metric)
+    if metric == "nsd":
+        _check_tolerance(nsd_tolerance)
     th = parse_thresholds(thresholds)
     _index_of(th, 0.5)
     for name, value, least in (("jobs", jobs, 1), ("folds", folds, 2), ("bootstrap resamples", n_boot, 1)):
@@ -502,7 +510,7 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     if not names:
         raise InputError(prob_dir, "cases", f"cases whose names match the reference cases in {ref_dir}",
                          got="none in common")
-    tasks = [_CaseTask(n, refs[n], probs[n], fmt, wanted, labels, metric, th) for n in names]
+    tasks = [_CaseTask(n, refs[n], probs[n], fmt, wanted, labels, metric, th, float(nsd_tolerance)) for n in names]
 
     per_structure: Dict[str, Dict[str, StructureCounts]] = {}
     order: List[str] = list(wanted or [])
@@ -551,6 +559,7 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
               "dataset_json": str(dataset_json) if dataset_json else None, "train_dir": str(train_dir) if train_dir else None,
               "structures": list(structures) if structures else None, "metric": metric, "folds": int(folds),
               "seed": int(seed), "bootstrap_resamples": int(n_boot),
+              **({"nsd_tolerance_mm": float(nsd_tolerance)} if metric == "nsd" else {}),
               "thresholds": {"min": float(th[0]), "max": float(th[-1]), "count": int(th.size)}}
     return TuneResult(metric, tunings, problems, inputs, names, prom_source)
 

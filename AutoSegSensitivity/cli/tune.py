@@ -52,8 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref-dir", type=Path, required=True, help="dataset folder with the reference cases")
     parser.add_argument("--structures", nargs="+", help="structures to tune (default: all found)")
     parser.add_argument("--metric", default="dice",
-                        help="metric to optimise: any metric of `autosegsens sweep` (dice, msd, hd, hd95, ...); "
+                        help="metric to optimise: any metric of `autosegsens sweep` (dice, nsd, msd, hd, hd95); "
                              "Dice is pooled over cases, other metrics are means of the case values")
+    parser.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="MM",
+                        help="tolerance of the surface Dice (--metric nsd), in mm (default 2.0)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (K = min(folds, cases))")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap CI")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CI")
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out, args.overwrite, will_write=OUTPUTS)
     result = tune_cohort(args.prob_dir, args.ref_dir, fmt=args.format, dataset_json=args.dataset_json,
                          structures=args.structures, metric=args.metric, folds=args.folds, seed=args.seed,
+                         nsd_tolerance=args.nsd_tolerance,
                          train_dir=args.train_dir, jobs=args.jobs, n_boot=args.bootstrap)
     for p in result.problems:
         print(f"note: {problem_line(p)}", file=sys.stderr)

@@ -62,7 +62,17 @@ def test_tune_metric_is_generic_and_bad_metric_is_one_line(cohort, tmp_path, cap
     assert rows[0]["structure"] == "Low" and "cv_msd_at_tuned" in rows[0]
     header = (out / "sweeps" / "Low" / "sweep.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["threshold", "dice"] and "msd_mm_mean" in header
+    # surface Dice at a tolerance (issue 14): a fraction, higher is better, tolerance recorded
+    assert main(["tune", "--prob-dir", str(probs), "--ref-dir", str(refs), "--out", str(tmp_path / "nsd"),
+                 "--metric", "nsd", "--nsd-tolerance", "1.5", "--structures", "Low", "--bootstrap", "50"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "nsd" / "summary.csv")))
+    assert "cv_nsd_at_tuned" in rows[0] and 0.0 <= float(rows[0]["cv_nsd_at_tuned"]) <= 1.0
+    doc = json.loads((tmp_path / "nsd" / "thresholds.json").read_text())
+    assert doc["metric"] == "nsd" and doc["inputs"]["nsd_tolerance_mm"] == 1.5
     capsys.readouterr()
+    assert main(["tune", "--prob-dir", str(probs), "--ref-dir", str(refs), "--out", str(tmp_path / "z"),
+                 "--metric", "nsd", "--nsd-tolerance", "-1"]) == 2
+    assert "tolerance" in capsys.readouterr().err
     assert main(["tune", "--prob-dir", str(probs), "--ref-dir", str(refs), "--out", str(tmp_path / "x"),
                  "--metric", "volume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -251,3 +251,27 @@ def test_threshold_logic_saves_and_loads_thresholds_json_on_real_mrml(cohort, tm
     with pytest.raises(InputError, match="structures.High.threshold"):
         logic.save_thresholds(tmp_path / "bad.json", {"High": -0.1})
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_nsd_metric_is_the_mean_of_case_surface_dice_and_higher_is_better():
+    """`tune --metric nsd`: each case's curve is the surface Dice at the tolerance (checked against
+    metrics.surface_dice by brute force at some thresholds), the cohort value is their mean, and the fold
+    thresholds maximise it (higher is better)."""
+    from AutoSegSensitivity.metrics import surface_dice
+
+    cases = [case_arrays(i) for i in range(4)]
+    sp = (2.0, 0.9, 1.2)
+    counts = [structure_counts(c[0]["Low"], c[1]["Low"], sp, TH, metric="nsd", nsd_tolerance=1.5) for c in cases]
+    for c, k in zip(cases[:2], counts[:2]):
+        for j in (20, 50, 80):
+            assert abs(k.curve[j] - surface_dice(c[0]["Low"] >= np.float32(TH[j]), c[1]["Low"], sp, 1.5)) < 1e-9
+    curves = np.array([k.curve for k in counts])
+    cv = cross_validate(counts, TH, "nsd", folds=2, seed=0, n_boot=100)
+    for k, t in enumerate(cv.fold_thresholds):
+        m = _finite_mean_loop(curves[[i for i in range(4) if i % 2 != k]])
+        best = max(m)
+        cand = [j for j, v in enumerate(m) if v >= best - 1e-12]
+        assert t == TH[min(cand, key=lambda j: (round(abs(TH[j] - 0.5), 9), TH[j]))]
+    assert close(cv.gain, cv.at_tuned - cv.at_05)
+    with pytest.raises(InputError):
+        structure_counts(cases[0][0]["Low"], cases[0][1]["Low"], sp, TH, metric="nsd", nsd_tolerance=-1.0)
