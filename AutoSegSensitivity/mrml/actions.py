@@ -121,6 +121,23 @@ def apply_optimum(has_result: bool, probability_maps: int, checkpoint: PathLike)
     return _state(missing, f"Threshold the maps at the Dice optimum{store}.")
 
 
+def save_thresholds(has_result: bool, structure: str, thresholds_file: PathLike) -> ActionState:
+    """Saving the optimum to a thresholds.json needs a sweep result, a structure name and a file path."""
+    path = path_or_none(thresholds_file)
+    missing = _missing(None if has_result else "a sweep result (run Sweep first)",
+                       None if (structure or "").strip() else "a structure name",
+                       None if path is not None else "a thresholds.json file")
+    return _state(missing, "Store the Dice optimum of this structure in the thresholds.json "
+                           "(other structures in the file are kept).")
+
+
+def load_thresholds(structure: str, thresholds_file: PathLike) -> ActionState:
+    """Loading needs a structure name and an existing thresholds.json."""
+    missing = _missing(None if (structure or "").strip() else "a structure name",
+                       _file_problem(thresholds_file, "a thresholds.json file"))
+    return _state(missing, "Set the slider to this structure's threshold from the thresholds.json.")
+
+
 # ---- AutoSegSegmentMetrics -------------------------------------------------------------------------------
 def pair_by_name(reference: Any, compared: Any) -> ActionState:
     """Pair by name needs both segmentations."""

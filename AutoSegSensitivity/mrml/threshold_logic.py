@@ -121,6 +121,16 @@ class ThresholdTuningLogic:
 
         return write_thresholds(path, thresholds, metric=metric, source=source)
 
+    @classmethod
+    def add_threshold(cls, path: Union[str, Path], structure: str, threshold: float, metric: str = "dice",
+                      source: str = "AutoSegThreshold") -> Path:
+        """Store one structure's tuned threshold in the ``thresholds.json`` at ``path``: the other structures
+        of an existing file are kept (a file that is not a valid thresholds.json is an error, never
+        overwritten); a new file is created otherwise. Atomic."""
+        table = cls.load_thresholds(path) if Path(path).exists() else {}
+        table[str(structure)] = float(threshold)
+        return cls.save_thresholds(path, table, metric=metric, source=source)
+
     @staticmethod
     def load_thresholds(path: Union[str, Path]) -> Dict[str, float]:
         """``{structure: threshold}`` from a ``thresholds.json`` (validated; an :class:`InputError` names the

@@ -31,7 +31,7 @@ from AutoSegSlicerLib.widgets import ParameterNodeBinding, firstVolumeDefaults, 
 find_engine(__file__)
 from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
 
-PRESETS = ["SLF1", "SLF2", "SLF3", "NLF1", "NLF2"]
+PRESETS = ["SLF1", "SLF2", "SLF3", "NLF1", "NLF2", "SLF1-CODE"]  # SLF1-CODE: SepNet's released variant
 
 
 class AutoSegIntensity(ScriptedLoadableModule):

@@ -62,6 +62,8 @@ class AutoSegThresholdParameterNode:
     liveSegmentation: vtkMRMLSegmentationNode
     liveUpdate: bool = True
     checkpoint: Path
+    nsdTolerance: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
+    thresholdsFile: Path
 
 
 class AutoSegThresholdLogic(ScriptedLoadableModuleLogic):
@@ -91,6 +93,8 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.binding = ParameterNodeBinding(self, self.logic, self.updateButtons)
         self.ui.sweepButton.clicked.connect(self.onSweep)
         self.ui.applyOptimumButton.clicked.connect(self.onApplyOptimum)
+        self.ui.saveThresholdsButton.clicked.connect(self.onSaveThresholds)
+        self.ui.loadThresholdsButton.clicked.connect(self.onLoadThresholds)
         self.ui.probabilityVolumesSelector.checkedNodesChanged.connect(self.updateButtons)
         self.ui.referenceSegmentationsSelector.checkedNodesChanged.connect(self.updateButtons)
         # ctkSliderWidget without tracking: valueIsChanging while dragged, valueChanged once released
@@ -126,9 +130,20 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self.binding.node
         return actions.apply_optimum(self._result is not None, len(self._maps()), p.checkpoint if p else None)
 
+    def saveThresholdsState(self):
+        p = self.binding.node
+        return actions.save_thresholds(self._result is not None, p.structure if p else "",
+                                       p.thresholdsFile if p else None)
+
+    def loadThresholdsState(self):
+        p = self.binding.node
+        return actions.load_thresholds(p.structure if p else "", p.thresholdsFile if p else None)
+
     def updateButtons(self):
         showState(self.ui.sweepButton, self.sweepState())
         showState(self.ui.applyOptimumButton, self.applyOptimumState())
+        showState(self.ui.saveThresholdsButton, self.saveThresholdsState())
+        showState(self.ui.loadThresholdsButton, self.loadThresholdsState())
 
     def onSweep(self):
         if not ready(self.sweepState()) or not ensureDependencies():
@@ -138,9 +153,10 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Threshold sweep failed.", waitCursor=True):
             p = self.binding.node
             thresholds = np.round(np.arange(0.0, 1.0 + 1e-9, p.step), 6)
-            metrics = ("dice", "msd", "hd", "hd95") if p.surfaceMetrics else ("dice",)
+            metrics = ("dice", "nsd", "msd", "hd", "hd95") if p.surfaceMetrics else ("dice",)
             result, table, chart, summary = self.logic.engine().sweep(
-                self._maps(), self._references(), p.structure, thresholds=thresholds, metrics=metrics)
+                self._maps(), self._references(), p.structure, thresholds=thresholds, metrics=metrics,
+                nsd_tolerance=p.nsdTolerance)
             self._result = result
             t_opt, v_opt = result.optimum("dice")
             loss = result.loss_at(0.5, "dice")
@@ -182,6 +198,29 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.threshold = t_opt
             if checkpoint is not None:
                 slicer.util.infoDisplay(f"Threshold {t_opt:.2f} for {p.structure} stored in {checkpoint}")
+
+
+    def onSaveThresholds(self):
+        """Store this structure's Dice optimum in the thresholds.json (other structures kept)."""
+        if not ready(self.saveThresholdsState()) or not ensureDependencies():
+            return
+        with slicer.util.tryWithErrorDisplay("Could not save the threshold.", waitCursor=True):
+            p = self.binding.node
+            t_opt, _ = self._result.optimum("dice")
+            path = self.logic.engine().add_threshold(actions.path_or_none(p.thresholdsFile), p.structure, t_opt)
+            slicer.util.showStatusMessage(f"Threshold {t_opt:.2f} for {p.structure} saved in {path}", 5000)
+
+    def onLoadThresholds(self):
+        """Move the slider to this structure's threshold from the thresholds.json (the segmentation follows)."""
+        if not ready(self.loadThresholdsState()) or not ensureDependencies():
+            return
+        with slicer.util.tryWithErrorDisplay("Could not load the threshold.", waitCursor=True):
+            p = self.binding.node
+            table = self.logic.engine().load_thresholds(actions.path_or_none(p.thresholdsFile))
+            if p.structure not in table:
+                raise ValueError(f"{p.thresholdsFile} has no threshold for {p.structure!r} (it has {sorted(table)})")
+            p.threshold = table[p.structure]
+            self.ui.resultLabel.text = f"Threshold {table[p.structure]:.2f} for {p.structure} from {p.thresholdsFile}"
 
 
 class AutoSegThresholdTest(ScriptedLoadableModuleTest):
@@ -255,5 +294,19 @@ class AutoSegThresholdTest(ScriptedLoadableModuleTest):
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(
             live, live.GetSegmentation().GetSegmentIdBySegmentName("Parotid_L"), phantom.ct)
         np.testing.assert_array_equal(mask > 0, prob >= t_opt)
+        # thresholds.json: save this structure's optimum, move the slider away, load it back
+        import os
+        import tempfile
+
+        self.assertFalse(widget.ui.saveThresholdsButton.enabled)  # no file chosen yet
+        path = os.path.join(tempfile.mkdtemp(prefix="AutoSegThresholdTest-"), "thresholds.json")
+        p.thresholdsFile = path
+        self.assertTrue(widget.ui.saveThresholdsButton.enabled, widget.ui.saveThresholdsButton.toolTip)
+        widget.ui.saveThresholdsButton.click()
+        self.assertAlmostEqual(widget.logic.engine().load_thresholds(path)["Parotid_L"], t_opt)
+        p.threshold = 0.9
+        self.assertTrue(widget.ui.loadThresholdsButton.enabled, widget.ui.loadThresholdsButton.toolTip)
+        widget.ui.loadThresholdsButton.click()
+        self.assertAlmostEqual(p.threshold, t_opt)
         logging.info("AutoSegThreshold self-test passed")
         self.delayDisplay("Test passed")

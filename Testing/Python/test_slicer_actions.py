@@ -114,3 +114,19 @@ def test_segment_metrics_buttons(segmentations, volume, scene):
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", "T")
     assert "CSV file name" in actions.export_csv(table, Path()).tooltip
     assert actions.export_csv(table, "out.csv").enabled
+
+
+def test_thresholds_file_actions_need_a_structure_a_file_and_for_saving_a_result(tmp_path):
+    for empty in (None, "", ".", Path()):
+        state = actions.save_thresholds(True, "Brain", empty)
+        assert not state.enabled and "thresholds.json" in state.tooltip
+        state = actions.load_thresholds("Brain", empty)
+        assert not state.enabled and "thresholds.json" in state.tooltip
+    target = tmp_path / "thresholds.json"
+    assert not actions.save_thresholds(False, "Brain", target).enabled
+    assert "Sweep" in actions.save_thresholds(False, "Brain", target).tooltip
+    assert "structure" in actions.save_thresholds(True, " ", target).tooltip
+    assert actions.save_thresholds(True, "Brain", target).enabled  # a new file may be created
+    assert "not a file" in actions.load_thresholds("Brain", target).tooltip  # loading needs it to exist
+    target.write_text("{}")
+    assert actions.load_thresholds("Brain", target).enabled

@@ -244,3 +244,20 @@ def test_training_cancel_returns_at_once_and_a_killed_run_reads_as_cancelled():
     assert "self._process.cancel()" in handler
     poll = source[source.index("    def onPoll"):source.index("    def onCancel")]
     assert "process.cancel_requested" in poll
+
+
+def test_intensity_module_offers_every_engine_preset_in_the_ui_order():
+    """The preset list of AutoSegIntensity (module and its .ui combo box) is the engine's presets (issue 14:
+    SLF1-CODE, SepNet's released variant, beside the paper's printed SLF1-3 and NLF1-2), plus Custom."""
+    import xml.etree.ElementTree as ET
+
+    from AutoSegSensitivity.intensity import PRESETS as ENGINE_PRESETS
+
+    tree = ast.parse(_module_source("AutoSegIntensity"))
+    module_presets = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                          and any(getattr(t, "id", None) == "PRESETS" for t in n.targets))
+    assert sorted(module_presets) == sorted(ENGINE_PRESETS)
+    ui = ET.parse(ROOT / "ScriptedModules" / "AutoSegIntensity" / "Resources" / "UI" / "AutoSegIntensity.ui")
+    combo = next(w for w in ui.iter("widget") if w.get("name") == "presetComboBox")
+    items = [i.find("property/string").text for i in combo.findall("item")]
+    assert items == module_presets + ["Custom"]

@@ -275,3 +275,21 @@ def test_nsd_metric_is_the_mean_of_case_surface_dice_and_higher_is_better():
     assert close(cv.gain, cv.at_tuned - cv.at_05)
     with pytest.raises(InputError):
         structure_counts(cases[0][0]["Low"], cases[0][1]["Low"], sp, TH, metric="nsd", nsd_tolerance=-1.0)
+
+
+def test_threshold_logic_adds_one_structure_keeping_the_others(tmp_path):
+    """AutoSegThreshold's 'Save to file': one structure's threshold goes into a thresholds.json, the other
+    structures of an existing file are kept, and a file that is not a thresholds.json is left untouched."""
+    from AutoSegSensitivity.mrml.threshold_logic import ThresholdTuningLogic
+
+    path = tmp_path / "thresholds.json"
+    ThresholdTuningLogic.add_threshold(path, "Brain", 0.42)
+    assert read_thresholds(path) == {"Brain": 0.42}
+    ThresholdTuningLogic.add_threshold(path, "Lens_L", 0.11)
+    ThresholdTuningLogic.add_threshold(path, "Brain", 0.47)
+    assert read_thresholds(path) == {"Brain": 0.47, "Lens_L": 0.11}
+    other = tmp_path / "notes.json"
+    other.write_text('{"hello": 1}')
+    with pytest.raises(InputError):
+        ThresholdTuningLogic.add_threshold(other, "Brain", 0.5)
+    assert other.read_text() == '{"hello": 1}'
