@@ -74,8 +74,6 @@ class LoadedModel:
 
 def load_checkpoint(path: Union[str, Path], device: str = "cpu") -> LoadedModel:
     """Rebuild the network of a checkpoint (``best.pt`` or ``last.pt``) in eval mode on ``device``."""
-    import torch
-
     from .models import build_model
 
     path = Path(path)

@@ -137,10 +137,6 @@ def to_target(labels: "Any", softmax: bool) -> "Any":
     return onehot.movedim(-1, 1).float()
 
 
-def _dice_counts(pred: np.ndarray, ref: np.ndarray) -> Tuple[int, int, int]:
-    return int(np.logical_and(pred, ref).sum()), int(pred.sum()), int(ref.sum())
-
-
 class EarlyStopping:
     """Best-model selection and stopping (see the module docstring); state round-trips via dicts."""
 
