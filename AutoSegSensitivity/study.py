@@ -483,7 +483,7 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
         bias_rows: List[Dict[str, Any]] = []
         corr_rows: List[Dict[str, Any]] = []
         bar = _bar(len(specs) * len(cfg.structures) * 2, "threshold sweeps", show, "sweep")
-        say(f"[4/5] threshold sweeps ({th.size} thresholds, Dice/MSD/HD/HD95) per loss and structure, on the "
+        say(f"[4/5] threshold sweeps ({th.size} thresholds, Dice/NSD/MSD/HD/HD95) per loss and structure, on the "
             "validation and on the test cases")
         try:
             for spec in specs:
