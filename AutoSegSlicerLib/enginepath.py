@@ -1,7 +1,8 @@
 """Finding the engine (the ``AutoSegSensitivity`` package) from a module file, without Slicer.
 
 In a built extension the engine is installed beside the modules and imports directly. Loaded from a
-clone (Extension Wizard "Select Extension", or the module paths in the application settings) the module
+clone (the ``ScriptedModules`` folder dropped on Slicer's window, or the module paths in the application
+settings; see README "In 3D Slicer") the module
 files are ``<root>/ScriptedModules/<Module>/<Module>.py`` and the engine is ``<root>/AutoSegSensitivity``:
 the root is put at the end of ``sys.path``, so that an installed copy, when there is one, still wins.
 """
