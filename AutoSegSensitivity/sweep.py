@@ -600,11 +600,22 @@ def _nsd_case(ref: np.ndarray, box, k_box: Optional[np.ndarray], rc, n: int, n_f
         inside[:, m] = inside[:, m + 1] | ob[:, m + 1]
     area = table[inside[:, :7]]
     starts, ends = ks[:, :7].ravel(), ks[:, 1:].ravel()
-    near = np.repeat(near_r.ravel()[cells], 7)
+    near_cell = near_r.ravel()[cells]
+    far = np.repeat(~near_cell, 7)
     a = area.ravel()
-    pred_area = np.cumsum(np.bincount(starts, a, n + 1) - np.bincount(ends, a, n + 1))[:n]
-    pred_near = np.cumsum(np.bincount(starts, a * near, n + 1) - np.bincount(ends, a * near, n + 1))[:n]
-    ref_near = np.zeros(n)
+    # Areas are running sums of float differences, so an empty set of surfels would come out as ~1e-12
+    # instead of 0 (and NSD as 0 instead of 1, or a hair above 1): integer counts of the surfels (all, and
+    # those beyond tau) set the sums to exactly 0 where there are none, and the near area is the total less
+    # the far area, so that "every surfel within tau" gives num == den exactly.
+    lo_k, hi_k = kmin.ravel()[cells], kmax.ravel()[cells]
+    n_surfels = np.cumsum(np.bincount(lo_k, minlength=n + 1) - np.bincount(hi_k, minlength=n + 1))[:n]
+    n_far = np.cumsum(np.bincount(lo_k[~near_cell], minlength=n + 1)
+                      - np.bincount(hi_k[~near_cell], minlength=n + 1))[:n]
+    pred_area = np.where(n_surfels > 0, np.cumsum(np.bincount(starts, a, n + 1) - np.bincount(ends, a, n + 1))[:n], 0.0)
+    pred_far = np.where(n_far > 0, np.cumsum(np.bincount(starts, a * far, n + 1) - np.bincount(ends, a * far, n + 1))[:n],
+                        0.0)
+    pred_near = pred_area - np.clip(pred_far, 0.0, pred_area)
+    ref_far = np.zeros(n)
     if sr.any():
         radius = np.floor(tau / spacing).astype(np.int64)
         offs = np.array(list(itertools.product(*[range(-r, r + 1) for r in radius])), dtype=np.int64)
@@ -625,9 +636,11 @@ def _nsd_case(ref: np.ndarray, box, k_box: Optional[np.ndarray], rc, n: int, n_f
             size = len(part) * (n + 1)
             cover = np.bincount((row + lo).ravel(), minlength=size) - np.bincount((row + hi).ravel(), minlength=size)
             within = np.cumsum(cover.reshape(len(part), n + 1), axis=1)[:, :n] > 0
-            ref_near += areas_r[j:j + chunk] @ within
+            ref_far += areas_r[j:j + chunk] @ ~within
+    ref_total = areas_r.sum()
+    ref_near = ref_total - np.clip(ref_far, 0.0, ref_total)
     num[n_full:] = (pred_near + ref_near)[n_full:]
-    den[n_full:] = (pred_area + areas_r.sum())[n_full:]
+    den[n_full:] = (pred_area + ref_total)[n_full:]
     return num, den
 
 
@@ -822,10 +835,11 @@ def sweep_thresholds(
     if nsd_tau is not None:
         for c in used:
             o = outs[c]
-            per_case[c]["nsd"] = np.where(o.nsd_den > 0, o.nsd_num / np.where(o.nsd_den > 0, o.nsd_den, 1.0), 1.0)
+            per_case[c]["nsd"] = np.clip(np.where(o.nsd_den > 0, o.nsd_num / np.where(o.nsd_den > 0, o.nsd_den, 1.0),
+                                                  1.0), 0.0, 1.0)
         num = np.sum([outs[c].nsd_num for c in used], axis=0)
         den = np.sum([outs[c].nsd_den for c in used], axis=0)
-        pooled["nsd"] = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+        pooled["nsd"] = np.clip(np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0), 0.0, 1.0)
         mean["nsd"] = np.mean([per_case[c]["nsd"] for c in used], axis=0)
         n_undef["nsd"] = np.zeros(n, dtype=int)
     tol = DEFAULT_NSD_TOLERANCE_MM if nsd_tau is None else nsd_tau

@@ -198,3 +198,28 @@ def test_sweep_figures_name_the_tolerance(tmp_path):
     assert _label("nsd", res) == "surface Dice at 1.5 mm" and _label("dice", res) == "Dice"
     for path in (plot_sweep(res, tmp_path / "nsd.png", metric="nsd"), plot_sweep_metrics(res, tmp_path / "all.png")):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_nsd_is_exact_where_nothing_is_predicted_and_where_every_surfel_is_within_tolerance():
+    """Review finding: the sweep's surfel areas are running sums of float differences, so an empty
+    prediction came out as ~1e-12 of area (NSD 0 instead of the documented 1 for two empty masks) and a
+    perfect plateau as 1 + 3e-10 (above 1, and larger than the optimum's tie tolerance). Both are exact now."""
+    from AutoSegSensitivity.metrics import surface_dice
+    from AutoSegSensitivity.sweep import sweep_thresholds
+
+    rng = np.random.default_rng(0)
+    p = rng.random((5, 6, 7)).astype(np.float32)
+    empty = np.zeros(p.shape, bool)
+    res = sweep_thresholds([p], [empty], [(2.5, 0.8, 0.8)], thresholds="0:1:0.25", metrics=("dice", "nsd"),
+                           device="numpy")
+    expected = [surface_dice(p >= np.float32(t), empty, (2.5, 0.8, 0.8)) for t in (0, 0.25, 0.5, 0.75, 1.0)]
+    np.testing.assert_array_equal(res.per_case["case000"]["nsd"], expected)  # ... 0, 0, 1 (both empty)
+    z, y, x = np.meshgrid(*[np.arange(n) for n in (24, 48, 48)], indexing="ij")
+    d = np.sqrt(((z - 12) * 2.5) ** 2 + ((y - 24) * 0.8) ** 2 + ((x - 24) * 0.8) ** 2)
+    prob = (1.0 / (1.0 + np.exp((d - 12.0) / 1.0))).astype(np.float32)
+    res = sweep_thresholds([prob], [d <= 12.0], [(2.5, 0.8, 0.8)], metrics=("nsd",), device="numpy")
+    nsd = res.pooled["nsd"]
+    assert nsd.max() == 1.0 and (nsd == 1.0).sum() >= 3  # a plateau of exact ones, nothing above 1
+    t_opt, _ = res.optimum("nsd")
+    plateau = res.thresholds[nsd == 1.0]
+    assert t_opt == plateau[np.argmin(np.abs(plateau - 0.5))]  # ties toward 0.5, not decided by round-off
