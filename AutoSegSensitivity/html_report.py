@@ -380,7 +380,19 @@ def correlations(study: StudyData, metric: str = "dice") -> Dict[str, Dict[str, 
 
 
 def _ci_text(lo: Optional[float], hi: Optional[float]) -> str:
-    return "n/a" if lo is None or hi is None else f"{fmt_pct(lo)} to {fmt_pct(hi)}"
+    """``lo % to hi %``; with more digits when the two ends would print alike but differ, or a non-zero end
+    would print as 0 (a narrow interval around 0 must not read as "0.0 % to 0.0 %")."""
+    if lo is None or hi is None:
+        return "n/a"
+    def unclear(d: int) -> bool:
+        same = lo != hi and fmt_pct(lo, d) == fmt_pct(hi, d)
+        vanish = any(v != 0 and math.isfinite(v) and float(f"{100.0 * v:.{d}f}") == 0 for v in (lo, hi))
+        return same or vanish
+
+    digits = 1
+    while digits < 4 and unclear(digits):
+        digits += 1
+    return f"{fmt_pct(lo, digits)} to {fmt_pct(hi, digits)}"
 
 
 def plain_summary(study: StudyData, structure: str, rows: Optional[Sequence[Mapping[str, Any]]] = None) -> List[str]:

@@ -10,7 +10,7 @@ cases and seed, with early stopping on the validation cases (lowest running mean
 losses, as the paper) (--multi-label: one model per loss with one sigmoid output per structure instead;
 the foreground-biased sampling is then class-balanced); predicts the validation and test cases
 (OUT/predictions/<loss>/<case>/prob_<Structure>.nrrd, the layout of 'autosegsens predict'); sweeps the
-threshold from 0 to 1 by 0.01 with Dice, MSD, HD and HD95 per structure and loss on both (OUT/sweeps);
+threshold from 0 to 1 by 0.01 with Dice, NSD, MSD, HD and HD95 per structure and loss on both (OUT/sweeps);
 chooses each threshold on the validation cases and measures, as paper 000 did, every reported number on
 the test cases: Dice at that threshold and at 0.5, the loss at 0.5 with a 95 % bootstrap interval over test
 cases, the losses at t +- 0.02/0.05/0.1, the volume bias; the Pearson r and p between training-set

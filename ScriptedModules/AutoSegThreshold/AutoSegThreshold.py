@@ -186,18 +186,19 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay("Could not apply the optimum threshold.", waitCursor=True):
             t_opt, _ = self._result.optimum("dice")
+            structure = self._result.structure  # the swept structure, whatever the field says now
             engine = self.logic.engine()
             if checkpoint is not None:
-                engine.store_threshold(checkpoint, p.structure, t_opt, source="sweep dice (Slicer)")
+                engine.store_threshold(checkpoint, structure, t_opt, source="sweep dice (Slicer)")
             maps = self._maps()
             for prob in maps:
                 seg = engine.apply_threshold(prob, t_opt, p.liveSegmentation if len(maps) == 1 else None,
-                                             p.structure or None)
+                                             structure or None)
                 if p.liveSegmentation is None:
                     p.liveSegmentation = seg
             p.threshold = t_opt
             if checkpoint is not None:
-                slicer.util.infoDisplay(f"Threshold {t_opt:.2f} for {p.structure} stored in {checkpoint}")
+                slicer.util.infoDisplay(f"Threshold {t_opt:.2f} for {structure} stored in {checkpoint}")
 
 
     def onSaveThresholds(self):
@@ -207,8 +208,9 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not save the threshold.", waitCursor=True):
             p = self.binding.node
             t_opt, _ = self._result.optimum("dice")
-            path = self.logic.engine().add_threshold(actions.path_or_none(p.thresholdsFile), p.structure, t_opt)
-            slicer.util.showStatusMessage(f"Threshold {t_opt:.2f} for {p.structure} saved in {path}", 5000)
+            structure = self._result.structure  # the swept structure, whatever the field says now
+            path = self.logic.engine().add_threshold(actions.path_or_none(p.thresholdsFile), structure, t_opt)
+            slicer.util.showStatusMessage(f"Threshold {t_opt:.2f} for {structure} saved in {path}", 5000)
 
     def onLoadThresholds(self):
         """Move the slider to this structure's threshold from the thresholds.json (the segmentation follows)."""
@@ -300,7 +302,7 @@ class AutoSegThresholdTest(ScriptedLoadableModuleTest):
 
         self.assertFalse(widget.ui.saveThresholdsButton.enabled)  # no file chosen yet
         path = os.path.join(tempfile.mkdtemp(prefix="AutoSegThresholdTest-"), "thresholds.json")
-        p.thresholdsFile = path
+        p.thresholdsFile = Path(path)  # a Path field takes pathlib.Path only (IsInstance in serializers.py)
         self.assertTrue(widget.ui.saveThresholdsButton.enabled, widget.ui.saveThresholdsButton.toolTip)
         widget.ui.saveThresholdsButton.click()
         self.assertAlmostEqual(widget.logic.engine().load_thresholds(path)["Parotid_L"], t_opt)

@@ -221,3 +221,13 @@ def test_structure_never_found_is_said_plainly(study_dir, tmp_path):
                                    "cases is 0.56.")
     page = render_html(load_study(folder))
     assert "<b>Not learnt</b> (best validation Dice at threshold 0.00, i.e. every voxel): Lens_L (BCE)." in page
+
+
+def test_narrow_interval_around_zero_is_printed_with_enough_digits():
+    """A 95 % CI of -0.05 % to +0.03 % must not read as "0.0 % to 0.0 %" (review finding)."""
+    from AutoSegSensitivity.html_report import _ci_text
+
+    assert _ci_text(-0.0005, 0.0003) == "-0.05 % to 0.03 %"
+    assert _ci_text(0.039, 0.052) == "3.9 % to 5.2 %"
+    assert _ci_text(1.0, 1.0) == "100.0 % to 100.0 %"
+    assert _ci_text(None, 0.1) == "n/a"

@@ -261,3 +261,27 @@ def test_intensity_module_offers_every_engine_preset_in_the_ui_order():
     combo = next(w for w in ui.iter("widget") if w.get("name") == "presetComboBox")
     items = [i.find("property/string").text for i in combo.findall("item")]
     assert items == module_presets + ["Custom"]
+
+
+def test_thresholds_are_stored_under_the_swept_structure_not_the_field_as_it_is_now():
+    """Review finding: sweeping Parotid_L, then typing another name in the field, must not store Parotid_L's
+    optimum under the new name (in the checkpoint or the thresholds.json)."""
+    source = _module_source("AutoSegThreshold")
+    for handler in ("onApplyOptimum", "onSaveThresholds"):
+        body = source[source.index(f"    def {handler}"):]
+        body = body[:body.index("\n    def ", 10)] if "\n    def " in body[10:] else body
+        assert "structure = self._result.structure" in body, handler
+        assert "p.structure, t_opt" not in body, handler
+
+
+def test_self_test_command_puts_the_module_paths_on_the_command_line():
+    """--testing implies --disable-settings (Slicer's qSlicerCoreCommandOptions.cxx): module paths saved in
+    the settings are not read, so the documented command names the five module folders itself."""
+    readme = (ROOT / "README.md").read_text()
+    runner = (ROOT / "Testing" / "Slicer" / "run_self_tests.py").read_text()
+    for text in (readme, runner):
+        command = text[text.index("Slicer --no-main-window --testing"):]
+        command = command[:command.index("run_self_tests.py")]
+        assert "--additional-module-paths" in command
+        for module in MODULES:
+            assert f"ScriptedModules/{module}" in command, module

@@ -1,10 +1,13 @@
 """Run the self-tests of the five AutoSegSensitivity modules inside Slicer and exit non-zero on failure.
 
-    Slicer --no-main-window --testing --python-script Testing/Slicer/run_self_tests.py
+    Slicer --no-main-window --testing --additional-module-paths ScriptedModules/AutoSegTraining \
+        ScriptedModules/AutoSegIntensity ScriptedModules/AutoSegLocalisation ScriptedModules/AutoSegThreshold \
+        ScriptedModules/AutoSegSegmentMetrics --python-script Testing/Slicer/run_self_tests.py
 
-with the modules loaded (extension installed, or the clone's ScriptedModules/<Module> folders in the
-module paths, or given with --additional-module-paths). --testing makes Slicer's message boxes close
-by themselves (slicer.util.messageBox / confirmOkCancelDisplay in Base/Python/slicer/util.py). Each
+from the clone's root (or without --additional-module-paths when the extension is installed). The module
+paths go on the command line because --testing implies --disable-settings
+(Base/QTCore/qSlicerCoreCommandOptions.cxx), so paths saved in the application settings are not read.
+--testing makes Slicer's message boxes close by themselves (slicer.util.messageBox / confirmOkCancelDisplay in Base/Python/slicer/util.py). Each
 module's ScriptedLoadableModuleTest drives its widget (setup, parameter node, button handlers) on the
 phantom. ScriptedLoadableModule registers each test as ``slicer.selfTests[<module>]``
 (Base/Python/slicer/ScriptedLoadableModule.py); ``slicer.util.exit(status)`` ends Slicer with that
