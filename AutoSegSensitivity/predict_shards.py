@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .atomic import write_text
 from .batch import BatchFailure, BatchResult, run_batch
@@ -54,15 +54,30 @@ def output_names(class_names: Sequence[str], fmt: str = "nrrd", segmentation: bo
     return [f"prob_{safe_name(n)}.{fmt}" for n in class_names] + ([SEGMENTATION] if segmentation else [])
 
 
-def case_complete(case_dir: PathLike, files: Sequence[str]) -> bool:
-    """True when ``case_dir`` holds a marker listing exactly ``files`` and every one of them exists."""
+def run_settings(model: Any, thresholds: Any) -> Dict[str, Any]:
+    """What a case's outputs depend on besides its image: the checkpoint (path and epoch) and the thresholds
+    of the segmentation (``None``, one number, or ``{structure: t}``), in the form the marker stores."""
+    if isinstance(thresholds, Mapping):
+        thresholds = {str(k): float(v) for k, v in sorted(thresholds.items())}
+    elif thresholds is not None:
+        thresholds = float(thresholds)
+    return {"model": str(getattr(model, "path", "")), "epoch": getattr(model, "epoch", None), "thresholds": thresholds}
+
+
+def case_complete(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None) -> bool:
+    """True when ``case_dir`` holds a marker listing exactly ``files``, every one of them exists and, when
+    ``settings`` is given (:func:`run_settings`), the marker records the same model and thresholds: a rerun
+    with other thresholds or another checkpoint redoes the case."""
     marker = Path(case_dir) / MARKER
     try:
         data = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (isinstance(data, dict) and list(data.get("files", [])) == list(files)
-            and all((Path(case_dir) / f).is_file() for f in files))
+    if not isinstance(data, dict) or list(data.get("files", [])) != list(files):
+        return False
+    if settings is not None and any(data.get(k) != json.loads(json.dumps(v)) for k, v in settings.items()):
+        return False
+    return all((Path(case_dir) / f).is_file() for f in files)
 
 
 @dataclass
@@ -92,11 +107,12 @@ class ShardResult:
 def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int = 0, count: int = 1,
                   fmt: str = "nrrd", thresholds: Any = None, batch_size: Optional[int] = None,
                   channels_last: Optional[bool] = None, progress: Optional[bool] = None,
-                  on_failure: Optional[Callable[[BatchFailure], None]] = None) -> ShardResult:
+                  on_failure: Optional[Callable[[BatchFailure], None]] = None, redo: bool = False) -> ShardResult:
     """Predict shard ``index`` of ``count`` of the dataset folder ``data_dir`` into ``out_dir`` (see the
     module docstring). ``model``: a :class:`~AutoSegSensitivity.inference.LoadedModel`; ``thresholds``: a
     number or ``{structure: t}`` to also write ``segmentation.seg.nrrd`` (``None``: maps only);
-    ``batch_size`` / ``channels_last`` go to :func:`~AutoSegSensitivity.inference.predict_volume`. Writes the
+    ``batch_size`` / ``channels_last`` go to :func:`~AutoSegSensitivity.inference.predict_volume`. A case is
+    skipped when its marker lists the same files, model and thresholds, unless ``redo``. Writes the
     shard summary ``out_dir/shard-<index>-of-<count>.json``."""
     from .inference import predict_volume, threshold_maps
     from .io import load_case, scan_dataset, write_segmentation, write_volume
@@ -107,12 +123,13 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
     assigned = shard_names(list(by_name) + list(problems), index, count)
     out_dir = Path(out_dir)
     files = output_names(model.class_names, fmt, thresholds is not None)
+    settings = run_settings(model, thresholds)
     result = ShardResult(index, count, assigned)
     todo = []
     for name in assigned:
         if name in problems:
             continue
-        if case_complete(out_dir / name, files):
+        if not redo and case_complete(out_dir / name, files, settings):
             result.already_complete.append(name)
         else:
             todo.append((name, by_name[name]))
@@ -126,8 +143,7 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
             write_volume(vol, case_dir / fname)
         if thresholds is not None:
             write_segmentation(threshold_maps(probs, thresholds), case_dir / SEGMENTATION)
-        write_text(case_dir / MARKER, json.dumps({"case": case.name, "files": files, "model": str(model.path),
-                                                  "epoch": model.epoch}, indent=2))
+        write_text(case_dir / MARKER, json.dumps({"case": case.name, "files": files, **settings}, indent=2))
         return files
 
     result.batch = run_batch(todo, job, desc=f"shard {index}/{count}", progress=progress,

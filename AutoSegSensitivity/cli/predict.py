@@ -100,7 +100,7 @@ def _run_dataset(args: argparse.Namespace, model: object, per_structure: Optiona
     index, count = parse_shard(args.shard) if args.shard is not None else (0, 1)
     thresholds = per_structure if per_structure is not None else model.thresholds if args.tuned else args.threshold
     result = predict_shard(model, args.data, args.out, index, count, fmt=args.format, thresholds=thresholds,
-                           batch_size=args.batch_size, channels_last=args.channels_last,
+                           batch_size=args.batch_size, channels_last=args.channels_last, redo=args.overwrite,
                            on_failure=lambda f: print(f"warning: {f.name} failed: {f.reason}", file=sys.stderr))
     for line in result.summary():
         print(line, file=sys.stderr if result.batch.failed else sys.stdout)

@@ -96,6 +96,19 @@ def test_predict_command_with_data_and_shard(setup, tmp_path, capsys):
     rc = main(["predict", "--model", model, "--data", str(setup / "data"), "--out", str(out), "--shard", "0/3",
                "--threshold", "0.5"])
     assert rc == 0 and "2 already complete" in capsys.readouterr().out
+    # other thresholds (or --overwrite) redo the finished cases: a segmentation never lags its settings
+    from AutoSegSensitivity.io import read_segmentation
+
+    rc = main(["predict", "--model", model, "--data", str(setup / "data"), "--out", str(out), "--shard", "0/3",
+               "--threshold", "0.9"])
+    assert rc == 0 and "0 already complete" in capsys.readouterr().out
+    seg = read_segmentation(out / "case003" / "segmentation.seg.nrrd")
+    for s in seg.names:
+        prob = read_volume(out / "case003" / f"prob_{s}.nrrd").array
+        np.testing.assert_array_equal(seg.mask(s), prob >= np.float32(0.9))
+    rc = main(["predict", "--model", model, "--data", str(setup / "data"), "--out", str(out), "--shard", "0/3",
+               "--threshold", "0.9", "--overwrite"])
+    assert rc == 0 and "0 already complete" in capsys.readouterr().out
     assert main(["predict", "--model", model, "--image", str(setup / "data" / "case000" / "image.nrrd"),
                  "--out", str(tmp_path / "one"), "--shard", "0/2"]) == 2
     assert "--data" in capsys.readouterr().err
