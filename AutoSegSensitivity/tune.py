@@ -538,6 +538,13 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     for s in order:
         if s not in per_structure:
             problems.append(("", s, "structure: expected maps and references in at least one case, got none"))
+    # a structure tuned on fewer cases than the cohort says so, case by case (a case without that map
+    # is otherwise silent when the structures come from the files found)
+    for s in found:
+        for n in names:
+            if n not in per_structure[s] and not any(p[0] == n and p[1] in (s, "") for p in problems):
+                problems.append((n, s, f"{probs[n]}: structure {s!r}: expected a probability map in this case, "
+                                       "got none (the structure is tuned without this case)"))
     if train_dir is not None:
         prom = _prominence_from(train_dir, found)
         prom_source = f"training references ({train_dir})"

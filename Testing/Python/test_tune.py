@@ -194,6 +194,10 @@ def test_bad_cases_are_listed_and_the_rest_goes_on(tmp_path):
     assert any(line.startswith("Nope:") for line in lines)
     assert res.structures["Low"].cases == ["case00", "case02", "case04"]
     assert res.structures["High"].cases == ["case00", "case01", "case03"]
+    # without --structures the structures come from the files found: a case lacking one map is listed too
+    res = tune_cohort(probs, refs, n_boot=20)
+    assert res.structures["High"].cases == ["case00", "case01", "case03"]
+    assert any(line.startswith("case04: High:") and "tuned without this case" in line for line in res.problem_lines())
 
 
 def test_bad_settings_fail_before_reading(cohort):
