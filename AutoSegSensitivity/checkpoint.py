@@ -66,7 +66,7 @@ def amp_dtype(device: Any, choice: str = "auto") -> Any:
     if torch.device(device).type != "cuda":
         return None
     if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
 
 

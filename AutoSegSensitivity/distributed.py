@@ -97,14 +97,17 @@ class DistContext:
             else:
                 dist.barrier()
 
-    def close(self) -> None:
-        """Tear down the process group if :func:`setup` created it, after a barrier: no rank destroys the
-        group while another still waits in a collective (that left the other rank hanging at exit)."""
+    def close(self, sync: bool = True) -> None:
+        """Tear down the process group if :func:`setup` created it. With ``sync`` (every rank is leaving
+        at the same point: done, or a cancel all ranks agreed on) after a barrier, so that no rank destroys
+        the group while another still finishes a collective; without it (an error on this rank) at once,
+        since the other ranks may be waiting in a collective this rank will never join."""
         if self.owns_group:
             import torch.distributed as dist
 
             if dist.is_initialized():
-                self.barrier()
+                if sync:
+                    self.barrier()
                 dist.destroy_process_group()
             self.owns_group = False
 

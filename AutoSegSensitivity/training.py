@@ -564,6 +564,7 @@ def train(config: Union[TrainConfig, Mapping[str, Any], str, Path], data_dir: Un
     out_dir = Path(out_dir)
     last_path = out_dir / "last.pt"
     ctx, dev = setup(device if device != "auto" else cfg.device)
+    together = False  # True when every rank leaves train() at the same point (done, or a shared cancel)
     try:
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -597,8 +598,10 @@ def train(config: Union[TrainConfig, Mapping[str, Any], str, Path], data_dir: Un
                   else ProgressWriter(None, None, elapsed_offset_s=offset))
         try:
             with _CancelWatch(out_dir, cancel) as watch:
-                return _run(cfg, Path(data_dir), out_dir, dev, state, writer, watch,
-                            progress_bar if ctx.is_main else False, ctx)
+                result = _run(cfg, Path(data_dir), out_dir, dev, state, writer, watch,
+                              progress_bar if ctx.is_main else False, ctx)
+                together = True
+                return result
         except TrainingOutOfMemory as exc:
             writer.emit("error", message=str(exc))
             raise
@@ -607,8 +610,13 @@ def train(config: Union[TrainConfig, Mapping[str, Any], str, Path], data_dir: Un
             torch.backends.cudnn.benchmark = old_bench
             if cfg.num_threads:
                 torch.set_num_threads(old_threads)
+    except CancelledError:
+        together = True  # decided on every rank (ctx.any)
+        raise
     finally:
-        ctx.close()
+        # An error on one rank leaves the others inside a collective: a barrier here would hang the job
+        # instead of letting this process exit (torchrun then stops the others and reports the error).
+        ctx.close(sync=together)
 
 
 # Config keys that may change between a run and its --resume (where and how fast, not what is learnt).

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
@@ -164,8 +165,12 @@ def iter_probabilities(path: PathLike, labels: Dict[str, int], shape_zyx: Option
                         continue
                     buf = _read_exactly(fh, nbytes, path)
                     yield by_channel[c], np.frombuffer(buf, dtype=dtype).reshape(shape[1:])
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         raise InputError(path, "file", "a readable .npz (numpy zip) file", got=str(exc)[:120]) from None
+    except ValueError as exc:  # a damaged .npy header inside the zip (numpy's format reader)
+        raise InputError(path, PROBABILITIES, "a readable .npy array in the .npz", got=str(exc)[:120]) from None
 
 
 def _skip(fh, nbytes: int, block: int = 1 << 24) -> None:

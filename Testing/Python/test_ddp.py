@@ -140,3 +140,37 @@ def test_share_splits_a_global_batch_contiguously_and_completely():
     ctx = DistContext(rank=1, world_size=3)
     assert ctx.round_robin(list("abcdefg")) == ["b", "e"]
     assert DistContext().all_sum([1.5, 2.0]).tolist() == [1.5, 2.0] and DistContext().broadcast("x") == "x"
+
+
+FAILING_DRIVER = """
+import json, os, sys
+import AutoSegSensitivity.training as training
+real_step = training._train_step
+steps = [0]
+def step(*args, **kwargs):  # a fault on rank 1 only, at its second step (an out-of-memory error, a bug)
+    steps[0] += 1
+    if os.environ["RANK"] == "1" and steps[0] == 2:
+        raise RuntimeError("fault injected on rank 1")
+    return real_step(*args, **kwargs)
+training._train_step = step
+from AutoSegSensitivity.cli import main
+sys.exit(main(json.loads(sys.argv[1])))
+"""
+
+
+def test_an_error_on_one_rank_ends_the_run_instead_of_hanging_it(tmp_path):
+    """Review finding: a barrier on the way out of train() left the failing rank waiting for ranks that sat in
+    a gradient all-reduce it would never join, so the job hung (until the backend's 30-minute timeout) and
+    the error was never shown. The failing rank now leaves at once; torchrun stops the other and fails."""
+    phantom = tmp_path / "data"
+    make_phantom_dataset(phantom, cases=4, seed=0, shape=(8, 48, 48))
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(dict(CFG, epochs=2)))
+    run = ["train", "--config", str(cfg_path), "--out", str(tmp_path / "ddp"), "--data", str(phantom),
+           "--device", "cpu", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "--no-python", sys.executable, "-c", FAILING_DRIVER, json.dumps(run)],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode != 0
+    assert "fault injected on rank 1" in proc.stdout + proc.stderr
