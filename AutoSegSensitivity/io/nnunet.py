@@ -104,12 +104,16 @@ def _open_member(zf: zipfile.ZipFile, path: Path):
         raise InputError(path, PROBABILITIES, "an array 'probabilities' (nnU-Net --save_probabilities)",
                          got=f"members {[n[:-4] if n.endswith('.npy') else n for n in names]}")
     fh = zf.open(member)
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    return fh, tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        return fh, tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
+    except Exception as exc:  # numpy parses the header text with ast/tokenize: any of their errors
+        fh.close()
+        raise InputError(path, PROBABILITIES, "a readable .npy header", got=f"{type(exc).__name__}: {exc}"[:120]) from None
 
 
 def npz_header(path: PathLike) -> Tuple[Tuple[int, ...], np.dtype]:
@@ -119,7 +123,9 @@ def npz_header(path: PathLike) -> Tuple[Tuple[int, ...], np.dtype]:
         with zipfile.ZipFile(path) as zf:
             fh, shape, _, dtype = _open_member(zf, path)
             fh.close()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, zlib.error) as exc:
         raise InputError(path, "file", "a readable .npz (numpy zip) file", got=str(exc)[:120]) from None
     return shape, dtype
 
@@ -169,7 +175,7 @@ def iter_probabilities(path: PathLike, labels: Dict[str, int], shape_zyx: Option
         raise
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         raise InputError(path, "file", "a readable .npz (numpy zip) file", got=str(exc)[:120]) from None
-    except ValueError as exc:  # a damaged .npy header inside the zip (numpy's format reader)
+    except ValueError as exc:  # numpy's reader on a damaged array
         raise InputError(path, PROBABILITIES, "a readable .npy array in the .npz", got=str(exc)[:120]) from None
 
 

@@ -187,3 +187,27 @@ def test_real_abdomen_labels_nnunet_and_maps_agree_and_apply(tmp_path, shared_da
     assert seg.geometry.same_grid(geom, atol=1e-4)
     for s in names:
         np.testing.assert_array_equal(seg.mask(s), arrays[1][s] >= np.float32(a.structures[s].t_opt))
+
+
+def test_a_damaged_npz_is_one_error_naming_the_file_and_field(tmp_path):
+    """Review finding: a garbage .npy member or a corrupt deflate stream gave a bare ValueError / zlib
+    error; both are InputErrors naming the file now (and the case is listed, the cohort goes on)."""
+    import zipfile
+
+    labels = {"a": 1}
+    garbage = tmp_path / "garbage.npz"
+    with zipfile.ZipFile(garbage, "w") as zf:
+        zf.writestr("probabilities.npy", b"this is not an npy header" * 10)
+    with pytest.raises(InputError) as info:
+        read_probabilities(garbage, labels)
+    assert str(garbage) in str(info.value) and "probabilities" in str(info.value)
+    good = tmp_path / "good.npz"
+    np.savez_compressed(good, probabilities=np.random.default_rng(0).random((2, 8, 9, 10)).astype(np.float32))
+    raw = bytearray(good.read_bytes())
+    for i in range(200, 400):  # flip bytes inside the compressed stream
+        raw[i] ^= 0xFF
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(bytes(raw))
+    with pytest.raises(InputError) as info:
+        read_probabilities(broken, labels)
+    assert str(broken) in str(info.value)
