@@ -184,14 +184,15 @@ def sliding_window_logits(model: Any, x: Any, roi: Sequence[int], overlap: float
 
 def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch_size: Optional[int] = None,
                    progress: Optional[Callable[[int, int], None]] = None, channels_last: Optional[bool] = None,
-                   amp: Optional[bool] = None) -> Dict[str, Volume]:
+                   amp: bool = False) -> Dict[str, Volume]:
     """Probability maps (float32 in [0, 1], one Volume per structure, on ``volume``'s grid) for a CT in HU.
 
     ``batch_size``: slices per forward pass (2D) or windows per pass (3D); default from the config.
     The network runs with its BatchNorm folded into the convolutions (:meth:`LoadedModel.inference_network`).
     ``channels_last`` (2D models; NHWC layout, default on: 1.5-3x faster with CPU oneDNN kernels and on
-    tensor-core GPUs, maps equal to 1e-5) and ``amp`` (mixed
-    precision on CUDA in the config's ``amp_dtype``; default: the config's ``amp``). On CUDA each batch
+    tensor-core GPUs, maps equal to 1e-5) and ``amp`` (mixed precision on CUDA in the config's ``amp_dtype``;
+    off by default, also for models trained with it: bfloat16 logits carry about 3 significant digits, so the
+    maps would move by ~1e-2 around the thresholds this tool tunes on a 0.01 grid). On CUDA each batch
     goes through page-locked memory with a non-blocking copy.
     ``progress(done, total)`` is called after each batch (slices for 2D, once for 3D)."""
     import torch
@@ -207,7 +208,7 @@ def predict_volume(model: LoadedModel, volume: Volume, device: Any = None, batch
     batch = int(batch_size or cfg.inference_batch_size)
     if batch < 1:
         raise InputError("predict_volume", "batch_size", "a positive integer", got=batch_size)
-    dtype = amp_dtype(dev, cfg.amp_dtype) if (cfg.amp if amp is None else amp) else None
+    dtype = amp_dtype(dev, cfg.amp_dtype) if amp else None
     cl = (True if channels_last is None else bool(channels_last)) and model.spatial_dims == 2
     net = model.inference_network(cl)
     pad_values = pre.pad_values()
