@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from . import __version__
+from .held_out import bootstrap_ci
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, _check_tolerance
 from .atomic import write_text
 from .errors import InputError
@@ -232,12 +233,14 @@ def cross_validate(counts: Sequence[StructureCounts], thresholds: Union[np.ndarr
 
     tuned, at05 = (float(v) for v in agg(np.arange(n)))
     gain = _gain(tuned, at05, higher)
-    idx = np.random.default_rng(seed).integers(0, n, size=(int(n_boot), n))
-    bt, b5 = agg(idx)
-    with np.errstate(invalid="ignore"):
-        gains = (bt - b5) if higher else (b5 - bt)
-    gains = gains[np.isfinite(gains)]
-    lo, hi = (float(v) for v in np.percentile(gains, [2.5, 97.5])) if gains.size else (math.nan, math.nan)
+
+    def resampled_gains(idx: np.ndarray) -> np.ndarray:
+        bt, b5 = agg(idx)
+        with np.errstate(invalid="ignore"):
+            return (bt - b5) if higher else (b5 - bt)
+
+    lo, hi = bootstrap_ci(resampled_gains, n, seed, n_boot)
+    lo, hi = (math.nan, math.nan) if lo is None else (lo, hi)
     return CrossValidation([int(g) for g in fold], [float(t) for t in fold_t], at05, tuned, gain, lo, hi, int(n_boot))
 
 

@@ -22,6 +22,7 @@ from ..atomic import write_text
 from ..errors import InputError
 from ..segmentation import Segmentation
 from .images import read_volume
+from .jsonfile import read_json
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -30,12 +31,7 @@ def read_label_names(path: PathLike) -> Dict[int, str]:
     """Read a ``{"value": "name"}`` JSON table into ``{int value: name}``; InputError naming the file and
     the offending key otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file", "an existing label-name JSON file", got="no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, "JSON", "a JSON object {\"label value\": \"name\"}", got=str(exc)[:120]) from None
+    data = read_json(path, "an existing label-name JSON file", "a JSON object {\"label value\": \"name\"}")
     return _validate_names(data, path)
 
 

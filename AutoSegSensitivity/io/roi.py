@@ -30,6 +30,7 @@ import numpy as np
 from ..atomic import write_text
 from ..errors import InputError
 from ..volume import LPS_TO_RAS, Box, Volume
+from .jsonfile import read_json
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -84,12 +85,7 @@ def read_roi(path: PathLike) -> Roi:
     Raises :class:`InputError` naming the file and field for invalid JSON, a markups file that holds no
     ROI (e.g. a point list), non-positive size, an unknown coordinate system or a bad orientation."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file", "an existing markups .mrk.json file", got="no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, "JSON", "a markups JSON document", got=str(exc)[:120]) from None
+    data = read_json(path, "an existing markups .mrk.json file", "a markups JSON document")
     markups = data.get("markups") if isinstance(data, dict) else None
     if not isinstance(markups, list) or not markups:
         raise InputError(path, "markups", "a non-empty list of markups", got=type(markups).__name__)
