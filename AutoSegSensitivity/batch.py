@@ -3,8 +3,8 @@
 :func:`run_batch` calls ``job(item)`` for every ``(name, item)``; an exception in one case
 (:class:`~AutoSegSensitivity.errors.InputError` for bad input, any other ``Exception`` for a failure) is
 recorded with its reason and the batch goes on. Ctrl-C (``KeyboardInterrupt``) or
-:class:`~AutoSegSensitivity.errors.CancelledError` stops the batch after the case in progress; what was
-done is kept and the result says the batch was cancelled (the exception itself is kept in
+:class:`~AutoSegSensitivity.errors.CancelledError` stops the batch at once (the case in progress counts as
+not started); what was done is kept and the result says the batch was cancelled (the exception itself is kept in
 :attr:`BatchResult.interrupt`, for a caller that records what was kept and then re-raises it).
 :meth:`BatchResult.summary` gives the lines a command prints at the end ("3 of 4 cases done; 1 failed:
 case002: image.nrrd: spacing: expected ...").

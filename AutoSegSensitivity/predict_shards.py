@@ -143,8 +143,9 @@ def _models(model: Any, device: Any) -> List[Any]:
     return models
 
 
-def _write_summary(path: Path, result: ShardResult, retries: int = 2) -> None:
-    """Write the shard json; a second Ctrl-C while it is written does not stop it (it is retried)."""
+def _write_summary(path: Path, result: ShardResult, retries: int = 0) -> None:
+    """Write the shard json; with ``retries`` (a shard being cancelled), a second Ctrl-C while it is written
+    does not stop it: the write is retried up to that many times."""
     text = json.dumps(result.to_dict(), indent=2)
     for attempt in range(retries + 1):
         try:
@@ -227,7 +228,7 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
     result.batch = run_batch(todo, job, desc=f"shard {index}/{count}", progress=progress,
                              failures=[(n, problems[n]) for n in assigned if n in problems], on_failure=on_failure)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_summary(out_dir / result.json_name, result)
+    _write_summary(out_dir / result.json_name, result, retries=2 if result.batch.cancelled else 0)
     if result.batch.cancelled and result.batch.interrupt is not None:
         exc = result.batch.interrupt
         said = str(exc)
