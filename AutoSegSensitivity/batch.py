@@ -3,12 +3,14 @@
 :func:`run_batch` calls ``job(item)`` for every ``(name, item)``; an exception in one case
 (:class:`~AutoSegSensitivity.errors.InputError` for bad input, any other ``Exception`` for a failure) is
 recorded with its reason and the batch goes on. Ctrl-C (``KeyboardInterrupt``) or
-:class:`~AutoSegSensitivity.errors.CancelledError` stops the batch after the case in progress; what was
-done is kept and the result says the batch was cancelled. :meth:`BatchResult.summary` gives the lines a
-command prints at the end ("3 of 4 cases done; 1 failed: case002: image.nrrd: spacing: expected ...").
+:class:`~AutoSegSensitivity.errors.CancelledError` stops the batch at once (the case in progress counts as
+not started); what was done is kept and the result says the batch was cancelled (the exception itself is kept in
+:attr:`BatchResult.interrupt`, for a caller that records what was kept and then re-raises it).
+:meth:`BatchResult.summary` gives the lines a command prints at the end ("3 of 4 cases done; 1 failed:
+case002: image.nrrd: spacing: expected ...").
 
-:func:`predict_dataset` is the batch the study and the command line use over a dataset folder: probability
-maps of every case (cases that :func:`~AutoSegSensitivity.io.scan_dataset` cannot read count as failed).
+The dataset predictor built on it (sharded, resumable; used by ``autosegsens predict --data`` and the
+study) is :func:`AutoSegSensitivity.predict_shards.predict_shard`.
 """
 
 from __future__ import annotations
@@ -17,14 +19,11 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import CancelledError, InputError
 
-__all__ = ["BatchFailure", "BatchResult", "run_batch", "predict_dataset"]
-
-PathLike = Union[str, Path]
+__all__ = ["BatchFailure", "BatchResult", "run_batch"]
 
 
 @dataclass
@@ -40,13 +39,15 @@ class BatchFailure:
 
 @dataclass
 class BatchResult:
-    """What :func:`run_batch` did: ``done`` maps case name to the job's return value, in order."""
+    """What :func:`run_batch` did: ``done`` maps case name to the job's return value, in order;
+    ``interrupt`` is the KeyboardInterrupt / CancelledError that stopped a cancelled batch."""
 
     done: Dict[str, Any] = field(default_factory=dict)
     failed: List[BatchFailure] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     cancelled: bool = False
     elapsed_s: float = 0.0
+    interrupt: Optional[BaseException] = field(default=None, repr=False, compare=False)
 
     @property
     def total(self) -> int:
@@ -93,8 +94,8 @@ def run_batch(items: Iterable[Tuple[str, Any]], job: Callable[[Any], Any], desc:
     ``failures`` are cases already known to be bad (e.g. ``scan_dataset(...).problems``): they are listed
     as failed (bad input) without running. ``progress``: a tqdm bar on stderr (default: when stderr is a
     terminal). ``on_failure`` is called for each failure as it happens (e.g. to print a warning).
-    KeyboardInterrupt / CancelledError stop the batch: the result has ``cancelled`` set and the cases not
-    started in ``skipped``."""
+    KeyboardInterrupt / CancelledError stop the batch: the result has ``cancelled`` set, the exception in
+    ``interrupt`` and the case in progress and those not started in ``skipped``."""
     items = list(items)
     result = BatchResult()
     t0 = time.monotonic()
@@ -113,8 +114,9 @@ def run_batch(items: Iterable[Tuple[str, Any]], job: Callable[[Any], Any], desc:
         for i, (name, item) in enumerate(items):
             try:
                 result.done[str(name)] = job(item)
-            except (KeyboardInterrupt, CancelledError):
+            except (KeyboardInterrupt, CancelledError) as exc:
                 result.cancelled = True
+                result.interrupt = exc
                 result.skipped = [str(n) for n, _ in items[i:]]
                 break
             except InputError as exc:
@@ -134,41 +136,3 @@ def run_batch(items: Iterable[Tuple[str, Any]], job: Callable[[Any], Any], desc:
             bar.close()
     result.elapsed_s = time.monotonic() - t0
     return result
-
-
-def predict_dataset(model: Any, data_dir: PathLike, out_dir: PathLike, cases: Optional[Sequence[str]] = None,
-                    device: Any = None, suffix: str = ".nrrd", progress: Optional[bool] = None,
-                    on_failure: Optional[Callable[[BatchFailure], None]] = None, prefix: str = "") -> BatchResult:
-    """Probability maps of every case of a dataset folder: ``out_dir/<case>/<prefix><structure><suffix>``
-    (``prefix`` "prob_" gives the layout ``autosegsens predict`` writes; float32,
-    values in [0, 1], on the case's CT grid). ``model`` is a
-    :class:`~AutoSegSensitivity.inference.LoadedModel` or a checkpoint path; ``cases`` restricts the case
-    names (a name not in the dataset is a failure). ``done[case]`` is ``{structure: Path}``."""
-    from .inference import LoadedModel, load_checkpoint, predict_volume
-    from .io import load_case, scan_dataset, write_volume
-
-    if not isinstance(model, LoadedModel):
-        model = load_checkpoint(model, device=str(device) if device is not None else "cpu")
-    scan = scan_dataset(data_dir)
-    by_name = {c.name: c for c in scan.cases}
-    problems = list(scan.problems)
-    wanted = list(cases) if cases is not None else sorted(by_name)
-    items = []
-    for n in wanted:
-        if n in by_name:
-            items.append((n, by_name[n]))
-        elif not any(p[0] == n for p in problems):
-            problems.append((n, f"no case folder {n!r} in {data_dir}"))
-    if cases is not None:
-        problems = [p for p in problems if p[0] in set(wanted)]
-    out_dir = Path(out_dir)
-
-    def job(case: Any) -> Dict[str, Path]:
-        image, _ = load_case(case)
-        probs = predict_volume(model, image, device=device)
-        written = {}
-        for s, vol in probs.items():
-            written[s] = write_volume(vol, out_dir / case.name / f"{prefix}{s}{suffix}")
-        return written
-
-    return run_batch(items, job, desc="predicting", progress=progress, failures=problems, on_failure=on_failure)

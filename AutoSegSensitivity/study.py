@@ -16,9 +16,10 @@
    per structure (``models/<loss>/``); same seed and same case split for all; ``study.json`` and the report
    say which mode ran;
 4. **prediction**: probability maps of the validation and test cases
-   (``predictions/<loss>/<case>/prob_<structure>.nrrd``, the layout ``autosegsens predict`` writes and
-   ``autosegsens tune --prob-dir`` reads), through the batch mode (:mod:`AutoSegSensitivity.batch`: a bad
-   case is reported and skipped);
+   (``predictions/<loss>/<case>/prob_<structure>.nrrd`` with ``prediction.json`` per case and
+   ``shard-0-of-1.json``, the layout ``autosegsens predict --data`` writes and ``autosegsens tune --prob-dir``
+   reads), through the dataset predictor (:func:`AutoSegSensitivity.predict_shards.predict_shard`, every
+   model of the loss in one pass; a bad case is reported and skipped);
 5. **sweep**: per loss, structure and role (validation, test), thresholds 0..1 by 0.01 with pooled and
    per-case Dice, MSD, HD, HD95 (``sweeps/<loss>/<structure>/<role>/sweep.csv``, ``sweep_per_case.csv``,
    ``summary.json``, ``sweep.png``; the test folder also holds ``counts_per_case.csv``, the voxel counts
@@ -312,10 +313,10 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
     import torch
 
     from . import report as figs
-    from .batch import predict_dataset
     from .html_report import STUDY_JSON, VOLUME_BIAS_CSV, load_study, summary_rows, write_report
     from .inference import load_checkpoint
     from .io import load_case, read_volume, scan_dataset
+    from .predict_shards import predict_shard
     from .sweep import SWEEP_METRICS, correlate_prominence, parse_thresholds, sweep_thresholds
     from .training import TrainConfig, read_checkpoint, resolve_device, train
 
@@ -463,18 +464,18 @@ def run_study(config: Union[StudyConfig, Mapping[str, Any]], out_dir: PathLike, 
                 f"the {spec.key} model" + ("s (one per structure)" if n_models > 1 else ""))
             pdir = out / "predictions" / spec.key
             probs[spec.key] = {}
-            for (key, struct), lm in loaded.items():
-                if key != spec.key:
-                    continue
-                batch = predict_dataset(lm, data_dir, pdir, cases=eval_cases, device=str(dev), progress=show,
-                                        prefix=PROB_PREFIX)
-                for f in batch.failed:
-                    meta["problems"].append({"case": f.name, "reason": f"prediction ({spec.key}"
-                                             + (f" {struct}" if struct else "") + f"): {f.reason}"})
-                if batch.cancelled:
-                    raise KeyboardInterrupt
-                for c, paths in batch.done.items():
-                    probs[spec.key].setdefault(c, {}).update({s: read_volume(p).array for s, p in paths.items()})
+            models = [lm for (key, _), lm in loaded.items() if key == spec.key]
+            try:  # one pass over the cases with every model of this loss (one marker per case)
+                batch = predict_shard(models, data_dir, pdir, cases=eval_cases, device=str(dev), progress=show,
+                                      redo=True).batch
+            except (KeyboardInterrupt, CancelledError):
+                kept.append(f"the {spec.key} probability maps finished so far in {pdir} (listed in "
+                            f"{pdir / 'shard-0-of-1.json'})")
+                raise
+            for f in batch.failed:
+                meta["problems"].append({"case": f.name, "reason": f"prediction ({spec.key}): {f.reason}"})
+            for c, paths in batch.done.items():
+                probs[spec.key][c] = {s: read_volume(p).array for s, p in paths.items()}
             kept.append(f"the {spec.key} probability maps in {pdir}")
         save_meta()
 

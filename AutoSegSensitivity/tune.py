@@ -471,12 +471,16 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
                 seed: int = 0, train_dir: Optional[PathLike] = None, jobs: int = 1,
                 thresholds: Union[np.ndarray, Sequence[float], str, None] = DEFAULT_THRESHOLDS,
                 n_boot: int = DEFAULT_BOOTSTRAP, on_case: Optional[Callable[[str], None]] = None,
-                nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM) -> TuneResult:
+                nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, allow_incomplete: bool = False) -> TuneResult:
     """Tune every structure over the cases of ``prob_dir`` (maps or nnU-Net output) matched by name with the
     dataset folder ``ref_dir``; see the module docstring. Cases, structures and maps with problems are
     listed in :attr:`TuneResult.problems` and the rest goes on. ``on_case(name)`` is called as each case
-    finishes (progress). ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``."""
+    finishes (progress). ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``.
+    A maps folder written by ``predict`` whose cases lack a finished ``prediction.json`` is refused with an
+    :class:`InputError` (:func:`~AutoSegSensitivity.predict_shards.check_finished`); ``allow_incomplete``
+    leaves those cases out instead and lists them in the problems and ``inputs["incomplete_cases_left_out"]``."""
     from .io.dataset import scan_dataset
+    from .predict_shards import check_finished
 
     _check_metric(metric)
     if metric == "nsd":
@@ -505,6 +509,12 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     for name, reason in scan.problems:
         problems.append((name, "", reason))
     refs = {c.name: c for c in scan.cases}
+    left_out = check_finished(prob_dir, refs, allow_incomplete) if fmt == "maps" else []
+    for name in left_out:  # unfinished predictions: left out (--allow-incomplete), said once per case
+        problems.append((name, "", f"{Path(prob_dir) / name}: prediction.json: expected a finished prediction, "
+                                   "got none (case left out: --allow-incomplete)"))
+        probs.pop(name, None)
+        refs.pop(name, None)
     for name in sorted(set(probs) - set(refs)):
         problems.append((name, "", f"{ref_dir}: case: expected a reference case {name!r}, got none"))
     for name in sorted(set(refs) - set(probs)):
@@ -570,6 +580,7 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
               "structures": list(structures) if structures else None, "metric": metric, "folds": int(folds),
               "seed": int(seed), "bootstrap_resamples": int(n_boot),
               **({"nsd_tolerance_mm": float(nsd_tolerance)} if metric == "nsd" else {}),
+              **({"incomplete_cases_left_out": left_out} if left_out else {}),
               "thresholds": {"min": float(th[0]), "max": float(th[-1]), "count": int(th.size)}}
     return TuneResult(metric, tunings, problems, inputs, names, prom_source)
 

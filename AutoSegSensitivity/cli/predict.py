@@ -10,7 +10,8 @@ With --data DATASET (one sub-folder per case): writes OUT/<case>/prob_<structure
 or with --shard I/N (0 <= I < N) for cases I, I+N, I+2N, ... of the names sorted (one task of a job
 array; the N shards are disjoint and cover every case). A case is finished when OUT/<case>/prediction.json
 lists its files; finished cases are skipped, so a re-queued task resumes. Failed cases do not stop the
-run: they are listed at the end and in OUT/shard-I-of-N.json (exit code 1 if any failed).
+run: they are listed at the end and in OUT/shard-I-of-N.json (exit code 1 if any failed). Ctrl-C stops
+after writing OUT/shard-I-of-N.json (finished cases kept; the same command resumes).
 
 Examples:
   autosegsens predict --model runs/quick/best.pt --image phantom-data/case000/image.nrrd \\

@@ -13,6 +13,13 @@ dataset.json (label value = channel; geometry from the reference case). --ref-di
 Cases, maps or structures with problems are listed one line each on stderr and the rest goes on. Cases
 are read one at a time (--jobs N: N processes): memory does not grow with the cohort.
 
+Unfinished predictions: a maps folder written by `predict --data` (some case holds prediction.json, or a
+shard-I-of-N.json lies in it) must be finished: a reference case whose folder lacks a prediction.json
+listing its maps (all present), or that a shard json assigns but has no folder, stops tune (exit 2, one
+line naming the cases). Run the same `predict --data` again to finish them, or pass --allow-incomplete to
+tune without them (they are listed on stderr and in thresholds.json). Folders with no prediction.json and
+no shard json at all (maps made by another tool) and nnU-Net .npz output are read as they are.
+
 Writes to --out DIR:
   thresholds.json   per structure the threshold (chosen on all cases), the fold thresholds and the CV
                     numbers; read by `autosegsens apply`, `predict --thresholds` and AutoSegThreshold
@@ -62,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-dir", type=Path,
                         help="training dataset folder for the prominence (Eq. 4); default: the references")
     parser.add_argument("--jobs", type=int, default=1, help="processes over cases")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="tune without the cases whose prediction (by `predict --data`) did not finish, "
+                             "listing them, instead of stopping (folders without any prediction.json are "
+                             "never checked)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     result = tune_cohort(args.prob_dir, args.ref_dir, fmt=args.format, dataset_json=args.dataset_json,
                          structures=args.structures, metric=args.metric, folds=args.folds, seed=args.seed,
                          nsd_tolerance=args.nsd_tolerance,
-                         train_dir=args.train_dir, jobs=args.jobs, n_boot=args.bootstrap)
+                         train_dir=args.train_dir, jobs=args.jobs, n_boot=args.bootstrap,
+                         allow_incomplete=args.allow_incomplete)
     for p in result.problems:
         print(f"note: {problem_line(p)}", file=sys.stderr)
     if not result.structures:

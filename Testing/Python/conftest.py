@@ -23,6 +23,14 @@ def shared_data() -> Path:
         pytest.fail(f"real test data unavailable: {exc}", pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def paper_text():
+    """``paper_text(name, sha256) -> str | None``: a paper's text (``$AUTOSEGSENS_PAPERS`` or
+    ``../shared/papers``), verified against the pinned sha256; ``None`` when absent (a fresh clone), so a test
+    can skip only the checks that need the text (:func:`fetch_test_data.paper_text`)."""
+    return fetch_test_data.paper_text
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Every test runs torch on one thread (and restores the setting): results and timings do not depend

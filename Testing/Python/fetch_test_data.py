@@ -17,6 +17,11 @@ A file whose sha256 is not the pinned one is an :class:`InputError` naming the f
 download that fails is a :class:`FetchError` naming the package and the one command to fetch it by hand.
 
 Run ``python Testing/Python/fetch_test_data.py`` to fill the cache ahead of time (for offline runs).
+
+The papers' text (quoted by the shipped configurations; not redistributable and in no package) is read
+only through :func:`paper_text`: from ``$AUTOSEGSENS_PAPERS`` or ``../shared/papers`` beside the
+repository, checked against the sha256 the caller pins, and ``None`` when neither holds the paper (a fresh
+clone): a test then checks its quotes against their pinned hashes only and skips the check in the text.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 ENV_DATA = "AUTOSEGSENS_TEST_DATA"
 ENV_CACHE = "AUTOSEGSENS_TEST_DATA_CACHE"
+SHARED_PAPERS = REPO_ROOT.parent / "shared" / "papers"
+ENV_PAPERS = "AUTOSEGSENS_PAPERS"
 DEFAULT_CACHE = Path("~") / ".cache" / "AutoSegSensitivity" / "testdata"
 ARCHIVES = "archives"  # sub-folder of a data folder where archives fetched by hand are looked for
 
@@ -278,6 +285,22 @@ def locate(registry: Registry, environ: Mapping[str, str] = os.environ, shared: 
     root = cache_dir(environ)
     ensure(registry, root, obtain)
     return root
+
+
+def paper_text(name: str, sha256: str, environ: Mapping[str, str] = os.environ,
+               shared: Path = SHARED_PAPERS) -> Optional[str]:
+    """The text (UTF-8) of the paper file ``name`` from ``$AUTOSEGSENS_PAPERS`` when set, else from
+    ``../shared/papers`` beside the repository; ``None`` when that folder does not hold it (a fresh clone).
+    A file whose sha256 is not ``sha256`` (pinned by the caller) is an :class:`InputError` naming the file
+    and both hashes: quotes are never checked against another version of the paper."""
+    folder = Path(environ[ENV_PAPERS]).expanduser() if environ.get(ENV_PAPERS) else Path(shared)
+    path = folder / name
+    if not path.is_file():
+        return None
+    got = sha256_of(path)
+    if got != sha256:
+        raise InputError(path, "sha256", f"{sha256} (pinned by the test that quotes it)", got=got)
+    return path.read_text(encoding="utf-8")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,18 +1,14 @@
 """Batch mode: carries on past bad cases (bad input and unexpected errors), stops cleanly on Ctrl-C, and
-ends with a summary naming each failed case and why; predict_dataset over a folder with a broken case."""
+ends with a summary naming each failed case and why. (The dataset predictor built on it is tested in
+test_predict_shards.py.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-from AutoSegSensitivity.batch import BatchFailure, predict_dataset, run_batch
+from AutoSegSensitivity import batch
+from AutoSegSensitivity.batch import BatchFailure, run_batch
 from AutoSegSensitivity.errors import CancelledError, InputError
-from AutoSegSensitivity.io import load_case, read_volume
-from AutoSegSensitivity.phantom import make_phantom_dataset
-from AutoSegSensitivity.training import train
 
 
 def _job(x):
@@ -56,6 +52,7 @@ def test_ctrl_c_stops_and_keeps_what_was_done(exc):
 
     res = run_batch([(f"c{i}", i) for i in range(5)], job, progress=False)
     assert res.cancelled and res.done == {"c0": 0, "c1": 1}
+    assert type(res.interrupt) is exc  # kept, for a caller that records what was done and re-raises it
     assert res.skipped == ["c2", "c3", "c4"]
     assert res.exit_code() == 130
     assert "not started (cancelled)" in res.summary()[0]
@@ -67,25 +64,6 @@ def test_progress_bar_goes_to_stderr(capsys):
     assert "cases here" in cap.err and cap.out == ""
 
 
-def test_predict_dataset_skips_a_broken_case(tmp_path):
-    data = tmp_path / "data"
-    make_phantom_dataset(data, cases=3, seed=0, shape=(6, 32, 32))
-    cfg = {"model": "unet2d", "model_kwargs": {"base_features": 2, "depth": 2}, "structures": ["Brain"],
-           "epochs": 1, "batch_size": 4, "samples_per_epoch": 4, "val_cases": ["case002"], "seed": 0}
-    result = train(cfg, data, tmp_path / "model", device="cpu", progress_bar=False)
-    # break case001's image after training: the batch must go on with the others
-    (data / "case001" / "image.nrrd").write_bytes(b"NRRD0004\nthis is not an image\n")
-    out = tmp_path / "pred"
-    res = predict_dataset(result.last_path, data, out, cases=["case000", "case001", "case002", "case999"],
-                          progress=False)
-    assert sorted(res.done) == ["case000", "case002"]
-    failed = {f.name: f.reason for f in res.failed}
-    assert set(failed) == {"case001", "case999"}
-    assert "image.nrrd" in failed["case001"] and "case999" in failed["case999"]
-    for case in ("case000", "case002"):
-        prob = read_volume(out / case / "Brain.nrrd")
-        image, _ = load_case(data / case)
-        assert prob.same_grid(image) and prob.array.dtype == np.float32
-        assert 0.0 <= prob.array.min() and prob.array.max() <= 1.0
-    assert not (out / "case001").exists()
-    assert res.exit_code() == 1
+def test_one_dataset_predictor():
+    """The batch module holds the batch loop only: the dataset predictor is predict_shards.predict_shard."""
+    assert not hasattr(batch, "predict_dataset") and "predict_dataset" not in batch.__all__

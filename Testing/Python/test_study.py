@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from AutoSegSensitivity import batch as batch_module
 from AutoSegSensitivity.errors import CancelledError, InputError
 from AutoSegSensitivity.io import load_case, read_volume
 from AutoSegSensitivity.metrics import compare_masks
+from AutoSegSensitivity.predict_shards import unfinished_cases
 from AutoSegSensitivity.held_out import N_BOOTSTRAP, ROLES, bootstrap_ci, dice_counts, split_roles
 from AutoSegSensitivity.html_report import fmt_num, fmt_pct, load_study, render_html, summary_rows
 from AutoSegSensitivity.study import (StudyConfig, held_out_volume_bias, run_study, volume_bias,
@@ -101,7 +101,14 @@ def test_tiny_study_tables_agree(tiny_study):
     for key in ("bce", "bce_dice2d"):
         assert not list((out / "predictions" / key).glob("*/Brain.nrrd"))
         assert sorted(p.name for p in (out / "predictions" / key).iterdir()) == sorted(
-            roles["validation"] + roles["test"])
+            roles["validation"] + roles["test"] + ["shard-0-of-1.json"])
+        # written by the one dataset predictor: a finished marker per case naming both binary models, so
+        # `tune --prob-dir` accepts the folder
+        assert unfinished_cases(out / "predictions" / key) == []
+        for c in roles["validation"] + roles["test"]:
+            marker = json.loads((out / "predictions" / key / c / "prediction.json").read_text())
+            assert marker["files"] == [f"prob_{s}.nrrd" for s in TINY["structures"]]
+            assert marker["model"] == [str(out / "models" / key / s / "best.pt") for s in TINY["structures"]]
         for s in TINY["structures"]:
             res = {}
             for role in ("validation", "test"):
@@ -149,18 +156,26 @@ def test_multi_label_mode(tmp_path):
 
 
 def test_ctrl_c_keeps_what_was_done(tmp_path, monkeypatch):
+    """Ctrl-C while the study predicts its first case: the study goes through the one dataset predictor,
+    which writes its shard json (nothing finished, every case not started) before the study stops."""
+    from AutoSegSensitivity import inference
+
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(batch_module, "predict_dataset", interrupted)
+    monkeypatch.setattr(inference, "predict_volume", interrupted)
     out = tmp_path / "s"
     with pytest.raises(CancelledError) as err:
         run_study(TINY, out, progress=False, log=lambda m: None)
     msg = str(err.value)
     assert "kept:" in msg and "the bce Brain model" in msg and "the bce_dice2d SpinalCord model" in msg
+    assert "the bce probability maps finished so far" in msg
     meta = json.loads((out / "study.json").read_text())
     assert meta["status"] == "cancelled" and "kept: the phantom dataset" in meta["status_detail"]
     assert (out / "models" / "bce" / "Brain" / "last.pt").is_file() and not (out / "report.html").exists()
+    shard = json.loads((out / "predictions" / "bce" / "shard-0-of-1.json").read_text())
+    assert shard["cancelled"] is True and shard["done"] == []
+    assert shard["not_started"] == sorted(meta["data"]["validation cases"] + meta["data"]["test cases"])
 
 
 # ---- the held-out split and its numbers ---------------------------------------------------------------
