@@ -374,13 +374,15 @@ def _prob_labels(prob_dir: PathLike, fmt: str, dataset_json: Optional[PathLike])
 
 def no_usable_case_error(source: PathLike, problems: Sequence[Tuple[str, str, str]], first: int = 5) -> InputError:
     """The error when no case can be used: the first reason of each of the first ``first`` cases (file and
-    field), then ``and N more``; reasons without a case when no case has one. ``problems`` rides along
-    on the error (``.problems``) for callers that list them all."""
+    field), then ``and N more``; a reason about a whole folder (no case, no structure) comes first, and
+    reasons of structures only when no case has one. ``problems`` rides along on the error
+    (``.problems``) for callers that list them all."""
     by_case: Dict[str, str] = {}
     for case, s, reason in problems:
         if case:
             by_case.setdefault(case, f"{s}: {reason}" if s else reason)
-    items = [f"{c}: {by_case[c]}" for c in sorted(by_case)]
+    items = [reason for case, s, reason in problems if not case and not s]
+    items += [f"{c}: {by_case[c]}" for c in sorted(by_case)]
     if not items:
         items = [problem_line(p) for p in problems]
     text = "; ".join(items[:first]) if items else f"no cases found in {source}"
@@ -474,6 +476,9 @@ def _count_case(task: _CaseTask) -> _CaseOut:
     by_stem = {map_stem(n): n for n in ref_names}
     wanted = task.structures if task.structures is not None else [by_stem.get(st, st) for st in maps]
     out.seen = list(wanted)
+    if not wanted:
+        out.problems.append(("", str(InputError(task.prob_path, "files", "probability maps prob_<structure>.nrrd "
+                                                "(or .nii.gz)", got="none"))))
     for s in wanted:
         path = maps.get(map_stem(s))
         if path is None:
