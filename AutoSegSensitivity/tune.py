@@ -420,6 +420,8 @@ class _CaseOut:
 
 
 def _count_case(task: _CaseTask) -> _CaseOut:
+    from .io.references import reference_on_grid
+
     out = _CaseOut(task.name)
     try:
         seg = _read_reference(task.ref_case)
@@ -461,9 +463,7 @@ def _count_case(task: _CaseTask) -> _CaseOut:
             image = channel_file(task.prob_path)
             geom, n, _ = channel_header(image)
             index = channel_index(task.labels, n, image)
-            if not seg.geometry.same_grid(geom, atol=1e-3):
-                raise InputError(image, "grid", f"the grid of the reference {task.ref_case.path.name}",
-                                 got=seg.geometry.grid_difference(geom, atol=1e-3))
+            seg = reference_on_grid(seg, geom, task.ref_case, image)
             for s, vol in iter_channel_maps(image, task.labels, wanted):
                 use(s, vol.array, f"{image} channel {index[s]} ({s})")
         except Exception as exc:
@@ -487,9 +487,7 @@ def _count_case(task: _CaseTask) -> _CaseOut:
             continue
         try:
             vol = read_volume(path)
-            if not seg.geometry.same_grid(vol, atol=1e-3):
-                raise InputError(path, "grid", f"the grid of the reference {task.ref_case.path.name}",
-                                 got=seg.geometry.grid_difference(vol, atol=1e-3))
+            seg = reference_on_grid(seg, vol, task.ref_case, path)  # a cropped image-less reference is placed
         except Exception as exc:
             out.problems.append((s, _reason(exc)))
             continue

@@ -5,7 +5,8 @@
   series and an RTSTRUCT (:mod:`AutoSegSensitivity.io.dataset`). The image (``image.nrrd`` ...) is
   **optional**: tune never reads its voxels. With an image, the reference is put on the image's grid as
   :func:`~AutoSegSensitivity.io.dataset.load_case` does (a cropped ``.seg.nrrd`` is placed back); without
-  one, the grid of the label file (or ``.seg.nrrd``) is the case's grid.
+  one, the grid of the label file (or ``.seg.nrrd``) is the case's grid, and a reference cropped to its
+  segments is placed onto an aligned map's grid by whole voxels (:func:`reference_on_grid`).
 * ``nnunet``: nnU-Net v2's own label folder, a flat folder (``labelsTs/``, ``labelsTr/`` or any) of
   ``<case><file_ending>`` label volumes, the names and values in ``dataset.json``'s ``labels`` (read by
   :func:`~AutoSegSensitivity.io.nnunet.read_dataset_labels`: region-based labels are refused; the
@@ -29,12 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import numpy as np
+
 from ..errors import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["REF_FORMATS", "Reference", "find_dataset_json", "detect_ref_format", "scan_references",
-           "read_reference", "reference_geometry", "reference_location", "missing_reference_reason"]
+           "read_reference", "reference_geometry", "reference_location", "missing_reference_reason",
+           "reference_on_grid"]
 
 REF_FORMATS = ("auto", "dataset", "nnunet")
 _TOP_LEVEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
@@ -208,3 +212,40 @@ def missing_reference_reason(ref_dir: PathLike, fmt: str, case: str, file_ending
     if fmt == "nnunet":
         return str(InputError(where, "file", "the reference labels of this case", got="no such file"))
     return str(InputError(where, "folder", "the reference case folder", got="no such folder"))
+
+
+def reference_on_grid(seg, grid, ref: Any, source: Any):
+    """``seg`` on the grid of a probability map ``grid`` (a Volume): ``seg`` itself when on it; for a
+    reference without an image (its grid is its own file's, e.g. a ``.seg.nrrd`` cropped to the segments by
+    Slicer) on an aligned grid (same spacing and direction, a whole-voxel offset), the segments placed onto
+    ``grid`` exactly (no interpolation); otherwise, or when a segment reaches outside ``grid``, an
+    :class:`InputError` naming ``source`` and the field ``grid``."""
+    from ..segmentation import Segment, Segmentation
+
+    g = seg.geometry
+    if g.same_grid(grid, atol=1e-3):
+        return seg
+    expected = f"the grid of the reference {Path(getattr(ref, 'path', ref)).name}"
+    has_image = getattr(ref, "image_path", None) is not None or getattr(ref, "kind", "") == "dicom"
+    aligned = (np.allclose(g.spacing, grid.spacing, atol=1e-3) and np.allclose(g.direction, grid.direction, atol=1e-4))
+    if has_image or not aligned:
+        raise InputError(source, "grid", expected, got=g.grid_difference(grid, atol=1e-3))
+    step = np.asarray(grid.direction, float) * np.asarray(grid.spacing, float)[None, :]
+    k = np.linalg.solve(step, np.asarray(g.origin, float) - np.asarray(grid.origin, float))  # (x, y, z) voxels
+    if not np.allclose(k, np.round(k), atol=1e-2):
+        raise InputError(source, "grid", expected + " or one offset from it by whole voxels",
+                         got=g.grid_difference(grid, atol=1e-3))
+    off = np.round(k).astype(int)[::-1]  # (z, y, x)
+    out = Segmentation.on_grid(grid)
+    for s in seg.segments:
+        m = seg.mask(s.name)
+        placed = np.zeros(grid.shape, dtype=bool)
+        src = tuple(slice(max(0, -o), min(n, N - o)) for o, n, N in zip(off, m.shape, grid.shape))
+        dst = tuple(slice(max(0, o), max(0, o) + (sl.stop - sl.start)) for o, sl in zip(off, src))
+        if all(sl.stop > sl.start for sl in src):
+            placed[dst] = m[src]
+        if int(np.count_nonzero(placed)) != int(np.count_nonzero(m)):
+            raise InputError(source, "grid", f"{expected}: segment {s.name!r} inside the map's grid",
+                             got="voxels outside it")
+        out.segments.append(Segment(s.name, placed, s.color, s.id))
+    return out

@@ -14,9 +14,10 @@ from scipy import ndimage
 
 from AutoSegSensitivity.cli import main
 from AutoSegSensitivity.errors import InputError
-from AutoSegSensitivity.io import read_segmentation, read_volume, write_volume
+from AutoSegSensitivity.io import read_segmentation, read_volume, write_segmentation, write_volume
 from AutoSegSensitivity.io.labels import write_label_names
 from AutoSegSensitivity.io.references import detect_ref_format, find_dataset_json, scan_references
+from AutoSegSensitivity.segmentation import Segmentation
 from AutoSegSensitivity.tune import tune_cohort
 from AutoSegSensitivity.volume import Volume
 
@@ -51,6 +52,29 @@ def write_label_layouts(root, n):
             if image:
                 write_volume(vol.with_array(np.zeros(vol.shape, np.int16)), folder / "image.nrrd")
     return ds / "labelsTs", root / "with_image", root / "no_image"
+
+
+def crop(seg, shape, low, grow=0):
+    """The segments on a sub-grid starting at voxel ``low`` (z, y, x) that holds every segment (``grow`` > 0:
+    a grid ``grow`` voxels larger on every side, with one voxel set outside the original grid)."""
+    if grow:
+        lo = np.full(3, -grow)
+        hi = np.asarray(shape) + grow
+    else:
+        nz = np.argwhere(np.any([seg.mask(n) for n in seg.names], axis=0))
+        lo, hi = np.minimum(nz.min(0), low), nz.max(0) + 1
+    g = seg.geometry
+    origin = np.asarray(g.origin) + g.direction @ (lo[::-1] * np.asarray(g.spacing))
+    out = Segmentation.on_grid(Volume(np.zeros(tuple(hi - lo), np.uint8), g.spacing, origin, g.direction))
+    for n in seg.names:
+        m = np.zeros(tuple(hi - lo), bool)
+        src = tuple(slice(max(a, 0), min(b, N)) for a, b, N in zip(lo, hi, shape))
+        dst = tuple(slice(s_.start - a, s_.stop - a) for s_, a in zip(src, lo))
+        m[dst] = seg.mask(n)[src]
+        if grow and n == "High":
+            m[0, 0, 0] = True
+        out.add(n, m)
+    return out
 
 
 def same_tuning(a, b):
@@ -88,6 +112,27 @@ def test_segmentation_references_without_images(tmp_path):
     for f in bare.glob("*/image.nrrd"):
         f.unlink()
     same_tuning(tune_cohort(probs, refs, n_boot=50), tune_cohort(probs, bare, n_boot=50))
+    # a .seg.nrrd cropped to its segments (as Slicer may save it), no image: placed back onto the maps' grid
+    cropped = tmp_path / "cropped"
+    for case in sorted(p.name for p in refs.iterdir()):
+        seg = read_segmentation(refs / case / "segmentation.seg.nrrd")
+        seg2 = crop(seg, seg.geometry.shape, (1, 2, 3))
+        assert seg2.geometry.shape != seg.geometry.shape
+        write_segmentation(seg2, cropped / case / "segmentation.seg.nrrd")
+    same_tuning(tune_cohort(probs, refs, n_boot=50), tune_cohort(probs, cropped, n_boot=50))
+    # half a voxel off, or reaching outside the map's grid: one line naming the map and the grid
+    seg = read_segmentation(refs / "case00" / "segmentation.seg.nrrd")
+    g = seg.geometry
+    half = Segmentation.on_grid(Volume(g.array, g.spacing, np.add(g.origin, (0.5 * g.spacing[0], 0, 0)), g.direction))
+    half.segments = seg.segments
+    write_segmentation(half, cropped / "case00" / "segmentation.seg.nrrd")
+    big = crop(seg, seg.geometry.shape, (0, 0, 0), grow=2)
+    write_segmentation(big, cropped / "case01" / "segmentation.seg.nrrd")
+    lines = tune_cohort(probs, cropped, n_boot=20).problem_lines()
+    assert any(ln.startswith(f"case00: High: {probs / 'case00' / 'prob_High.nrrd'}: grid: expected the grid of the "
+                             "reference case00 or one offset from it by whole voxels, got origin") for ln in lines)
+    assert any(ln.startswith("case01: High:") and "segment 'High' inside the map's grid, got voxels outside it" in ln
+               for ln in lines)
     # an image alone (no contours) is a case-level problem naming what is expected
     (tmp_path / "only_image" / "case00").mkdir(parents=True)
     shutil.copy(refs / "case00" / "image.nrrd", tmp_path / "only_image" / "case00" / "image.nrrd")
