@@ -16,7 +16,9 @@ What was verified in Project-MONAI/MONAI (``monai/data/image_writer.py``, ``mona
 
 Cases (:func:`list_channel_cases`): ``P/<case>.nii.gz`` (``.nii``, ``.nrrd``, ``.nhdr``) files, the case
 being the file name without its ending, and ``P/<case>/`` folders holding exactly one such file (MONAI's
-default layout: the case is the folder's name).
+default layout: the case is the folder's name). MONAI's flat layout (``separate_folder=False``) names files
+``<subject>_<postfix>``: save with ``output_postfix=""`` so that the file name is the case name (names are
+matched with the references exactly; a mismatch is listed as a missing reference).
 
 Channel names (:func:`read_channel_labels`): an nnU-Net-style ``dataset.json`` (``"labels": {name:
 value}``) or a ``{"value": "name"}`` table (``labels.json``). MONAI's channel index is the label value:

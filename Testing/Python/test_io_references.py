@@ -250,3 +250,16 @@ def test_real_abdomen_labels_as_an_nnunet_label_folder(tmp_path, shared_data):
     assert not a.problems and not b.problems and b.inputs["ref_format"] == "nnunet"
     same_tuning(a, b)
     assert 0.1 <= b.structures["liver"].t_opt <= 0.35
+
+
+def test_dataset_json_is_looked_for_beside_the_labels_then_above_then_with_the_predictions(tmp_path):
+    ref, prob = tmp_path / "D" / "labelsTs", tmp_path / "pred"
+    ref.mkdir(parents=True)
+    prob.mkdir()
+    with pytest.raises(InputError) as info:
+        find_dataset_json(ref, prob)
+    assert str(info.value).startswith(f"{ref}: dataset.json: expected nnU-Net's dataset.json") and str(prob) in str(info.value)
+    for folder in (prob, tmp_path / "D", ref):  # each newly written one takes precedence over the last
+        (folder / "dataset.json").write_text("{}")
+        assert find_dataset_json(ref, prob) == folder / "dataset.json"
+    assert find_dataset_json(ref, prob, tmp_path / "given.json") == tmp_path / "given.json"
