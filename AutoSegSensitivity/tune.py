@@ -63,7 +63,7 @@ __all__ = [
     "structure_counts", "fold_assignment", "aggregate_curve", "cross_validate",
     "map_stem", "find_map", "tune_cohort", "write_outputs",
     "write_thresholds", "read_thresholds_file", "read_thresholds", "thresholds_for",
-    "threshold_case", "apply_cohort", "problem_line",
+    "threshold_case", "apply_cohort", "problem_line", "no_usable_case_error", "detect_format", "list_prob_cases",
 ]
 
 THRESHOLDS_JSON = "thresholds.json"
@@ -72,6 +72,7 @@ SWEEPS_DIR = "sweeps"
 REPORT_HTML = "report.html"
 FORMAT_TAG = "autosegsens-thresholds"
 MAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".nhdr")
+PROB_FORMATS = ("auto", "maps", "nnunet", "channels")
 DEFAULT_FOLDS = 5
 DEFAULT_BOOTSTRAP = 2000
 
@@ -281,40 +282,115 @@ def find_map(case_dir: PathLike, structure: str) -> Optional[Path]:
 
 
 def detect_format(prob_dir: PathLike, fmt: str = "auto") -> str:
-    """``maps`` or ``nnunet``: ``auto`` is ``nnunet`` when ``prob_dir`` holds ``*.npz`` files."""
-    if fmt not in ("auto", "maps", "nnunet"):
-        raise InputError("tune", "format", "auto, maps or nnunet", got=repr(fmt))
+    """``maps``, ``nnunet`` or ``channels``. ``auto``: ``nnunet`` when ``prob_dir`` holds ``*.npz`` files;
+    ``channels`` when it holds volume files directly, or when its first case folder holding volume files
+    has no ``prob_*`` map but one volume file (MONAI's ``SaveImage`` layout, see
+    :mod:`AutoSegSensitivity.io.channels`); else ``maps``."""
+    from .io.channels import CHANNEL_SUFFIXES, is_channels_folder
+
+    if fmt not in PROB_FORMATS:
+        raise InputError("tune", "format", ", ".join(PROB_FORMATS), got=repr(fmt))
     if fmt != "auto":
         return fmt
-    return "nnunet" if any(Path(prob_dir).glob("*.npz")) else "maps"
+    prob_dir = Path(prob_dir)
+    if not prob_dir.is_dir():
+        return "maps"  # list_prob_cases names the missing folder
+    if any(prob_dir.glob("*.npz")):
+        return "nnunet"
+    if is_channels_folder(prob_dir):
+        return "channels"
+    for folder in sorted(p for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        volumes = [p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(CHANNEL_SUFFIXES)]
+        if volumes:
+            return "channels" if len(volumes) == 1 and not _maps_in(folder) else "maps"
+    return "maps"
 
 
 def list_prob_cases(prob_dir: PathLike, fmt: str) -> Dict[str, Path]:
-    """``{case name: case folder (maps) or .npz file (nnunet)}``, sorted by name."""
+    """``{case name: case folder (maps), .npz file (nnunet) or image / case folder (channels)}``, sorted."""
     prob_dir = Path(prob_dir)
     if not prob_dir.is_dir():
         raise InputError(prob_dir, "folder", "a folder of probability maps", got="no such folder")
     if fmt == "nnunet":
         items = {p.name[:-4]: p for p in prob_dir.glob("*.npz")}
+    elif fmt == "channels":
+        from .io.channels import list_channel_cases
+
+        items = list_channel_cases(prob_dir)
     else:
         items = {p.name: p for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
     return dict(sorted(items.items()))
 
 
-def _read_reference(case: Any):
-    """The reference segmentation of a dataset case, reading the image header only when possible."""
-    from .io.dataset import load_case
-    from .io.images import geometry_of
-    from .io.labels import read_label_segmentation
-    from .io.segnrrd import read_segmentation
+def _missing_prob_reason(prob_dir: PathLike, fmt: str, case: str) -> str:
+    where = {"nnunet": f"{case}.npz", "channels": f"{case}.nii.gz (or {case}/)"}.get(fmt, f"{case}/")
+    return str(InputError(Path(prob_dir) / where, "file", "the probabilities of this reference case",
+                          got="none"))
 
-    if case.kind == "segmentation":
-        seg = read_segmentation(case.segmentation_path)
-        if seg.geometry.same_grid(geometry_of(case.image_path), atol=1e-3):
-            return seg
-    elif case.kind == "labels":
-        return read_label_segmentation(case.labels_path, case.names_path)
-    return load_case(case)[1]
+
+def _read_reference(case: Any):
+    """The reference segmentation of a case: an :class:`~AutoSegSensitivity.io.references.Reference`
+    (any layout) or a dataset :class:`~AutoSegSensitivity.io.dataset.Case`, reading the image header only
+    when possible."""
+    from .io.references import Reference, read_reference
+
+    if not isinstance(case, Reference):
+        case = Reference(case.name, case.path, case.kind, image_path=case.image_path,
+                         segmentation_path=case.segmentation_path, labels_path=case.labels_path,
+                         names=case.names_path, case=case)
+    return read_reference(case)
+
+
+def _reference_labels(ref_dir: PathLike, prob_dir: Optional[PathLike], ref_fmt: str,
+                      dataset_json: Optional[PathLike]) -> Tuple[str, Optional[Dict[str, int]], str]:
+    """``(reference format, labels of an nnU-Net label folder or None, its file ending)``."""
+    from .io.references import detect_ref_format, find_dataset_json
+
+    ref_fmt = detect_ref_format(ref_dir, ref_fmt)
+    if ref_fmt != "nnunet":
+        return ref_fmt, None, ".nii.gz"
+    from .io.nnunet import dataset_file_ending, read_dataset_labels
+
+    dj = find_dataset_json(ref_dir, prob_dir, dataset_json)
+    return ref_fmt, read_dataset_labels(dj), dataset_file_ending(dj)
+
+
+def _prob_labels(prob_dir: PathLike, fmt: str, dataset_json: Optional[PathLike]) -> Tuple[Optional[Dict[str, int]], str, Optional[Path]]:
+    """``(channel labels, file ending, labels file)`` of nnU-Net or channels probabilities (None for maps)."""
+    if fmt == "nnunet":
+        from .io.nnunet import check_plans, dataset_file_ending, read_dataset_labels
+
+        dj = Path(dataset_json) if dataset_json is not None else Path(prob_dir) / "dataset.json"
+        labels, ending = read_dataset_labels(dj), dataset_file_ending(dj)
+        check_plans(Path(prob_dir) / "plans.json")
+        return labels, ending, dj
+    if fmt == "channels":
+        from .io.channels import find_channel_labels, read_channel_labels
+
+        dj = find_channel_labels(prob_dir, dataset_json)
+        return read_channel_labels(dj), ".nii.gz", dj
+    return None, ".nii.gz", None
+
+
+def no_usable_case_error(source: PathLike, problems: Sequence[Tuple[str, str, str]], first: int = 5) -> InputError:
+    """The error when no case can be used: the first reason of each of the first ``first`` cases (file and
+    field), then ``and N more``; a reason about a whole folder (no case, no structure) comes first, and
+    reasons of structures only when no case has one. ``problems`` rides along on the error
+    (``.problems``) for callers that list them all."""
+    by_case: Dict[str, str] = {}
+    for case, s, reason in problems:
+        if case:
+            by_case.setdefault(case, f"{s}: {reason}" if s else reason)
+    items = [reason for case, s, reason in problems if not case and not s]
+    items += [f"{c}: {by_case[c]}" for c in sorted(by_case)]
+    if not items:
+        items = [problem_line(p) for p in problems]
+    text = "; ".join(items[:first]) if items else f"no cases found in {source}"
+    if len(items) > first:
+        text += f"; and {len(items) - first} more"
+    err = InputError(source, "cases", f"no usable case: {text}")
+    err.problems = list(problems)
+    return err
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -325,7 +401,7 @@ def _read_reference(case: Any):
 @dataclass
 class _CaseTask:
     name: str
-    ref_case: Any  # io.dataset.Case
+    ref_case: Any  # io.references.Reference (or io.dataset.Case)
     prob_path: Path
     fmt: str
     structures: Optional[List[str]]
@@ -344,6 +420,8 @@ class _CaseOut:
 
 
 def _count_case(task: _CaseTask) -> _CaseOut:
+    from .io.references import reference_on_grid
+
     out = _CaseOut(task.name)
     try:
         seg = _read_reference(task.ref_case)
@@ -376,12 +454,31 @@ def _count_case(task: _CaseTask) -> _CaseOut:
             out.problems.append(("", _reason(exc)))
         return out
 
+    if task.fmt == "channels":
+        from .io.channels import channel_file, channel_header, channel_index, iter_channel_maps
+
+        wanted = [s for s in (task.structures or list(task.labels)) if s in task.labels]
+        out.seen = list(wanted)
+        try:
+            image = channel_file(task.prob_path)
+            geom, n, _ = channel_header(image)
+            index = channel_index(task.labels, n, image)
+            seg = reference_on_grid(seg, geom, task.ref_case, image)
+            for s, vol in iter_channel_maps(image, task.labels, wanted):
+                use(s, vol.array, f"{image} channel {index[s]} ({s})")
+        except Exception as exc:
+            out.problems.append(("", _reason(exc)))
+        return out
+
     from .io.images import read_volume
 
     maps = _maps_in(task.prob_path)
     by_stem = {map_stem(n): n for n in ref_names}
     wanted = task.structures if task.structures is not None else [by_stem.get(st, st) for st in maps]
     out.seen = list(wanted)
+    if not wanted:
+        out.problems.append(("", str(InputError(task.prob_path, "files", "probability maps prob_<structure>.nrrd "
+                                                "(or .nii.gz)", got="none"))))
     for s in wanted:
         path = maps.get(map_stem(s))
         if path is None:
@@ -390,9 +487,7 @@ def _count_case(task: _CaseTask) -> _CaseOut:
             continue
         try:
             vol = read_volume(path)
-            if not seg.geometry.same_grid(vol, atol=1e-3):
-                raise InputError(path, "grid", f"the grid of the reference {task.ref_case.path.name}",
-                                 got=seg.geometry.grid_difference(vol, atol=1e-3))
+            seg = reference_on_grid(seg, vol, task.ref_case, path)  # a cropped image-less reference is placed
         except Exception as exc:
             out.problems.append((s, _reason(exc)))
             continue
@@ -448,13 +543,16 @@ def problem_line(problem: Tuple[str, str, str]) -> str:
     return ": ".join(x for x in (case, structure) if x) + f": {reason}"
 
 
-def _prominence_from(ref_dir: PathLike, structures: Sequence[str]) -> Dict[str, float]:
-    """Paper Eq. 4 per structure over the references of a dataset folder (streamed: one case at a time)."""
-    from .io.dataset import scan_dataset
+def _prominence_from(ref_dir: PathLike, structures: Sequence[str],
+                     dataset_json: Optional[PathLike] = None) -> Dict[str, float]:
+    """Paper Eq. 4 per structure over the references of a dataset folder or an nnU-Net label folder
+    (streamed: one case at a time)."""
+    from .io.references import scan_references
 
     true = {s: 0 for s in structures}
     total = {s: 0 for s in structures}
-    for case in scan_dataset(ref_dir).cases:
+    ref_fmt, labels, ending = _reference_labels(ref_dir, None, "auto", dataset_json)
+    for case in scan_references(ref_dir, ref_fmt, labels, ending)[0].values():
         try:
             seg = _read_reference(case)
         except Exception:  # a bad training case is left out of the prominence
@@ -471,15 +569,19 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
                 seed: int = 0, train_dir: Optional[PathLike] = None, jobs: int = 1,
                 thresholds: Union[np.ndarray, Sequence[float], str, None] = DEFAULT_THRESHOLDS,
                 n_boot: int = DEFAULT_BOOTSTRAP, on_case: Optional[Callable[[str], None]] = None,
-                nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, allow_incomplete: bool = False) -> TuneResult:
-    """Tune every structure over the cases of ``prob_dir`` (maps or nnU-Net output) matched by name with the
-    dataset folder ``ref_dir``; see the module docstring. Cases, structures and maps with problems are
-    listed in :attr:`TuneResult.problems` and the rest goes on. ``on_case(name)`` is called as each case
+                nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, ref_format: str = "auto",
+                allow_incomplete: bool = False) -> TuneResult:
+    """Tune every structure over the cases of ``prob_dir`` (``fmt``: maps, nnU-Net output or one
+    multi-channel image per case) matched by name with the references in ``ref_dir`` (``ref_format``: a
+    dataset folder or nnU-Net's label folder, :mod:`AutoSegSensitivity.io.references`; images are not
+    needed); see the module docstring. Cases, structures and maps with problems are listed in
+    :attr:`TuneResult.problems` and the rest goes on; when no case can be used, an :class:`InputError`
+    lists the first cases' reasons (:func:`no_usable_case_error`). ``on_case(name)`` is called as each case
     finishes (progress). ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``.
     A maps folder written by ``predict`` whose cases lack a finished ``prediction.json`` is refused with an
     :class:`InputError` (:func:`~AutoSegSensitivity.predict_shards.check_finished`); ``allow_incomplete``
     leaves those cases out instead and lists them in the problems and ``inputs["incomplete_cases_left_out"]``."""
-    from .io.dataset import scan_dataset
+    from .io.references import missing_reference_reason, scan_references
     from .predict_shards import check_finished
 
     _check_metric(metric)
@@ -492,23 +594,17 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
             raise InputError("tune", name, f"at least {least}", got=value)
     fmt = detect_format(prob_dir, fmt)
     problems: List[Tuple[str, str, str]] = []
-    labels = None
     wanted = list(structures) if structures else None
-    if fmt == "nnunet":
-        from .io.nnunet import check_plans, read_dataset_labels
-
-        dj = Path(dataset_json) if dataset_json is not None else Path(prob_dir) / "dataset.json"
-        labels = read_dataset_labels(dj)
-        check_plans(Path(prob_dir) / "plans.json")
-        if wanted:
-            for s in [s for s in wanted if s not in labels]:
-                problems.append(("", s, f"{dj}: labels: expected a label named {s!r}, got {list(labels)}"))
-            wanted = [s for s in wanted if s in labels]
+    ref_fmt, ref_labels, ref_ending = _reference_labels(ref_dir, prob_dir, ref_format, dataset_json)
+    labels, _, dj = _prob_labels(prob_dir, fmt, dataset_json)
+    if labels is not None and wanted:
+        for s in [s for s in wanted if s not in labels]:
+            problems.append(("", s, f"{dj}: labels: expected a label named {s!r}, got {list(labels)}"))
+        wanted = [s for s in wanted if s in labels]
     probs = list_prob_cases(prob_dir, fmt)
-    scan = scan_dataset(ref_dir)
-    for name, reason in scan.problems:
+    refs, ref_problems = scan_references(ref_dir, ref_fmt, ref_labels, ref_ending)
+    for name, reason in ref_problems:
         problems.append((name, "", reason))
-    refs = {c.name: c for c in scan.cases}
     left_out = check_finished(prob_dir, refs, allow_incomplete) if fmt == "maps" else []
     for name in left_out:  # unfinished predictions: left out (--allow-incomplete), said once per case
         problems.append((name, "", f"{Path(prob_dir) / name}: prediction.json: expected a finished prediction, "
@@ -516,13 +612,13 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
         probs.pop(name, None)
         refs.pop(name, None)
     for name in sorted(set(probs) - set(refs)):
-        problems.append((name, "", f"{ref_dir}: case: expected a reference case {name!r}, got none"))
+        if not any(p[0] == name for p in problems):
+            problems.append((name, "", missing_reference_reason(ref_dir, ref_fmt, name, ref_ending)))
     for name in sorted(set(refs) - set(probs)):
-        problems.append((name, "", f"{prob_dir}: case: expected probability maps for {name!r}, got none"))
+        problems.append((name, "", _missing_prob_reason(prob_dir, fmt, name)))
     names = sorted(set(probs) & set(refs))
     if not names:
-        raise InputError(prob_dir, "cases", f"cases whose names match the reference cases in {ref_dir}",
-                         got="none in common")
+        raise no_usable_case_error(prob_dir, sorted(problems, key=lambda p: p[0]))
     tasks = [_CaseTask(n, refs[n], probs[n], fmt, wanted, labels, metric, th, float(nsd_tolerance)) for n in names]
 
     per_structure: Dict[str, Dict[str, StructureCounts]] = {}
@@ -547,6 +643,8 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
         for t in tasks:
             take(_count_case(t))
 
+    if not per_structure:
+        raise no_usable_case_error(prob_dir, problems)
     found = [s for s in order if s in per_structure]
     for s in order:
         if s not in per_structure:
@@ -559,7 +657,7 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
                 problems.append((n, s, f"{probs[n]}: structure {s!r}: expected a probability map in this case, "
                                        "got none (the structure is tuned without this case)"))
     if train_dir is not None:
-        prom = _prominence_from(train_dir, found)
+        prom = _prominence_from(train_dir, found, dataset_json)
         prom_source = f"training references ({train_dir})"
     else:
         prom = {}
@@ -575,7 +673,7 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
         tunings[s] = _tune_structure(s, cases, counts, th, metric, folds, seed, n_boot, prom.get(s))
         if tunings[s].cv is None:
             problems.append(("", s, f"cross-validation: expected at least 2 cases, got {len(cases)}"))
-    inputs = {"prob_dir": str(prob_dir), "ref_dir": str(ref_dir), "format": fmt,
+    inputs = {"prob_dir": str(prob_dir), "ref_dir": str(ref_dir), "format": fmt, "ref_format": ref_fmt,
               "dataset_json": str(dataset_json) if dataset_json else None, "train_dir": str(train_dir) if train_dir else None,
               "structures": list(structures) if structures else None, "metric": metric, "folds": int(folds),
               "seed": int(seed), "bootstrap_resamples": int(n_boot),
@@ -776,7 +874,8 @@ def threshold_case(maps: Mapping[str, Any], thresholds: Mapping[str, float]):
 
 
 def _case_maps_for_apply(case: str, path: Path, fmt: str, table: Mapping[str, float], labels, file_ending: str,
-                         ref_dir: Optional[Path], problems: List[Tuple[str, str, str]]) -> Dict[str, Any]:
+                         refs: Optional[Mapping[str, Any]], problems: List[Tuple[str, str, str]],
+                         labels_file: Optional[Path] = None) -> Dict[str, Any]:
     from .io.images import read_volume
     from .volume import Volume
 
@@ -795,22 +894,35 @@ def _case_maps_for_apply(case: str, path: Path, fmt: str, table: Mapping[str, fl
                 maps.pop(s, None)
                 problems.append((case, s, str(exc)))
         return maps
-    from .io.dataset import inspect_case
+    for s in table:
+        if s not in labels:
+            problems.append((case, s, f"{labels_file}: labels: expected a label named {s!r}, got {list(labels)}"))
+    wanted = [s for s in table if s in labels]
+    if fmt == "channels":
+        from .io.channels import channel_file, channel_header, channel_index, iter_channel_maps
+
+        image = channel_file(path)
+        index = channel_index(labels, channel_header(image)[1], image)
+        for s, vol in iter_channel_maps(image, labels, wanted):
+            try:
+                check_probability(vol.array, f"{image} channel {index[s]} ({s})")
+            except InputError as exc:
+                problems.append((case, s, str(exc)))
+                continue
+            maps[s] = vol
+        return maps
     from .io.images import geometry_of
     from .io.nnunet import iter_probabilities, segmentation_file
+    from .io.references import reference_geometry
 
-    if ref_dir is not None:
-        geom = geometry_of(inspect_case(ref_dir / case).image_path)
+    if refs is not None:
+        geom = reference_geometry(refs[case])
     else:
         seg_path = segmentation_file(path, file_ending)
         if seg_path is None:
             raise InputError(path, "geometry", f"nnU-Net's segmentation {case}{file_ending} beside it "
                              "(or --ref-dir with the reference cases)", got="none")
         geom = geometry_of(seg_path)
-    wanted = [s for s in table if s in labels]
-    for s in table:
-        if s not in labels:
-            problems.append((case, s, f"dataset.json: labels: expected a label named {s!r}, got {list(labels)}"))
     for s, arr in iter_probabilities(path, labels, geom.shape, wanted):
         try:
             check_probability(arr, f"{path} channel {labels[s]} ({s})")
@@ -823,29 +935,36 @@ def _case_maps_for_apply(case: str, path: Path, fmt: str, table: Mapping[str, fl
 
 def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, fmt: str = "auto",
                  dataset_json: Optional[PathLike] = None, ref_dir: Optional[PathLike] = None,
-                 on_case: Optional[Callable[[str], None]] = None) -> Tuple[List[Path], List[Tuple[str, str, str]]]:
+                 on_case: Optional[Callable[[str], None]] = None,
+                 ref_format: str = "auto") -> Tuple[List[Path], List[Tuple[str, str, str]]]:
     """Write ``out/<case>/segmentation.seg.nrrd`` (``p >= t`` per structure of the thresholds file, on the
-    maps' grid) for every case of ``prob_dir``, one case at a time. nnU-Net output takes its geometry from
-    the segmentation nnU-Net wrote beside each ``.npz`` or, with ``ref_dir``, from the reference case's
-    image. Returns the files written and the problems ``(case, structure, reason)``; bad cases are left out
-    and the rest goes on."""
+    maps' grid) for every case of ``prob_dir`` (read as ``tune`` reads it), one case at a time. nnU-Net
+    output takes its geometry from the segmentation nnU-Net wrote beside each ``.npz`` or, with
+    ``ref_dir`` (any reference layout of :mod:`AutoSegSensitivity.io.references`), from the reference
+    case (its image when it has one, else its label file). Returns the files written and the problems
+    ``(case, structure, reason)``; bad cases are left out and the rest goes on."""
+    from .io.references import missing_reference_reason, scan_references
     from .io.segnrrd import write_segmentation
 
     table = read_thresholds(thresholds_path)
     fmt = detect_format(prob_dir, fmt)
-    labels, ending = None, ".nii.gz"
-    if fmt == "nnunet":
-        from .io.nnunet import check_plans, dataset_file_ending, read_dataset_labels
-
-        dj = Path(dataset_json) if dataset_json is not None else Path(prob_dir) / "dataset.json"
-        labels, ending = read_dataset_labels(dj), dataset_file_ending(dj)
-        check_plans(Path(prob_dir) / "plans.json")
+    labels, ending, labels_file = _prob_labels(prob_dir, fmt, dataset_json)
     written: List[Path] = []
     problems: List[Tuple[str, str, str]] = []
-    for case, path in list_prob_cases(prob_dir, fmt).items():
+    refs, ref_fmt, ref_ending = None, "dataset", ".nii.gz"
+    if fmt == "nnunet" and ref_dir is not None:
+        ref_fmt, ref_labels, ref_ending = _reference_labels(ref_dir, prob_dir, ref_format, dataset_json)
+        refs, ref_problems = scan_references(ref_dir, ref_fmt, ref_labels, ref_ending)
+    cases = list_prob_cases(prob_dir, fmt)
+    if refs is not None:
+        problems.extend((name, "", reason) for name, reason in ref_problems if name in cases or not name)
+    for case, path in cases.items():
         try:
-            maps = _case_maps_for_apply(case, path, fmt, table, labels, ending,
-                                        Path(ref_dir) if ref_dir is not None else None, problems)
+            if refs is not None and case not in refs:
+                if not any(p[0] == case for p in problems):  # a bad reference folder is listed already
+                    problems.append((case, "", missing_reference_reason(ref_dir, ref_fmt, case, ref_ending)))
+                continue
+            maps = _case_maps_for_apply(case, path, fmt, table, labels, ending, refs, problems, labels_file)
             if not maps:
                 problems.append((case, "", "no structure of the thresholds file could be applied"))
                 continue
@@ -853,6 +972,7 @@ def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, f
             written.append(write_segmentation(seg, Path(out) / case / "segmentation.seg.nrrd"))
         except Exception as exc:  # one bad case never stops the cohort
             problems.append((case, "", _reason(exc)))
-        if on_case is not None:
-            on_case(case)
+        finally:
+            if on_case is not None:
+                on_case(case)
     return written, problems

@@ -1,9 +1,10 @@
 """Apply tuned thresholds (thresholds.json of `autosegsens tune`) to a cohort of probability maps.
 
 Writes OUT/<case>/segmentation.seg.nrrd on the maps' grid: segment <structure> = voxels where
-p >= t(structure). --prob-dir is laid out as for `tune` (maps: P/<case>/prob_<Structure>.nrrd; nnunet:
-P/<case>.npz with dataset.json, geometry from the segmentation nnU-Net wrote beside each .npz, or from
---ref-dir). A case or structure with a problem is listed on stderr and the rest goes on.
+p >= t(structure). --prob-dir is laid out as for `tune` (maps: P/<case>/prob_<Structure>.nrrd; channels:
+one multi-channel image per case, its grid in the file; nnunet: P/<case>.npz with dataset.json, geometry
+from the segmentation nnU-Net wrote beside each .npz, or from --ref-dir: a dataset folder or nnU-Net's
+label folder, no image needed). A case or structure with a problem is listed on stderr and the rest goes on.
 
 Example:
   autosegsens apply --thresholds tuned/thresholds.json --prob-dir preds --out segs
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .common import prepare_out_dir
-from .tune import add_prob_arguments
+from .tune import add_prob_arguments, add_ref_format_argument
 
 NAME = "apply"
 HELP = "threshold a cohort's probability maps at the tuned thresholds (segmentation.seg.nrrd per case)"
@@ -25,7 +26,9 @@ HELP = "threshold a cohort's probability maps at the tuned thresholds (segmentat
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thresholds", type=Path, required=True, help="thresholds.json from `autosegsens tune`")
     add_prob_arguments(parser)
-    parser.add_argument("--ref-dir", type=Path, help="nnunet: take each case's geometry from this dataset folder")
+    parser.add_argument("--ref-dir", type=Path,
+                        help="nnunet: take each case's grid from these references (dataset or nnU-Net label folder)")
+    add_ref_format_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     read_thresholds(args.thresholds)  # a bad file fails before anything is written
     out = prepare_out_dir(args.out, args.overwrite)
     written, problems = apply_cohort(args.thresholds, args.prob_dir, out, fmt=args.format,
-                                     dataset_json=args.dataset_json, ref_dir=args.ref_dir)
+                                     dataset_json=args.dataset_json, ref_dir=args.ref_dir,
+                                     ref_format=args.ref_format)
     for p in problems:
         print(f"note: {problem_line(p)}", file=sys.stderr)
     if not written:

@@ -6,12 +6,24 @@ was not tuned on: cases sorted by name, case i in fold i mod K (K = min(--folds,
 threshold is tuned on the other folds; cv_gain = pooled Dice of all cases at their fold's threshold minus
 the pooled Dice at 0.5, with a seeded 95 % bootstrap CI over cases.
 
---prob-dir holds, per case, either (--format maps) P/<case>/prob_<Structure>.nrrd (or .nii.gz), the layout
-`predict` writes, or (--format nnunet) nnU-Net v2 --save_probabilities output P/<case>.npz with its
-dataset.json (label value = channel; geometry from the reference case). --ref-dir is a dataset folder
-(<case>/image.nrrd + segmentation.seg.nrrd, or labels.nii.gz + labels.json); cases are matched by name.
-Cases, maps or structures with problems are listed one line each on stderr and the rest goes on. Cases
-are read one at a time (--jobs N: N processes): memory does not grow with the cohort.
+--prob-dir holds, per case (--format, auto-detected):
+  maps      P/<case>/prob_<Structure>.nrrd (or .nii.gz), the layout `predict` writes;
+  nnunet    nnU-Net v2 --save_probabilities output P/<case>.npz with its dataset.json (label value =
+            channel; geometry from the reference case);
+  channels  one multi-channel image per case, channels last (MONAI SaveImage of a softmax/sigmoid output):
+            P/<case>.nii.gz (4D NIfTI or vector image) or .nrrd (vector/list axis), or P/<case>/<one file>;
+            channel names from --dataset-json (dataset.json labels, or a {"value": "name"} labels JSON;
+            default P/dataset.json or P/labels.json); channel = label value, background channel 0 dropped
+            (softmax, max+1 channels) or channel = value - 1 (sigmoid, max channels).
+--ref-dir holds the references (--ref-format, auto-detected; images are never needed):
+  dataset   <case>/segmentation.seg.nrrd, or <case>/labels.nii.gz + labels.json (an image.nrrd beside
+            them, if any, gives the grid);
+  nnunet    nnU-Net's label folder: flat <case>.nii.gz (dataset.json file_ending), names and values from
+            dataset.json's labels (--dataset-json, else REF/dataset.json, REF/../dataset.json or
+            PROB/dataset.json); auto when REF holds volume files directly.
+Cases are matched by name. Cases, maps or structures with problems are listed one line each on stderr and
+the rest goes on; when no case can be used, the error names the first cases' reasons. Cases are read one
+at a time (--jobs N: N processes): memory does not grow with the cohort.
 
 Unfinished predictions: a maps folder written by `predict --data` (some case holds prediction.json, or a
 shard-I-of-N.json lies in it) must be finished: a reference case whose folder lacks a prediction.json
@@ -49,14 +61,26 @@ def add_prob_arguments(parser: argparse.ArgumentParser) -> None:
     """--prob-dir, --out/--overwrite, --format and --dataset-json (shared with `apply`)."""
     parser.add_argument("--prob-dir", type=Path, required=True, help="probability maps, one case per folder or .npz")
     add_out_argument(parser)
-    parser.add_argument("--format", choices=("auto", "maps", "nnunet"), default="auto",
-                        help="layout of --prob-dir (auto: nnunet when it holds .npz files)")
-    parser.add_argument("--dataset-json", type=Path, help="nnU-Net dataset.json (default PROB_DIR/dataset.json)")
+    parser.add_argument("--format", choices=("auto", "maps", "nnunet", "channels"), default="auto",
+                        help="layout of --prob-dir (auto: nnunet when it holds .npz files, channels when it holds "
+                             "one image per case, else maps)")
+    parser.add_argument("--dataset-json", type=Path,
+                        help="labels: nnU-Net dataset.json (nnunet, and nnU-Net label folders; default "
+                             "PROB_DIR/dataset.json) or, for channels, a dataset.json or {\"value\": \"name\"} JSON")
+
+
+def add_ref_format_argument(parser: argparse.ArgumentParser) -> None:
+    """--ref-format (shared with `apply`)."""
+    parser.add_argument("--ref-format", choices=("auto", "dataset", "nnunet"), default="auto",
+                        help="layout of --ref-dir: dataset (case folders) or nnunet (flat <case>.nii.gz label "
+                             "files + dataset.json labels); auto: nnunet when it holds volume files directly")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_prob_arguments(parser)
-    parser.add_argument("--ref-dir", type=Path, required=True, help="dataset folder with the reference cases")
+    parser.add_argument("--ref-dir", type=Path, required=True,
+                        help="references: a dataset folder, or nnU-Net's label folder (labelsTs/)")
+    add_ref_format_argument(parser)
     parser.add_argument("--structures", nargs="+", help="structures to tune (default: all found)")
     parser.add_argument("--metric", default="dice",
                         help="metric to optimise: any metric of `autosegsens sweep` (dice, nsd, msd, hd, hd95); "
@@ -80,11 +104,16 @@ def run(args: argparse.Namespace) -> int:
     from ..tune import problem_line, summary_rows, tune_cohort, write_outputs
 
     out = prepare_out_dir(args.out, args.overwrite, will_write=OUTPUTS)
-    result = tune_cohort(args.prob_dir, args.ref_dir, fmt=args.format, dataset_json=args.dataset_json,
-                         structures=args.structures, metric=args.metric, folds=args.folds, seed=args.seed,
-                         nsd_tolerance=args.nsd_tolerance,
-                         train_dir=args.train_dir, jobs=args.jobs, n_boot=args.bootstrap,
-                         allow_incomplete=args.allow_incomplete)
+    try:
+        result = tune_cohort(args.prob_dir, args.ref_dir, fmt=args.format, dataset_json=args.dataset_json,
+                             structures=args.structures, metric=args.metric, folds=args.folds, seed=args.seed,
+                             nsd_tolerance=args.nsd_tolerance, ref_format=args.ref_format,
+                             allow_incomplete=args.allow_incomplete,
+                             train_dir=args.train_dir, jobs=args.jobs, n_boot=args.bootstrap)
+    except InputError as exc:  # no usable case: every reason as a note, then the error's summary
+        for p in getattr(exc, "problems", []):
+            print(f"note: {problem_line(p)}", file=sys.stderr)
+        raise
     for p in result.problems:
         print(f"note: {problem_line(p)}", file=sys.stderr)
     if not result.structures:

@@ -81,7 +81,7 @@ def test_tune_metric_is_generic_and_bad_metric_is_one_line(cohort, tmp_path, cap
                  "--structures", "Spleen"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "note: case00: Spleen:" in err[0] and "prob_Spleen.nrrd" in err[0]
-    assert err[-1].startswith("autosegsens tune: error:") and "structures" in err[-1]
+    assert err[-1].startswith("autosegsens tune: error:") and "no usable case: case00: Spleen:" in err[-1]
 
 
 def test_apply_bad_thresholds_file_and_missing_maps(cohort, tmp_path, capsys):
