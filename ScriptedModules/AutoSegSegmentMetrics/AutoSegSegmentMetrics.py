@@ -46,7 +46,9 @@ class AutoSegSegmentMetrics(ScriptedLoadableModule):
             "volumes (ml), volume difference, Dice, Jaccard, sensitivity, precision, centre-of-mass distance, "
             "HD, HD95 and mean surface distance (mm), and the intensity statistics of each segment. Segments are "
             "paired by name or by hand in the pairs table. The result is a table node; export it as CSV." + sampledata.HELP)
-        self.parent.acknowledgementText = ""
+        self.parent.acknowledgementText = (
+            "Surface metrics checked against DeepMind's surface-distance and SimpleITK; per-segment reporting in the "
+            "spirit of Slicer's SegmentStatistics and SlicerRT's SegmentComparison.")
         sampledata.registerAtStartup(self)
 
 

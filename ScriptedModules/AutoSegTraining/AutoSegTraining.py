@@ -53,7 +53,9 @@ class AutoSegTraining(ScriptedLoadableModule):
             "intensity transform, epochs and device. Training runs in a background process; the chart shows the "
             "training and validation loss and the validation Dice as epochs finish. Predict: a checkpoint and a "
             "volume give '<volume>_<class>_prob' volumes and the segmentation '<volume>_AutoSeg'." + sampledata.HELP)
-        self.parent.acknowledgementText = ""
+        self.parent.acknowledgementText = (
+            "Networks and losses after Bice et al., Smith et al. and Lei et al. (see the extension's papers list); "
+            "torch through the PyTorch extension (SlicerPyTorch).")
         sampledata.registerAtStartup(self)
 
 

@@ -326,3 +326,37 @@ def test_the_catalog_entry_names_a_repository_the_index_accepts_and_the_readme_s
     named = set(re.findall(r"https://github\.com/([\w.-]+/Slicer[\w.-]*)", readme))
     assert named == {owner_repo}, named
     assert "check_description_files.py" in readme and '"Slicer"' in readme
+
+
+# ---- the generated per-module tests (issue 19, finding 2) ------------------------------------------------
+# Every module's CMakeLists builds it ``WITH_GENERIC_TESTS``, which (Slicer/Slicer
+# ``CMake/SlicerMacroBuildScriptedModule.cmake`` v5.10.0 l. 109-121) adds the test generated from
+# ``Base/QTCore/Testing/Python/qSlicerModuleGenericTest.py.in`` (v5.10.0 and v5.8.1 l. 30-37):
+# ``test_categories``: categories != "", ``test_acknowledgementText``: acknowledgementText != "",
+# ``test_contributors``: contributors != "".
+def _parent_assignments(module: str) -> dict:
+    """``self.parent.<attr> = <literal>`` in the module class's __init__, evaluated with ast."""
+    _, tree = _module_ast(module)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == module)
+    init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    found = {}
+    for node in ast.walk(init):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = ast.unparse(node.targets[0])
+            if target.startswith("self.parent."):
+                try:
+                    found[target[len("self.parent."):]] = ast.literal_eval(node.value)
+                except ValueError:  # e.g. helpText + sampledata.HELP
+                    found[target[len("self.parent."):]] = ast.unparse(node.value)
+    return found
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_passes_the_generic_tests_assertions(module):
+    text = (ROOT / "ScriptedModules" / module / "CMakeLists.txt").read_text()
+    assert "WITH_GENERIC_TESTS" in text  # so the generated test runs for this module
+    parent = _parent_assignments(module)
+    for attr in ("acknowledgementText", "categories", "contributors"):
+        assert attr in parent, attr
+        assert isinstance(parent[attr], (str, list)) and parent[attr] != "" and parent[attr] != [], (attr, parent[attr])
+    assert parent["acknowledgementText"].strip()
