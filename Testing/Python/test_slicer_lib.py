@@ -285,3 +285,42 @@ def test_self_test_command_puts_the_module_paths_on_the_command_line():
         assert "--additional-module-paths" in command
         for module in MODULES:
             assert f"ScriptedModules/{module}" in command, module
+
+
+def _commands(text: str) -> list:
+    """Every ``Slicer ... --testing ... run_self_tests.py`` command written in ``text`` (continuation lines
+    joined), as argument lists."""
+    import shlex
+
+    joined = re.sub(r"\\\s*\n\s*", " ", text)
+    found = []
+    for m in re.finditer(r"Slicer --no-main-window --testing.*?run_self_tests\.py", joined, re.S):
+        found.append(shlex.split(m.group(0)))
+    return found
+
+
+def test_the_runner_never_advises_dropping_the_module_paths_for_an_installed_extension():
+    """Issue 19, finding 4. Under --testing an installed extension is not loaded: --testing implies
+    --disable-settings (Slicer/Slicer Base/QTCore/qSlicerCoreCommandOptions.cxx ``settingsDisabled``, v5.10.0
+    l. 366-371, v5.8.1 l. 362-367), and installed extensions are registered in the revision-specific settings
+    (qSlicerCoreApplication.cxx v5.10.0 l. 499 ``setExtensionsSettingsFilePath(slicerRevisionUserSettingsFilePath())``),
+    whose file is then ``...-tmp.ini``, cleared at start (l. 1675-1699; v5.8.1 l. 1588-1616). So every
+    command the runner and the README give keeps --additional-module-paths, and the installed case names the
+    installed modules' folder (Slicer_QTSCRIPTEDMODULES_LIB_DIR = lib/Slicer-X.Y/qt-scripted-modules,
+    CMake/SlicerDirectories.cmake l. 67, 140-144)."""
+    runner = (ROOT / "Testing" / "Slicer" / "run_self_tests.py").read_text()
+    readme = (ROOT / "README.md").read_text()
+    doc = ast.get_docstring(ast.parse(runner))
+    assert "without --additional-module-paths" not in runner and "without `--additional-module-paths`" not in readme
+    commands = _commands(doc)
+    assert len(commands) == 2, commands
+    for argv in commands + _commands(readme):
+        paths = argv[argv.index("--additional-module-paths") + 1:argv.index("--python-script")]
+        assert paths, argv
+    clone, installed = commands
+    assert clone[clone.index("--additional-module-paths") + 1:clone.index("--python-script")] == \
+        [f"ScriptedModules/{m}" for m in MODULES]
+    folder = installed[installed.index("--additional-module-paths") + 1]
+    assert re.fullmatch(r"EXTENSIONS/AutoSegSensitivity/lib/Slicer-X\.Y/qt-scripted-modules", folder), folder
+    assert "slicer.app.extensionsInstallPath" in doc and "cleared" in doc
+    assert "lib/Slicer-X.Y/qt-scripted-modules" in readme
