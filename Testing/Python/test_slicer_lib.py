@@ -324,3 +324,49 @@ def test_the_runner_never_advises_dropping_the_module_paths_for_an_installed_ext
     assert re.fullmatch(r"EXTENSIONS/AutoSegSensitivity/lib/Slicer-X\.Y/qt-scripted-modules", folder), folder
     assert "slicer.app.extensionsInstallPath" in doc and "cleared" in doc
     assert "lib/Slicer-X.Y/qt-scripted-modules" in readme
+
+
+# ---- every self-test click checks its effect (issue 19, finding 10) --------------------------------------
+def _unchecked_clicks(tree: ast.AST, test_class: str) -> list:
+    """``(method, line)`` of each ``.click()`` in ``test_class`` that no assertion follows before the next
+    click or the end of its method. An assertion is an ``assert`` statement or a call of a function whose
+    name starts with ``assert`` (``self.assertEqual``, ``np.testing.assert_array_equal``, ...)."""
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == test_class)
+    unchecked = []
+    for method in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
+        events = []
+        for node in ast.walk(method):
+            if isinstance(node, ast.Assert):
+                events.append((node.lineno, node.col_offset, "assert"))
+            elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name)):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+                if name == "click" and not node.args:
+                    events.append((node.lineno, node.col_offset, "click"))
+                elif name.startswith("assert"):
+                    events.append((node.lineno, node.col_offset, "assert"))
+        events.sort()
+        for i, (line, _, kind) in enumerate(events):
+            if kind != "click":
+                continue
+            following = [k for _, _, k in events[i + 1:]]
+            nxt = following.index("click") if "click" in following else len(following)
+            if "assert" not in following[:nxt]:
+                unchecked.append((method.name, line))
+    return unchecked
+
+
+def test_the_click_audit_finds_a_click_without_a_check():
+    tree = ast.parse("class T:\n"
+                     "    def test_a(self):\n        w.ui.a.click()\n        w.ui.b.click()\n        self.assertTrue(x)\n"
+                     "    def test_b(self):\n        w.ui.c.click()\n        for i in r:\n            y = 1\n"
+                     "    def test_c(self):\n        w.ui.d.click()\n        while w.busy:\n            pass\n"
+                     "        np.testing.assert_array_equal(a, b)\n        assert z\n")
+    assert _unchecked_clicks(tree, "T") == [("test_a", 3), ("test_b", 7)]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_self_test_click_is_followed_by_a_check_of_its_effect(module):
+    """PythonQt prints an exception raised in a slot connected to ``clicked`` and goes on (the click returns
+    normally), so a self-test that clicks and checks nothing passes whatever the handler did."""
+    tree = ast.parse(_module_source(module))
+    assert _unchecked_clicks(tree, f"{module}Test") == []
