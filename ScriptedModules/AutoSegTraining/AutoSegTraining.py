@@ -30,7 +30,7 @@ try:  # built extension: the shared Lib is installed beside the modules
 except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 from AutoSegSlicerLib import sampledata
-from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.dependencies import ensureDependencies, installForSelfTest
 from AutoSegSlicerLib.enginepath import find_engine
 from AutoSegSlicerLib.widgets import ParameterNodeBinding, loadModuleUI, ready, showState
 
@@ -272,6 +272,8 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        # the dependency step first: exporting scene cases needs slicerio, training torch (PyTorch extension)
+        self.assertTrue(installForSelfTest(needTorch=True), "the packages training needs are not installed")
         self.setUp()
         self.test_train_and_predict_on_phantom()
         self.setUp()

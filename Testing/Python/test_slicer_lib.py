@@ -111,7 +111,8 @@ def test_the_dependency_wrapper_calls_the_engine_step_with_torch_through_pytorch
     assert len(calls) == 1
     keywords = {k.arg: ast.unparse(k.value) for k in calls[0].keywords}
     assert keywords["install_torch"] == "dependencies.torch_installer()" and keywords["need_torch"] == "needTorch"
-    assert [ast.unparse(a) for a in calls[0].args] == ["slicer.util.confirmOkCancelDisplay", "slicer.util.pip_install"]
+    assert [ast.unparse(a) for a in calls[0].args] == ["confirm or slicer.util.confirmOkCancelDisplay",
+                                                       "slicer.util.pip_install"]
     # the version handed to PyTorchUtils is the one pyproject.toml requires
     from AutoSegSensitivity.mrml.dependencies import TORCH_REQUIREMENT
 
@@ -370,3 +371,56 @@ def test_every_self_test_click_is_followed_by_a_check_of_its_effect(module):
     normally), so a self-test that clicks and checks nothing passes whatever the handler did."""
     tree = ast.parse(_module_source(module))
     assert _unchecked_clicks(tree, f"{module}Test") == []
+
+
+# ---- the self-tests install what they use first (issue 19, finding 3) ------------------------------------
+@pytest.mark.parametrize("module", MODULES)
+def test_each_self_test_runs_the_dependency_step_before_anything_else(module):
+    """Stock Slicer 5.8/5.10 ships numpy, scipy and pydicom only; AutoSegTraining's self-test exports scene
+    cases (slicerio) and trains (torch from the PyTorch extension). The first statement of every runTest is
+    the dependency step, asserted; AutoSegTraining's includes torch."""
+    tree = ast.parse(_module_source(module))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Test")
+    run = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "runTest")
+    first = run.body[0]
+    assert isinstance(first, ast.Expr) and ast.unparse(first.value.func) == "self.assertTrue", ast.unparse(first)
+    step = first.value.args[0]
+    assert isinstance(step, ast.Call) and ast.unparse(step.func) == "installForSelfTest"
+    torch = {k.arg: ast.literal_eval(k.value) for k in step.keywords}.get("needTorch", False)
+    assert torch is (module == "AutoSegTraining")
+    calls = [ast.unparse(s) for s in run.body[1:]]
+    assert calls and all(c.startswith("self.") for c in calls)  # the tests themselves come after it
+
+
+def _lib_dependencies_with_fake_slicer(monkeypatch, recorded):
+    """AutoSegSlicerLib.dependencies loaded with a stand-in ``slicer`` whose dialog says no and whose pip
+    records; the engine's ensure_dependencies records what it is given."""
+    import importlib
+    import types
+
+    from AutoSegSensitivity.mrml import dependencies as engine
+
+    util = types.SimpleNamespace(confirmOkCancelDisplay=lambda text: recorded.append(("dialog", text)) or False,
+                                 pip_install=lambda req: recorded.append(("pip", req)),
+                                 errorDisplay=lambda text: recorded.append(("error", text)),
+                                 showStatusMessage=lambda text, ms: recorded.append(("status", text)))
+    monkeypatch.setitem(sys.modules, "slicer", types.SimpleNamespace(util=util))
+
+    def fake_ensure(confirm, pip_install, install_torch=None, need_torch=False, packages=None):
+        recorded.append(("ensure", need_torch, confirm("install X?")))
+        return True
+
+    monkeypatch.setattr(engine, "ensure_dependencies", fake_ensure)
+    monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies", raising=False)
+    return importlib.import_module("AutoSegSlicerLib.dependencies")
+
+
+def test_the_self_test_dependency_step_consents_and_the_actions_ask(monkeypatch):
+    recorded = []
+    lib = _lib_dependencies_with_fake_slicer(monkeypatch, recorded)
+    assert lib.installForSelfTest(needTorch=True)
+    assert recorded == [("ensure", True, True)]  # no dialog: the self-test is the consent
+    recorded.clear()
+    assert lib.ensureDependencies(needTorch=False)
+    assert recorded == [("dialog", "install X?"), ("ensure", False, False)]  # an action asks the user
+    monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies")
