@@ -95,6 +95,26 @@ class ParameterNodeBinding:
             self.widget.removeObserver(self.node, vtk.vtkCommand.ModifiedEvent, self.onModified)
 
 
+def connectLiveSlider(slider: Any, update: Callable[[float, bool], None]) -> Any:
+    """Drive ``update(value, interactive)`` from a ctkSliderWidget with tracking off: one update per change
+    (``AutoSegSensitivity.mrml.live_slider``), labelmap only while dragged, everything once released or set.
+    Returns the :class:`~AutoSegSensitivity.mrml.live_slider.LiveSliderUpdates` (keep it on the widget)."""
+    import qt
+
+    from AutoSegSensitivity.mrml.live_slider import LiveSliderUpdates
+
+    updates = LiveSliderUpdates(update)
+    slider.tracking = False
+
+    def changing(value: float) -> None:
+        if updates.changing(value):
+            qt.QTimer.singleShot(0, updates.flush)
+
+    slider.valueIsChanging.connect(changing)
+    slider.valueChanged.connect(updates.changed)
+    return updates
+
+
 def loadModuleUI(widget: Any) -> Any:
     """Load ``Resources/UI/<Module>.ui`` into the widget's layout, give its MRML widgets the scene, and
     return the child widgets as attributes (the template's ``self.ui``). Also registers the phantom

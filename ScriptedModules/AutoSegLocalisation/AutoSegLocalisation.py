@@ -29,7 +29,8 @@ except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit a
 from AutoSegSlicerLib import sampledata
 from AutoSegSlicerLib.dependencies import ensureDependencies, installForSelfTest
 from AutoSegSlicerLib.enginepath import find_engine
-from AutoSegSlicerLib.widgets import ParameterNodeBinding, firstVolumeDefaults, loadModuleUI, ready, showState
+from AutoSegSlicerLib.widgets import (ParameterNodeBinding, connectLiveSlider, firstVolumeDefaults, loadModuleUI, ready,
+                                     showState)
 
 find_engine(__file__)
 from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
@@ -90,10 +91,8 @@ class AutoSegLocalisationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.binding = ParameterNodeBinding(self, self.logic, self.updateButtons, firstVolumeDefaults("inputVolume"))
         self.ui.proposeRoiButton.clicked.connect(self.onProposeRoi)
         self.ui.runButton.clicked.connect(self.onRun)
-        # ctkSliderWidget without tracking: valueIsChanging while dragged, valueChanged once released
-        self.ui.thresholdSlider.tracking = False
-        self.ui.thresholdSlider.valueIsChanging.connect(lambda value: self.onThresholdChanged(value, True))
-        self.ui.thresholdSlider.valueChanged.connect(lambda value: self.onThresholdChanged(value, False))
+        # ctkSliderWidget without tracking: labelmap while dragged, everything once released; one update per change
+        self._sliderUpdates = connectLiveSlider(self.ui.thresholdSlider, self.onThresholdChanged)
         self.binding.initialize()
 
     def cleanup(self):

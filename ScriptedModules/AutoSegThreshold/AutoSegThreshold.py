@@ -30,7 +30,7 @@ except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit a
 from AutoSegSlicerLib import sampledata
 from AutoSegSlicerLib.dependencies import ensureDependencies, installForSelfTest
 from AutoSegSlicerLib.enginepath import find_engine
-from AutoSegSlicerLib.widgets import ParameterNodeBinding, loadModuleUI, ready, showState
+from AutoSegSlicerLib.widgets import ParameterNodeBinding, connectLiveSlider, loadModuleUI, ready, showState
 
 find_engine(__file__)
 from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
@@ -97,10 +97,8 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadThresholdsButton.clicked.connect(self.onLoadThresholds)
         self.ui.probabilityVolumesSelector.checkedNodesChanged.connect(self.updateButtons)
         self.ui.referenceSegmentationsSelector.checkedNodesChanged.connect(self.updateButtons)
-        # ctkSliderWidget without tracking: valueIsChanging while dragged, valueChanged once released
-        self.ui.thresholdSlider.tracking = False
-        self.ui.thresholdSlider.valueIsChanging.connect(lambda value: self.onThresholdChanged(value, True))
-        self.ui.thresholdSlider.valueChanged.connect(lambda value: self.onThresholdChanged(value, False))
+        # ctkSliderWidget without tracking: labelmap while dragged, everything once released; one update per change
+        self._sliderUpdates = connectLiveSlider(self.ui.thresholdSlider, self.onThresholdChanged)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.binding.initialize()
 

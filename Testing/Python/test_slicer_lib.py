@@ -129,14 +129,122 @@ def test_apply_optimum_asks_for_torch_and_stores_the_threshold_before_writing_an
 
 
 @pytest.mark.parametrize("module", ["AutoSegThreshold", "AutoSegLocalisation"])
-def test_the_threshold_slider_updates_the_labelmap_while_moving_and_everything_on_release(module):
-    """ctkSliderWidget (CTK Libs/Widgets/ctkSliderWidget.h/.cpp): with tracking off it emits
-    valueIsChanging while dragged and valueChanged once released."""
+def test_the_threshold_slider_is_driven_through_the_one_update_per_change_helper(module):
+    """Issue 19, finding 9: the slider's signals go through ``connectLiveSlider`` (never connected one to one,
+    which updates twice per programmatic change), whose update is the module's ``onThresholdChanged``."""
     source = _module_source(module)
-    assert "self.ui.thresholdSlider.tracking = False" in source
-    assert "thresholdSlider.valueIsChanging.connect(lambda value: self.onThresholdChanged(value, True))" in source
-    assert "thresholdSlider.valueChanged.connect(lambda value: self.onThresholdChanged(value, False))" in source
+    assert "self._sliderUpdates = connectLiveSlider(self.ui.thresholdSlider, self.onThresholdChanged)" in source
+    assert "valueIsChanging" not in source and "valueChanged.connect" not in source
     assert "interactive=interactive)" in source
+
+
+class FakeCtkSliderWidget:
+    """ctkSliderWidget's signals as CTK ``Libs/Widgets/ctkSliderWidget.cpp`` emits them (CTK dd4caea, the
+    revision Slicer v5.10.0 builds; unchanged since 82cae57 of v5.8.1): ``setValue`` (l. 297-313) clears
+    Changing for the call; ``setSpinBoxValue`` (l. 354-372) emits valueIsChanging when tracking is off and
+    valueChanged unless Changing; ``startChanging``/``stopChanging`` (l. 316-341, slider pressed/released)
+    set Changing and, on release, emit valueChanged if the value moved."""
+
+    class Signal:
+        def __init__(self):
+            self.slots = []
+
+        def connect(self, slot):
+            self.slots.append(slot)
+
+        def emit(self, value):
+            for slot in list(self.slots):
+                slot(value)
+
+    def __init__(self, value=0.5):
+        self.tracking, self.changing, self.value, self.before = True, False, value, value
+        self.valueIsChanging, self.valueChanged = self.Signal(), self.Signal()
+
+    def _setSpinBoxValue(self, value):
+        self.value = value
+        if not self.tracking:
+            self.valueIsChanging.emit(value)
+        if not self.changing:
+            self.valueChanged.emit(value)
+
+    def setValue(self, value):
+        was, self.changing = self.changing, False
+        self._setSpinBoxValue(value)
+        self.changing = was
+
+    def press(self):
+        if not self.tracking:
+            self.before, self.changing = self.value, True
+
+    def drag(self, value):
+        self._setSpinBoxValue(value)
+
+    def release(self):
+        if not self.tracking:
+            self.changing = False
+            if abs(self.value - self.before) > 0:
+                self.valueChanged.emit(self.value)
+
+
+@pytest.fixture
+def live_slider(monkeypatch):
+    """``connectLiveSlider`` of the Lib on a FakeCtkSliderWidget, with a stand-in ``qt`` whose
+    ``QTimer.singleShot(0, f)`` queues ``f`` for the next event-loop turn (``turn()``)."""
+    import types
+
+    queue = []
+    qt = types.SimpleNamespace(QTimer=types.SimpleNamespace(singleShot=lambda ms, f: queue.append(f)))
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    from AutoSegSlicerLib import widgets
+
+    def turn():
+        while queue:
+            queue.pop(0)()
+
+    slider, updates = FakeCtkSliderWidget(), []
+    widgets.connectLiveSlider(slider, lambda value, interactive: updates.append((value, interactive)))
+    return slider, updates, turn
+
+
+def test_the_fake_slider_emits_both_signals_for_a_programmatic_change():
+    """What the one-to-one wiring of 746dced did with it: two updates for one change."""
+    slider, updates = FakeCtkSliderWidget(), []
+    slider.tracking = False
+    slider.valueIsChanging.connect(lambda value: updates.append((value, True)))
+    slider.valueChanged.connect(lambda value: updates.append((value, False)))
+    slider.setValue(0.3)
+    assert updates == [(0.3, True), (0.3, False)]
+
+
+def test_a_programmatic_change_updates_once(live_slider):
+    slider, updates, turn = live_slider
+    assert slider.tracking is False
+    slider.setValue(0.3)
+    turn()
+    assert updates == [(0.3, False)]
+    slider.setValue(0.4)
+    slider.setValue(0.45)
+    turn()
+    assert updates == [(0.3, False), (0.4, False), (0.45, False)]
+
+
+def test_a_drag_updates_the_labelmap_once_per_turn_and_everything_on_release(live_slider):
+    slider, updates, turn = live_slider
+    slider.press()
+    for v in (0.2, 0.25, 0.3):  # three moves before the event loop runs: one labelmap update, the last
+        slider.drag(v)
+    turn()
+    assert updates == [(0.3, True)]
+    slider.drag(0.35)
+    turn()
+    slider.release()
+    turn()
+    assert updates == [(0.3, True), (0.35, True), (0.35, False)]
+    slider.press()
+    slider.drag(0.4)
+    slider.release()  # released before the event loop ran: only the full update
+    turn()
+    assert updates[3:] == [(0.4, False)]
 
 
 @pytest.mark.parametrize("module", MODULES)
