@@ -9,7 +9,7 @@ AutoSegSensitivity.mrml.localisation_logic.LocalisationLogic.
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import slicer
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
@@ -55,8 +55,8 @@ class AutoSegLocalisation(ScriptedLoadableModule):
 class AutoSegLocalisationParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     roi: vtkMRMLMarkupsROINode
-    localiserModel: Path
-    organModel: Path
+    localiserModel: Optional[Path] = None  # unset: None, shown empty (AutoSegSensitivity.mrml.path_fields)
+    organModel: Optional[Path] = None
     structure: str = ""
     padding: Annotated[int, WithinRange(0, 200)] = 15
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5

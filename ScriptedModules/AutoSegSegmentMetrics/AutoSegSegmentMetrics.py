@@ -9,6 +9,7 @@ AutoSegSensitivity.mrml.segment_metrics_logic.SegmentMetricsLogic.
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
@@ -59,7 +60,7 @@ class AutoSegSegmentMetricsParameterNode:
     gridVolume: vtkMRMLScalarVolumeNode
     intensityStatistics: bool = True
     outputTable: vtkMRMLTableNode
-    csvPath: Path
+    csvPath: Optional[Path] = None  # unset: None, shown empty (AutoSegSensitivity.mrml.path_fields)
 
 
 class AutoSegSegmentMetricsLogic(ScriptedLoadableModuleLogic):
@@ -211,6 +212,7 @@ class AutoSegSegmentMetricsTest(ScriptedLoadableModuleTest):
         widget.ui.computeButton.click()
         self.assertIsNotNone(p.outputTable)
         self.assertFalse(widget.ui.exportCsvButton.enabled)  # still no file name (an empty path is unset)
+        self.assertEqual(widget.ui.csvPathLineEdit.currentPath, "")  # unset shows empty, not "."
         csvPath = Path(tempfile.mkdtemp()) / "metrics.csv"
         widget.ui.csvPathLineEdit.currentPath = str(csvPath)
         self.assertTrue(widget.ui.exportCsvButton.enabled, widget.ui.exportCsvButton.toolTip)

@@ -10,7 +10,7 @@ AutoSegSensitivity.mrml.threshold_logic.ThresholdTuningLogic.
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import slicer
 from slicer import vtkMRMLSegmentationNode
@@ -61,9 +61,9 @@ class AutoSegThresholdParameterNode:
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     liveSegmentation: vtkMRMLSegmentationNode
     liveUpdate: bool = True
-    checkpoint: Path
+    checkpoint: Optional[Path] = None  # unset: None, shown empty (AutoSegSensitivity.mrml.path_fields)
     nsdTolerance: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
-    thresholdsFile: Path
+    thresholdsFile: Optional[Path] = None
 
 
 class AutoSegThresholdLogic(ScriptedLoadableModuleLogic):

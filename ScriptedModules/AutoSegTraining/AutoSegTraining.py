@@ -11,7 +11,7 @@ into the parameter node and calls AutoSegSensitivity.mrml.training_logic.Trainin
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import qt
 import slicer
@@ -61,16 +61,16 @@ class AutoSegTraining(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class AutoSegTrainingParameterNode:
-    dataDir: Path
-    config: Path
+    dataDir: Optional[Path] = None  # unset: None, shown empty (AutoSegSensitivity.mrml.path_fields)
+    config: Optional[Path] = None
     network: str = "unet2d"
     loss: str = "bce"
     intensity: str = "SLF1"
     epochs: Annotated[int, WithinRange(1, 10000)] = 50
     device: str = "auto"
-    outputDir: Path
+    outputDir: Optional[Path] = None
     resume: bool = False
-    checkpoint: Path
+    checkpoint: Optional[Path] = None
     predictVolume: vtkMRMLScalarVolumeNode
     makeSegmentation: bool = True
 
@@ -322,7 +322,10 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
         widget.enter()  # as when the module is opened: binds the parameter node of this scene
         p = widget.binding.node
         for field in ("config", "outputDir", "dataDir", "checkpoint"):
-            setattr(p, field, Path())  # what an empty ctkPathLineEdit gives: Path('.') means unset
+            setattr(p, field, None)  # unset (an emptied ctkPathLineEdit reads as None)
+        for edit in (widget.ui.configPathLineEdit, widget.ui.outputDirPathLineEdit, widget.ui.dataDirPathLineEdit,
+                     widget.ui.checkpointPathLineEdit):
+            self.assertEqual(edit.currentPath, "")  # an unset path shows empty, not "."
         self.assertFalse(widget.ui.trainButton.enabled)
         for missing in ("config", "output folder", "dataset folder"):
             self.assertIn(missing, widget.ui.trainButton.toolTip)

@@ -532,3 +532,148 @@ def test_the_self_test_dependency_step_consents_and_the_actions_ask(monkeypatch)
     assert lib.ensureDependencies(needTorch=False)
     assert recorded == [("dialog", "install X?"), ("ensure", False, False)]  # an action asks the user
     monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies")
+
+
+# ---- unset path fields show empty, not "." (issue 19, finding 5) -----------------------------------------
+def test_path_field_values_and_line_edit_text():
+    import typing
+    from pathlib import PurePosixPath
+
+    from AutoSegSensitivity.mrml.path_fields import optional_path_class, path_from_text, path_text
+
+    assert path_text(None) == "" and path_text(Path()) == "" and path_text(Path("/a/b.pt")) == "/a/b.pt"
+    assert path_from_text("") is None and path_from_text("  ") is None and path_from_text(".") is None
+    assert path_from_text("/a/b.pt") == Path("/a/b.pt") and isinstance(path_from_text("/a", PurePosixPath), PurePosixPath)
+    assert optional_path_class(typing.Optional[Path]) is Path
+    assert optional_path_class(typing.Union[None, PurePosixPath]) is PurePosixPath
+    for other in (Path, str, typing.Optional[str], typing.Union[Path, str], typing.Union[Path, str, None], int):
+        assert optional_path_class(other) is None, other
+
+
+@pytest.fixture
+def fake_connector_world(monkeypatch):
+    """A stand-in ``ctk`` (ctkPathLineEdit: ``currentPath`` text as given, ``currentPathChanged``) and
+    ``slicer.parameterNodeWrapper``: GuiConnector as guiConnectors.py l. 53-111 (onChanged connects,
+    changed calls back), createGuiConnector l. 126-147 (the first registered connector that can represent
+    the pair), with Slicer's ctkPathLineEditToPathConnector (l. 673-705) registered first, as in Slicer."""
+    import types
+    import typing
+
+    class Signal:
+        def __init__(self):
+            self.slots = []
+
+        def connect(self, slot):
+            self.slots.append(slot)
+
+        def disconnect(self, slot):
+            self.slots.remove(slot)
+
+    class ctkPathLineEdit:
+        def __init__(self):
+            self.currentPath, self.currentPathChanged = "", Signal()
+
+        def type_in(self, text):  # the user edits the field
+            self.currentPath = text
+            for slot in list(self.currentPathChanged.slots):
+                slot()
+
+    class GuiConnector:
+        def __init__(self):
+            self._callback = None
+
+        def onChanged(self, callback):
+            self._callback = callback
+            self._disconnect() if callback is None else self._connect()
+
+        def changed(self):
+            if self._callback:
+                self._callback()
+
+    registered = []
+
+    def parameterNodeGuiConnector(cls):
+        registered.append(cls)
+        return cls
+
+    def unannotatedType(t):
+        return typing.get_args(t)[0] if typing.get_origin(t) is typing.Annotated else t
+
+    class SlicersPathConnector(GuiConnector):
+        @staticmethod
+        def canRepresent(widget, datatype):
+            return type(widget) == ctkPathLineEdit and unannotatedType(datatype) in (Path,)
+
+        @staticmethod
+        def create(widget, datatype):
+            c = SlicersPathConnector()
+            c._widget, c._type = widget, unannotatedType(datatype)
+            return c
+
+        def _connect(self):
+            self._widget.currentPathChanged.connect(self.changed)
+
+        def _disconnect(self):
+            self._widget.currentPathChanged.disconnect(self.changed)
+
+        def read(self):
+            return self._type(self._widget.currentPath)
+
+        def write(self, value):
+            self._widget.currentPath = str(value)
+
+    registered.append(SlicersPathConnector)
+
+    def createGuiConnector(widget, datatype):
+        for cls in registered:
+            if cls.canRepresent(widget, datatype):
+                return cls.create(widget, datatype)
+        raise RuntimeError("Unable to create GUI connector")
+
+    pnw = types.SimpleNamespace(GuiConnector=GuiConnector, parameterNodeGuiConnector=parameterNodeGuiConnector,
+                                unannotatedType=unannotatedType)
+    monkeypatch.setitem(sys.modules, "ctk", types.SimpleNamespace(ctkPathLineEdit=ctkPathLineEdit))
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
+    from AutoSegSlicerLib import widgets
+
+    monkeypatch.setattr(widgets, "_pathConnectorRegistered", False)
+    return types.SimpleNamespace(widgets=widgets, create=createGuiConnector, edit=ctkPathLineEdit, registered=registered)
+
+
+def test_an_unset_optional_path_shows_empty_and_an_emptied_field_reads_none(fake_connector_world):
+    import typing
+
+    world = fake_connector_world
+    # what Slicer alone does with a Path field: Path() shows "."
+    edit = world.edit()
+    slicers = world.create(edit, Path)
+    slicers.write(Path())
+    assert edit.currentPath == "."
+    with pytest.raises(RuntimeError):  # and it has no connector for Optional[Path]
+        world.create(world.edit(), typing.Optional[Path])
+    world.widgets.registerOptionalPathConnector()
+    world.widgets.registerOptionalPathConnector()  # once only
+    assert len(world.registered) == 2
+    edit, values = world.edit(), []
+    connector = world.create(edit, typing.Optional[Path])
+    assert type(connector).__name__ == "OptionalPathLineEditConnector"
+    connector.write(None)  # the wrapper writes the value, then listens (wrapper.py _connectParametersToGui)
+    assert edit.currentPath == ""
+    connector.onChanged(lambda: values.append(connector.read()))
+    edit.type_in("/data/model.pt")
+    edit.type_in("")
+    edit.type_in(" . ")
+    assert values == [Path("/data/model.pt"), None, None]
+    connector.write(Path("/out"))
+    assert edit.currentPath == "/out"
+    assert type(world.create(world.edit(), Path)).__name__ == "SlicersPathConnector"  # Path fields untouched
+
+
+def test_the_optional_path_connector_is_registered_before_the_gui_is_bound():
+    source = (LIB / "widgets.py").read_text()
+    body = source[source.index("def loadModuleUI"):]
+    assert body.index("registerOptionalPathConnector()") < body.index("slicer.util.loadUI(")
+    for module in MODULES:
+        setup = _module_source(module)
+        setup = setup[setup.index("    def setup(self):"):]
+        assert setup.index("loadModuleUI(self)") < setup.index("self.binding.initialize()"), module
