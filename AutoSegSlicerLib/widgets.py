@@ -174,7 +174,7 @@ def loadModuleUI(widget: Any) -> Any:
     sample data, for a module loaded after start-up (drag and drop), when startupCompleted has passed."""
     from .sampledata import registerSampleData
 
-    registerSampleData(widget.resourcePath(f"Icons/{widget.moduleName}.png"))
+    registerSampleData(widget.resourcePath(f"Icons/{widget.moduleName}.png"), refreshSampleDataWidget=True)
     registerOptionalPathConnector()  # before any connectGui of the module's parameter node
     uiWidget = slicer.util.loadUI(widget.resourcePath(f"UI/{widget.moduleName}.ui"))
     widget.layout.addWidget(uiWidget)

@@ -253,7 +253,7 @@ def test_each_module_offers_the_phantom_on_first_open(module):
     assert "+ sampledata.HELP)" in source and "sampledata.registerAtStartup(self)" in source
     assert "sampledata.loadPhantom()" in source or module == "AutoSegTraining"  # its self-test trains on phantom cases
     help_text = (LIB / "sampledata.py").read_text()
-    assert "nothing is downloaded" in help_text and "uris=[]" in help_text
+    assert "nothing is downloaded" in help_text and "customDownloader=loadPhantom, **fields" in help_text
 
 
 def test_the_extension_installs_every_lib_file_beside_the_modules():
@@ -677,3 +677,150 @@ def test_the_optional_path_connector_is_registered_before_the_gui_is_bound():
         setup = _module_source(module)
         setup = setup[setup.index("    def setup(self):"):]
         assert setup.index("loadModuleUI(self)") < setup.index("self.binding.initialize()"), module
+
+
+# ---- SampleData.downloadSample("AutoSegPhantom") (issue 19, finding 6) ---------------------------------
+class SampleDataModel:
+    """What Slicer/Slicer ``Modules/Scripted/SampleData/SampleData.py`` does with a registered source,
+    restated (v5.10.0; v5.8.1 the same): ``registerCustomSampleDataSource`` (l. 510-561) appends a
+    SampleDataSource whose fields must have equal lengths (l. 205-215) to ``slicer.modules.sampleDataSources``;
+    ``downloadSample`` is ``downloadSamples(name)[0]`` (l. 987-991) and ``downloadSamples`` is
+    ``downloadFromSource(source)`` (l. 993-1001), which never calls ``customDownloader`` (only the button
+    does, l. 445-446): for each (uri, fileName, nodeName, loadFileType) it downloads ``uri`` into
+    ``<cache>/<fileName>`` unless the file is there (``downloadFile`` l. 1079-1100: ``urllib.request.urlretrieve``)
+    and, with a node name, loads it as that node (l. 881-889). Loading is done here with slicer-core's
+    storage nodes."""
+
+    def __init__(self, scene, cache):
+        import types
+
+        self.scene, self.cache, self.sources = scene, Path(cache), {}
+        model = self
+
+        class SampleDataLogic:
+            @staticmethod
+            def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None,
+                                               nodeNames=None, customDownloader=None, thumbnailFileName=None,
+                                               loadFileTypes=None, loadFiles=None, loadFileProperties={},
+                                               checksums=None, loadFileType=None):
+                uris = list(uris or [])
+                loadFileTypes = list(loadFileTypes) if isinstance(loadFileTypes, (list, tuple)) else [loadFileTypes] * len(uris)
+                nodeNames = list(nodeNames) if nodeNames is not None else [None] * len(uris)
+                assert len(uris) == len(fileNames) == len(nodeNames) == len(loadFileTypes)
+                source = types.SimpleNamespace(sampleName=sampleName, uris=uris, fileNames=list(fileNames),
+                                               nodeNames=nodeNames, loadFileTypes=loadFileTypes,
+                                               customDownloader=customDownloader)
+                model.sources.setdefault(category, []).append(source)
+
+        self.module = types.SimpleNamespace(SampleDataLogic=SampleDataLogic)
+
+    def downloadSamples(self, name):
+        import urllib.request
+
+        source = next(s for c in self.sources.values() for s in c if s.sampleName == name)
+        nodes = []
+        for uri, file_name, node_name, file_type in zip(source.uris, source.fileNames, source.nodeNames,
+                                                        source.loadFileTypes):
+            path = self.cache / file_name
+            if not path.exists() or path.stat().st_size == 0:
+                urllib.request.urlretrieve(uri, str(path))
+            if node_name:
+                cls, storage = {"VolumeFile": ("vtkMRMLScalarVolumeNode", "vtkMRMLVolumeArchetypeStorageNode"),
+                                "SegmentationFile": ("vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode")}[file_type]
+                node = self.scene.AddNewNodeByClass(cls, node_name)
+                reader = self.scene.AddNewNodeByClass(storage)
+                reader.SetFileName(str(path))
+                assert reader.ReadData(node), path
+                nodes.append(node)
+        return nodes
+
+    def downloadSample(self, name):
+        return self.downloadSamples(name)[0]
+
+
+@pytest.fixture
+def sample_data(monkeypatch, tmp_path):
+    """AutoSegSlicerLib.sampledata with slicer-core as ``slicer`` (``slicer.app.cachePath`` and
+    ``slicer.modules`` stand-ins) and the SampleData model as ``SampleData``; the phantom made small."""
+    import types
+
+    import slicer
+
+    from AutoSegSensitivity.mrml import sampledata as engine
+
+    scene = slicer.vtkMRMLScene()
+    model = SampleDataModel(scene, tmp_path / "cache")
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(cachePath=str(tmp_path / "slicer-cache")), raising=False)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(sampleDataSources=model.sources), raising=False)
+    monkeypatch.setitem(sys.modules, "SampleData", model.module)
+    small = getattr(engine, "write_phantom_files", None)  # (absent before issue 19)
+    if small is not None:
+        monkeypatch.setattr(engine, "write_phantom_files", lambda folder: small(folder, shape=(10, 40, 40)))
+    from AutoSegSlicerLib import sampledata as lib
+
+    return types.SimpleNamespace(lib=lib, model=model, scene=scene, engine=engine, tmp=tmp_path)
+
+
+def test_download_sample_loads_the_registered_phantom(sample_data):
+    from AutoSegSensitivity.mrml import nodes
+
+    lib, model = sample_data.lib, sample_data.model
+    lib.registerSampleData("thumb.png")
+    lib.registerSampleData("thumb.png")  # once only
+    (source,) = model.sources[lib.CATEGORY]
+    assert source.customDownloader is lib.loadPhantom  # the button keeps the in-memory loader
+    assert all(u.startswith("file://") for u in source.uris)
+    ct = model.downloadSample(lib.SAMPLE_NAME)
+    assert ct.GetName() == "AutoSegPhantom CT"
+    import slicer
+
+    expected = sample_data.engine.load_phantom(slicer.vtkMRMLScene(), shape=(10, 40, 40))
+    np.testing.assert_array_equal(nodes.volume_from_node(ct).array, nodes.volume_from_node(expected.ct).array)
+    loaded = {n.GetName(): n for n in model.downloadSamples(lib.SAMPLE_NAME)}
+    assert sorted(loaded) == sorted(f.node_name for f in sample_data.engine.phantom_files())
+    for name, node in expected.probabilities.items():
+        np.testing.assert_array_equal(nodes.volume_from_node(loaded[f"AutoSegPhantom {name}_prob"]).array,
+                                      nodes.volume_from_node(node).array)
+    ref = loaded["AutoSegPhantom reference"].GetSegmentation()
+    want = expected.reference.GetSegmentation()
+    assert [ref.GetNthSegment(i).GetName() for i in range(ref.GetNumberOfSegments())] == \
+        [want.GetNthSegment(i).GetName() for i in range(want.GetNumberOfSegments())]
+
+
+def test_the_old_registration_without_uris_raises_index_error_in_the_model(sample_data):
+    """What 746dced registered (``uris=[]``): downloadSample finds the source and loads nothing."""
+    sample_data.model.module.SampleDataLogic.registerCustomSampleDataSource(
+        category="X", sampleName="Old", uris=[], fileNames=[], nodeNames=[], customDownloader=print)
+    with pytest.raises(IndexError):
+        sample_data.model.downloadSample("Old")
+
+
+def test_phantom_files_are_written_once_and_completed_when_one_is_missing(tmp_path):
+    from AutoSegSensitivity.mrml import sampledata
+
+    paths = sampledata.write_phantom_files(tmp_path / "p", shape=(8, 32, 32))
+    assert [p.name for p in paths] == [f.file_name for f in sampledata.phantom_files()]
+    assert paths[0].name == "AutoSegPhantom-CT.nrrd"  # downloadSample returns the first node
+    stamps = {p: p.stat().st_mtime_ns for p in paths}
+    assert sampledata.write_phantom_files(tmp_path / "p", shape=(8, 32, 32)) == paths
+    assert {p: p.stat().st_mtime_ns for p in paths} == stamps
+    paths[3].unlink()
+    sampledata.write_phantom_files(tmp_path / "p", shape=(8, 32, 32))
+    assert paths[3].is_file() and sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted(p.name for p in paths)
+    fields = sampledata.sample_data_source_fields(tmp_path / "p")
+    assert len({len(v) for v in fields.values()}) == 1 and all(fields["nodeNames"])
+    assert fields["loadFileTypes"][:2] == ["VolumeFile", "SegmentationFile"]
+
+
+def test_a_module_set_up_after_start_up_adds_the_phantom_to_an_open_sample_data_widget():
+    """SampleDataWidget builds its buttons once (SampleData.py setup, l. 282): loadModuleUI registers with
+    ``refreshSampleDataWidget=True``, which adds the category's frame (built by SampleData's own
+    setCategoriesFromSampleDataSources, frames named "<category>CollapsibleGroupBox", l. 400-403) before the
+    last frame, "Load data from URL" (l. 286-287), unless it is there."""
+    widgets = (LIB / "widgets.py").read_text()
+    assert "registerSampleData(widget.resourcePath(f\"Icons/{widget.moduleName}.png\"), refreshSampleDataWidget=True)" in widgets
+    lib = (LIB / "sampledata.py").read_text()
+    body = lib[lib.index("def addButtonsToSampleDataWidget"):]
+    assert 'f"{CATEGORY}CollapsibleGroupBox"' in body and "setCategoriesFromSampleDataSources(" in body
+    assert "layout.insertWidget(max(layout.count() - 1, 0), frame)" in body
