@@ -223,5 +223,12 @@ class AutoSegLocalisationTest(ScriptedLoadableModuleTest):
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(
                 seg, seg.GetSegmentation().GetSegmentIdBySegmentName("Brain"), phantom.ct)
             np.testing.assert_array_equal(mask > 0, slicer.util.arrayFromVolume(prob) >= 0.35)
+        # a programmatic change (the parameter node moves the slider) makes one full update, not two
+        calls, update = [], widget._sliderUpdates.update
+        widget._sliderUpdates.update = lambda value, interactive: calls.append((round(value, 2), interactive))
+        p.threshold = 0.4
+        slicer.app.processEvents()
+        widget._sliderUpdates.update = update
+        self.assertEqual(calls, [(0.4, False)])
         logging.info("AutoSegLocalisation self-test passed")
         self.delayDisplay("Test passed")
