@@ -688,7 +688,7 @@ class SampleDataModel:
     ``downloadFromSource(source)`` (l. 993-1001), which never calls ``customDownloader`` (only the button
     does, l. 445-446): for each (uri, fileName, nodeName, loadFileType) it downloads ``uri`` into
     ``<cache>/<fileName>`` unless the file is there (``downloadFile`` l. 1079-1100: ``urllib.request.urlretrieve``)
-    and, with a node name, loads it as that node (l. 881-889). Loading is done here with slicer-core's
+    and, with a node name, loads it as that node (l. 900-908). Loading is done here with slicer-core's
     storage nodes."""
 
     def __init__(self, scene, cache):
@@ -816,7 +816,7 @@ def test_phantom_files_are_written_once_and_completed_when_one_is_missing(tmp_pa
 def test_a_module_set_up_after_start_up_adds_the_phantom_to_an_open_sample_data_widget():
     """SampleDataWidget builds its buttons once (SampleData.py setup, l. 282): loadModuleUI registers with
     ``refreshSampleDataWidget=True``, which adds the category's frame (built by SampleData's own
-    setCategoriesFromSampleDataSources, frames named "<category>CollapsibleGroupBox", l. 400-403) before the
+    setCategoriesFromSampleDataSources, frames named "<category>CollapsibleGroupBox", l. 405-408) before the
     last frame, "Load data from URL" (l. 286-287), unless it is there."""
     widgets = (LIB / "widgets.py").read_text()
     assert "registerSampleData(widget.resourcePath(f\"Icons/{widget.moduleName}.png\"), refreshSampleDataWidget=True)" in widgets
