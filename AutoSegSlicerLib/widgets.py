@@ -95,13 +95,87 @@ class ParameterNodeBinding:
             self.widget.removeObserver(self.node, vtk.vtkCommand.ModifiedEvent, self.onModified)
 
 
+def connectLiveSlider(slider: Any, update: Callable[[float, bool], None]) -> Any:
+    """Drive ``update(value, interactive)`` from a ctkSliderWidget with tracking off: one update per change
+    (``AutoSegSensitivity.mrml.live_slider``), labelmap only while dragged, everything once released or set.
+    Returns the :class:`~AutoSegSensitivity.mrml.live_slider.LiveSliderUpdates` (keep it on the widget)."""
+    import qt
+
+    from AutoSegSensitivity.mrml.live_slider import LiveSliderUpdates
+
+    updates = LiveSliderUpdates(update)
+    slider.tracking = False
+
+    def changing(value: float) -> None:
+        if updates.changing(value):
+            qt.QTimer.singleShot(0, updates.flush)
+
+    slider.valueIsChanging.connect(changing)
+    slider.valueChanged.connect(updates.changed)
+    return updates
+
+
+_pathConnectorRegistered = False
+
+
+def registerOptionalPathConnector() -> None:
+    """Register, once, the GUI connector that binds an ``Optional[Path]`` field to a ctkPathLineEdit: None
+    shows as an empty field (Slicer's own Path connector would show '.'), an empty field reads as None
+    (``AutoSegSensitivity.mrml.path_fields``). Slicer picks the first registered connector that can
+    represent a (widget, type) pair (``guiConnectors.py`` createGuiConnector); none of Slicer's represents
+    ``Optional[Path]``, so this one is chosen for exactly those fields."""
+    global _pathConnectorRegistered
+    if _pathConnectorRegistered:
+        return
+    import ctk
+    from slicer.parameterNodeWrapper import GuiConnector, parameterNodeGuiConnector, unannotatedType
+
+    from AutoSegSensitivity.mrml.path_fields import optional_path_class, path_from_text, path_text
+
+    class OptionalPathLineEditConnector(GuiConnector):
+        @staticmethod
+        def canRepresent(widget: Any, datatype: Any) -> bool:
+            return type(widget) == ctk.ctkPathLineEdit and optional_path_class(unannotatedType(datatype)) is not None
+
+        @staticmethod
+        def create(widget: Any, datatype: Any) -> Any:
+            if OptionalPathLineEditConnector.canRepresent(widget, datatype):
+                return OptionalPathLineEditConnector(widget, datatype)
+            return None
+
+        def __init__(self, widget: Any, datatype: Any) -> None:
+            super().__init__()
+            self._widget = widget
+            self._type = optional_path_class(unannotatedType(datatype))
+
+        def _connect(self) -> None:
+            self._widget.currentPathChanged.connect(self.changed)
+
+        def _disconnect(self) -> None:
+            self._widget.currentPathChanged.disconnect(self.changed)
+
+        def widget(self) -> Any:
+            return self._widget
+
+        def read(self) -> Any:
+            return path_from_text(self._widget.currentPath, self._type)
+
+        def write(self, value: Any) -> None:
+            self._widget.currentPath = path_text(value)
+
+    parameterNodeGuiConnector(OptionalPathLineEditConnector)
+    _pathConnectorRegistered = True
+
+
 def loadModuleUI(widget: Any) -> Any:
     """Load ``Resources/UI/<Module>.ui`` into the widget's layout, give its MRML widgets the scene, and
-    return the child widgets as attributes (the template's ``self.ui``). Also registers the phantom
+    return the child widgets as attributes (the template's ``self.ui``). Registers the Optional[Path]
+    connector (:func:`registerOptionalPathConnector`) and the phantom
     sample data, for a module loaded after start-up (drag and drop), when startupCompleted has passed."""
     from .sampledata import registerSampleData
 
-    registerSampleData(widget.resourcePath(f"Icons/{widget.moduleName}.png"))
+    registerSampleData(widget.resourcePath(f"Icons/{widget.moduleName}.png"), refreshSampleDataWidget=True)
+    registerOptionalPathConnector()  # before any connectGui of the module's parameter node
     uiWidget = slicer.util.loadUI(widget.resourcePath(f"UI/{widget.moduleName}.ui"))
     widget.layout.addWidget(uiWidget)
     ui = slicer.util.childWidgetVariables(uiWidget)

@@ -4,9 +4,10 @@ Every rule takes plain values (paths, strings, counts) and MRML nodes (or None) 
 :class:`ActionState`: whether the action can run and a tooltip that says what it does, or, when it cannot,
 what is missing. The widgets only call these; the rules are tested on slicer-core MRML.
 
-An empty path is unset everywhere: Slicer's parameter node stores an empty path field as ``Path()``,
-which is ``Path('.')`` and truthy, and the ctkPathLineEdit connector reads ``Path(currentPath)``; so
-``None``, ``''``, ``'.'``, blanks and ``Path('.')`` all mean "not chosen" (:func:`path_or_none`).
+An empty path is unset everywhere: the modules' path fields are ``Optional[Path] = None`` (see
+:mod:`.path_fields`; Slicer's own ``Path`` binding would store an empty field as ``Path()``, which is
+``Path('.')`` and truthy); ``None``, ``''``, ``'.'``, blanks and ``Path('.')`` all mean "not chosen"
+(:func:`path_or_none`).
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 maps, generated here from ``AutoSegSensitivity.phantom`` (nothing downloaded), so that every module can
 be tried on first open without data, a trained model or contours.
 
+For Slicer's Sample Data module the same nodes are also written once as files (:func:`write_phantom_files`)
+that the registered source names by ``file://`` URI (:func:`sample_data_source_fields`): SampleData's
+``downloadSample`` loads only what a source's URIs list (it never calls a custom loader), and it copies a
+``file://`` URI with ``urllib.request.urlretrieve`` like any download.
+
 The probability maps stand in for a network that is a little too cautious: each reference mask is
 blurred with a Gaussian of :data:`BLUR_MM` mm and scaled by :data:`PEAK`, so that ``p >= 0.5`` is smaller
 than the reference and the Dice optimum lies below 0.5 (as in Bice et al.), which the threshold module
@@ -10,7 +15,11 @@ then finds.
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -64,3 +73,62 @@ def load_phantom(scene: Any, seed: int = 0, shape: Optional[Sequence[int]] = Non
     ref_node = nodes.segmentation_to_node(reference, scene, f"{PREFIX} reference", reference_node=ct_node)
     prob_nodes = {name: nodes.volume_to_node(vol, scene, f"{PREFIX} {name}_prob") for name, vol in probs.items()}
     return PhantomNodes(ct_node, ref_node, prob_nodes)
+
+
+class PhantomFile(NamedTuple):
+    """One file of the phantom sample: its file name, the node it loads as, and Slicer's IO file type."""
+
+    file_name: str
+    node_name: str
+    file_type: str
+
+
+def phantom_files() -> List[PhantomFile]:
+    """The phantom sample's files, the CT first (``SampleData.downloadSample`` returns the first node)."""
+    files = [PhantomFile(f"{PREFIX}-CT.nrrd", f"{PREFIX} CT", "VolumeFile"),
+             PhantomFile(f"{PREFIX}-reference.seg.nrrd", f"{PREFIX} reference", "SegmentationFile")]
+    files += [PhantomFile(f"{PREFIX}-{s}_prob.nrrd", f"{PREFIX} {s}_prob", "VolumeFile") for s in PROBABILITY_STRUCTURES]
+    return files
+
+
+def write_phantom_files(folder: Union[str, Path], seed: int = 0, shape: Optional[Sequence[int]] = None) -> List[Path]:
+    """Write the nodes of :func:`load_phantom` into ``folder`` as the files of :func:`phantom_files` (NRRD,
+    compressed; the reference as ``.seg.nrrd``) with MRML's own storage nodes, each file whole (written
+    in a temporary folder, then renamed); files
+    already there (complete, non-empty) are kept. Returns the paths in :func:`phantom_files` order."""
+    import slicer
+
+    folder = Path(folder)
+    files = phantom_files()
+    paths = [folder / f.file_name for f in files]
+    if all(p.is_file() and p.stat().st_size > 0 for p in paths):
+        return paths
+    scene = slicer.vtkMRMLScene()
+    load_phantom(scene, seed, shape)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=folder))  # each file appears whole, by rename
+    try:
+        for f, path in zip(files, paths):
+            node = scene.GetFirstNodeByName(f.node_name)
+            node.AddDefaultStorageNode()
+            storage = node.GetStorageNode()
+            storage.SetUseCompression(1)
+            storage.SetFileName(str(tmp / f.file_name))
+            if not storage.WriteData(node):
+                raise OSError(f"{path}: MRML could not write {f.node_name}")
+            os.replace(tmp / f.file_name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
+def sample_data_source_fields(folder: Union[str, Path]) -> Dict[str, List[str]]:
+    """The SampleData source fields of the phantom files in ``folder``: ``uris`` (``file://`` URIs),
+    ``fileNames`` (the names SampleData gives them in its cache), ``nodeNames`` and ``loadFileTypes``, one
+    entry per file of :func:`phantom_files` (SampleDataSource wants them of equal length)."""
+    files = phantom_files()
+    folder = Path(folder).resolve()
+    return {"uris": [(folder / f.file_name).as_uri() for f in files],
+            "fileNames": [f.file_name for f in files],
+            "nodeNames": [f.node_name for f in files],
+            "loadFileTypes": [f.file_type for f in files]}

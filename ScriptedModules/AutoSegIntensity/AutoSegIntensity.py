@@ -24,7 +24,7 @@ try:  # built extension: the shared Lib is installed beside the modules
 except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 from AutoSegSlicerLib import sampledata
-from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.dependencies import ensureDependencies, installForSelfTest
 from AutoSegSlicerLib.enginepath import find_engine
 from AutoSegSlicerLib.widgets import ParameterNodeBinding, firstVolumeDefaults, loadModuleUI, ready, showState
 
@@ -166,6 +166,7 @@ class AutoSegIntensityTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.assertTrue(installForSelfTest(), "the packages this module needs are not installed")
         self.setUp()
         self.test_slf1_on_phantom()
         self.setUp()
@@ -209,6 +210,14 @@ class AutoSegIntensityTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(p.outputVolume)
         self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(p.outputVolume),
                                        apply_transform(slicer.util.arrayFromVolume(phantom.ct), "SLF2")))
+        # PythonQt prints and swallows an exception raised in a click handler: check what the click made
         widget.ui.showCurveButton.click()
+        chart = slicer.mrmlScene.GetFirstNode("SLF transfer curve", "vtkMRMLPlotChartNode")
+        self.assertIsNotNone(chart, "Show transfer curve made no chart")
+        self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), 2)  # the curve and the transform's points
+        table = slicer.mrmlScene.GetFirstNode("SLF transfer curve table", "vtkMRMLTableNode")
+        hu = slicer.util.arrayFromTableColumn(table, "HU")
+        np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "value"),
+                                   apply_transform(hu.reshape(1, 1, -1), "SLF2").reshape(-1), rtol=1e-6)
         logging.info("AutoSegIntensity self-test passed")
         self.delayDisplay("Test passed")

@@ -9,7 +9,7 @@ AutoSegSensitivity.mrml.localisation_logic.LocalisationLogic.
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import slicer
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
@@ -27,9 +27,10 @@ try:  # built extension: the shared Lib is installed beside the modules
 except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 from AutoSegSlicerLib import sampledata
-from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.dependencies import ensureDependencies, installForSelfTest
 from AutoSegSlicerLib.enginepath import find_engine
-from AutoSegSlicerLib.widgets import ParameterNodeBinding, firstVolumeDefaults, loadModuleUI, ready, showState
+from AutoSegSlicerLib.widgets import (ParameterNodeBinding, connectLiveSlider, firstVolumeDefaults, loadModuleUI, ready,
+                                     showState)
 
 find_engine(__file__)
 from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
@@ -54,8 +55,8 @@ class AutoSegLocalisation(ScriptedLoadableModule):
 class AutoSegLocalisationParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     roi: vtkMRMLMarkupsROINode
-    localiserModel: Path
-    organModel: Path
+    localiserModel: Optional[Path] = None  # unset: None, shown empty (AutoSegSensitivity.mrml.path_fields)
+    organModel: Optional[Path] = None
     structure: str = ""
     padding: Annotated[int, WithinRange(0, 200)] = 15
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
@@ -90,10 +91,8 @@ class AutoSegLocalisationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.binding = ParameterNodeBinding(self, self.logic, self.updateButtons, firstVolumeDefaults("inputVolume"))
         self.ui.proposeRoiButton.clicked.connect(self.onProposeRoi)
         self.ui.runButton.clicked.connect(self.onRun)
-        # ctkSliderWidget without tracking: valueIsChanging while dragged, valueChanged once released
-        self.ui.thresholdSlider.tracking = False
-        self.ui.thresholdSlider.valueIsChanging.connect(lambda value: self.onThresholdChanged(value, True))
-        self.ui.thresholdSlider.valueChanged.connect(lambda value: self.onThresholdChanged(value, False))
+        # ctkSliderWidget without tracking: labelmap while dragged, everything once released; one update per change
+        self._sliderUpdates = connectLiveSlider(self.ui.thresholdSlider, self.onThresholdChanged)
         self.binding.initialize()
 
     def cleanup(self):
@@ -157,6 +156,7 @@ class AutoSegLocalisationTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.assertTrue(installForSelfTest(), "the packages this module needs are not installed")
         self.setUp()
         self.test_roi_on_phantom()
         self.setUp()
@@ -223,5 +223,12 @@ class AutoSegLocalisationTest(ScriptedLoadableModuleTest):
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(
                 seg, seg.GetSegmentation().GetSegmentIdBySegmentName("Brain"), phantom.ct)
             np.testing.assert_array_equal(mask > 0, slicer.util.arrayFromVolume(prob) >= 0.35)
+        # a programmatic change (the parameter node moves the slider) makes one full update, not two
+        calls, update = [], widget._sliderUpdates.update
+        widget._sliderUpdates.update = lambda value, interactive: calls.append((round(value, 2), interactive))
+        p.threshold = 0.4
+        slicer.app.processEvents()
+        widget._sliderUpdates.update = update
+        self.assertEqual(calls, [(0.4, False)])
         logging.info("AutoSegLocalisation self-test passed")
         self.delayDisplay("Test passed")

@@ -9,6 +9,7 @@ AutoSegSensitivity.mrml.segment_metrics_logic.SegmentMetricsLogic.
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
@@ -26,7 +27,7 @@ try:  # built extension: the shared Lib is installed beside the modules
 except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 from AutoSegSlicerLib import sampledata
-from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.dependencies import ensureDependencies, installForSelfTest
 from AutoSegSlicerLib.enginepath import find_engine
 from AutoSegSlicerLib.widgets import ParameterNodeBinding, firstVolumeDefaults, loadModuleUI, ready, showState
 
@@ -46,7 +47,9 @@ class AutoSegSegmentMetrics(ScriptedLoadableModule):
             "volumes (ml), volume difference, Dice, Jaccard, sensitivity, precision, centre-of-mass distance, "
             "HD, HD95 and mean surface distance (mm), and the intensity statistics of each segment. Segments are "
             "paired by name or by hand in the pairs table. The result is a table node; export it as CSV." + sampledata.HELP)
-        self.parent.acknowledgementText = ""
+        self.parent.acknowledgementText = (
+            "Surface metrics checked against DeepMind's surface-distance and SimpleITK; per-segment reporting in the "
+            "spirit of Slicer's SegmentStatistics and SlicerRT's SegmentComparison.")
         sampledata.registerAtStartup(self)
 
 
@@ -57,7 +60,7 @@ class AutoSegSegmentMetricsParameterNode:
     gridVolume: vtkMRMLScalarVolumeNode
     intensityStatistics: bool = True
     outputTable: vtkMRMLTableNode
-    csvPath: Path
+    csvPath: Optional[Path] = None  # unset: None, shown empty (AutoSegSensitivity.mrml.path_fields)
 
 
 class AutoSegSegmentMetricsLogic(ScriptedLoadableModuleLogic):
@@ -160,6 +163,7 @@ class AutoSegSegmentMetricsTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.assertTrue(installForSelfTest(), "the packages this module needs are not installed")
         self.setUp()
         self.test_phantom_against_itself()
         self.setUp()
@@ -208,6 +212,7 @@ class AutoSegSegmentMetricsTest(ScriptedLoadableModuleTest):
         widget.ui.computeButton.click()
         self.assertIsNotNone(p.outputTable)
         self.assertFalse(widget.ui.exportCsvButton.enabled)  # still no file name (an empty path is unset)
+        self.assertEqual(widget.ui.csvPathLineEdit.currentPath, "")  # unset shows empty, not "."
         csvPath = Path(tempfile.mkdtemp()) / "metrics.csv"
         widget.ui.csvPathLineEdit.currentPath = str(csvPath)
         self.assertTrue(widget.ui.exportCsvButton.enabled, widget.ui.exportCsvButton.toolTip)

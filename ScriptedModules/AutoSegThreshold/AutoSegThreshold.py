@@ -10,7 +10,7 @@ AutoSegSensitivity.mrml.threshold_logic.ThresholdTuningLogic.
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import slicer
 from slicer import vtkMRMLSegmentationNode
@@ -28,9 +28,9 @@ try:  # built extension: the shared Lib is installed beside the modules
 except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 from AutoSegSlicerLib import sampledata
-from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.dependencies import ensureDependencies, installForSelfTest
 from AutoSegSlicerLib.enginepath import find_engine
-from AutoSegSlicerLib.widgets import ParameterNodeBinding, loadModuleUI, ready, showState
+from AutoSegSlicerLib.widgets import ParameterNodeBinding, connectLiveSlider, loadModuleUI, ready, showState
 
 find_engine(__file__)
 from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
@@ -61,9 +61,9 @@ class AutoSegThresholdParameterNode:
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     liveSegmentation: vtkMRMLSegmentationNode
     liveUpdate: bool = True
-    checkpoint: Path
+    checkpoint: Optional[Path] = None  # unset: None, shown empty (AutoSegSensitivity.mrml.path_fields)
     nsdTolerance: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
-    thresholdsFile: Path
+    thresholdsFile: Optional[Path] = None
 
 
 class AutoSegThresholdLogic(ScriptedLoadableModuleLogic):
@@ -97,10 +97,8 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadThresholdsButton.clicked.connect(self.onLoadThresholds)
         self.ui.probabilityVolumesSelector.checkedNodesChanged.connect(self.updateButtons)
         self.ui.referenceSegmentationsSelector.checkedNodesChanged.connect(self.updateButtons)
-        # ctkSliderWidget without tracking: valueIsChanging while dragged, valueChanged once released
-        self.ui.thresholdSlider.tracking = False
-        self.ui.thresholdSlider.valueIsChanging.connect(lambda value: self.onThresholdChanged(value, True))
-        self.ui.thresholdSlider.valueChanged.connect(lambda value: self.onThresholdChanged(value, False))
+        # ctkSliderWidget without tracking: labelmap while dragged, everything once released; one update per change
+        self._sliderUpdates = connectLiveSlider(self.ui.thresholdSlider, self.onThresholdChanged)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.binding.initialize()
 
@@ -233,6 +231,7 @@ class AutoSegThresholdTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.assertTrue(installForSelfTest(), "the packages this module needs are not installed")
         self.setUp()
         self.test_sweep_on_phantom()
         self.setUp()

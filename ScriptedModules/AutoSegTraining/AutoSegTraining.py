@@ -11,7 +11,7 @@ into the parameter node and calls AutoSegSensitivity.mrml.training_logic.Trainin
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import qt
 import slicer
@@ -30,7 +30,7 @@ try:  # built extension: the shared Lib is installed beside the modules
 except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 from AutoSegSlicerLib import sampledata
-from AutoSegSlicerLib.dependencies import ensureDependencies
+from AutoSegSlicerLib.dependencies import ensureDependencies, installForSelfTest
 from AutoSegSlicerLib.enginepath import find_engine
 from AutoSegSlicerLib.widgets import ParameterNodeBinding, loadModuleUI, ready, showState
 
@@ -53,22 +53,24 @@ class AutoSegTraining(ScriptedLoadableModule):
             "intensity transform, epochs and device. Training runs in a background process; the chart shows the "
             "training and validation loss and the validation Dice as epochs finish. Predict: a checkpoint and a "
             "volume give '<volume>_<class>_prob' volumes and the segmentation '<volume>_AutoSeg'." + sampledata.HELP)
-        self.parent.acknowledgementText = ""
+        self.parent.acknowledgementText = (
+            "Networks and losses after Bice et al., Smith et al. and Lei et al. (see the extension's papers list); "
+            "torch through the PyTorch extension (SlicerPyTorch).")
         sampledata.registerAtStartup(self)
 
 
 @parameterNodeWrapper
 class AutoSegTrainingParameterNode:
-    dataDir: Path
-    config: Path
+    dataDir: Optional[Path] = None  # unset: None, shown empty (AutoSegSensitivity.mrml.path_fields)
+    config: Optional[Path] = None
     network: str = "unet2d"
     loss: str = "bce"
     intensity: str = "SLF1"
     epochs: Annotated[int, WithinRange(1, 10000)] = 50
     device: str = "auto"
-    outputDir: Path
+    outputDir: Optional[Path] = None
     resume: bool = False
-    checkpoint: Path
+    checkpoint: Optional[Path] = None
     predictVolume: vtkMRMLScalarVolumeNode
     makeSegmentation: bool = True
 
@@ -270,6 +272,8 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        # the dependency step first: exporting scene cases needs slicerio, training torch (PyTorch extension)
+        self.assertTrue(installForSelfTest(needTorch=True), "the packages training needs are not installed")
         self.setUp()
         self.test_train_and_predict_on_phantom()
         self.setUp()
@@ -318,7 +322,10 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
         widget.enter()  # as when the module is opened: binds the parameter node of this scene
         p = widget.binding.node
         for field in ("config", "outputDir", "dataDir", "checkpoint"):
-            setattr(p, field, Path())  # what an empty ctkPathLineEdit gives: Path('.') means unset
+            setattr(p, field, None)  # unset (an emptied ctkPathLineEdit reads as None)
+        for edit in (widget.ui.configPathLineEdit, widget.ui.outputDirPathLineEdit, widget.ui.dataDirPathLineEdit,
+                     widget.ui.checkpointPathLineEdit):
+            self.assertEqual(edit.currentPath, "")  # an unset path shows empty, not "."
         self.assertFalse(widget.ui.trainButton.enabled)
         for missing in ("config", "output folder", "dataset folder"):
             self.assertIn(missing, widget.ui.trainButton.toolTip)

@@ -247,3 +247,116 @@ def test_icon_and_screenshot_urls_point_at_files_in_the_repository() -> None:
     assert any("Screenshots" in u for u in urls) and any("Icons" in u for u in urls)
     for rel in urls:
         assert (root / rel).is_file(), f"{rel} is named in the extension metadata but missing"
+
+
+# ---- the Extensions Index pull-request check (issue 19, finding 1) ---------------------------------------
+# Restated from Slicer/ExtensionsIndex ``scripts/check_description_files.py`` (main, commit 07f1d1b, 2026-08-07):
+# * ``check_license_file`` (l. 486-507): one of these files at the root of the cloned repository, else
+#   "No license file found in repository root."
+# * ``check_git_repository_name`` (l. 205-234): the last path part of ``scm_url`` without its extension must
+#   start with one of ``allowed_prefixes`` (l. 222).
+# * ``check_extension_name`` (l. 189-203): the extension's name (the .json file's name) must not start with
+#   "slicer" (case-insensitive).
+INDEX_LICENSE_FILE_NAMES = ["LICENSE", "LICENCE", "License.txt", "license.txt", "LICENSE.txt", "COPYING", "COPYING.txt"]
+INDEX_REPOSITORY_PREFIXES = ["Slicer", "Slicer-", "Slicer_", "SlicerExtension-", "SlicerExtension_"]
+
+
+def _index_repository_name(scm_url: str) -> str:
+    """The repository name as check_git_repository_name reads it from scm_url (l. 211-212)."""
+    import os
+    import urllib.parse
+
+    url = scm_url.strip().strip("/")
+    return os.path.splitext(urllib.parse.urlsplit(url).path.split("/")[-1])[0]
+
+
+def _index_license_file(root: Path):
+    """The licence file check_license_file finds at ``root`` (l. 488-494), or None."""
+    return next((root / n for n in INDEX_LICENSE_FILE_NAMES if (root / n).is_file()), None)
+
+
+def test_index_rule_readers_reject_what_the_index_rejects(tmp_path):
+    assert _index_repository_name("https://github.com/o/AutoSegSensitivity.git") == "AutoSegSensitivity"
+    assert _index_repository_name("https://github.com/o/SlicerX.git/") == "SlicerX"
+    assert not any(_index_repository_name("https://github.com/o/AutoSegSensitivity.git").startswith(p)
+                   for p in INDEX_REPOSITORY_PREFIXES)
+    assert _index_license_file(tmp_path) is None
+    (tmp_path / "COPYING").write_text("x")
+    assert _index_license_file(tmp_path) == tmp_path / "COPYING"
+
+
+def test_the_repository_has_the_licence_file_the_index_checks_for():
+    found = _index_license_file(ROOT)
+    assert found == ROOT / "LICENSE", found
+    text = found.read_text()
+    # the Apache License 2.0 as pyproject.toml declares it, whole (its nine sections and the appendix)
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
+    for section in range(1, 10):
+        assert f"\n   {section}. " in text, section
+    assert "END OF TERMS AND CONDITIONS" in text and "APPENDIX: How to apply the Apache License" in text
+
+
+def test_the_extension_packages_its_own_licence_not_slicers():
+    """Slicer/Slicer ``CMake/UseSlicer.cmake.in`` (v5.10.0 l. 381-383, v5.8.1 l. 387-389): ``if(NOT DEFINED
+    EXTENSION_LICENSE_FILE) set(EXTENSION_LICENSE_FILE ${Slicer_LICENSE_FILE})``, and
+    ``CMake/SlicerExtensionCPack.cmake`` (v5.10.0 l. 49-54, 136) packages it as CPACK_RESOURCE_FILE_LICENSE
+    and stops when the file does not exist: so it is set, to this repository's LICENSE, before
+    ``include(${Slicer_USE_FILE})``."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    m = re.search(r"^set\(EXTENSION_LICENSE_FILE (\S+)\)", text, re.M)
+    assert m, "EXTENSION_LICENSE_FILE is not set: Slicer's licence would be packaged"
+    assert m.group(1) == "${CMAKE_CURRENT_SOURCE_DIR}/LICENSE" and (ROOT / "LICENSE").is_file()
+    assert m.start() < text.index("include(${Slicer_USE_FILE})")
+    readme = re.search(r"^set\(EXTENSION_README_FILE (\S+)\)", text, re.M)
+    assert readme and readme.group(1) == "${CMAKE_CURRENT_SOURCE_DIR}/README.md"
+    assert readme.start() < text.index("include(${Slicer_USE_FILE})")
+
+
+def test_the_catalog_entry_names_a_repository_the_index_accepts_and_the_readme_says_so():
+    """The entry's scm_url names the repository; the index wants that name to start with "Slicer" and the
+    extension's name not to. The README names the same repository (where the project is to be published)."""
+    entry = _catalog_entry()
+    name = _index_repository_name(entry["scm_url"])
+    assert any(name.startswith(p) for p in INDEX_REPOSITORY_PREFIXES), name
+    extension = (ROOT / "AutoSegSensitivity.json").stem
+    assert not extension.lower().startswith("slicer")
+    owner_repo = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+?)(\.git)?", entry["scm_url"]).group(1)
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"https://github\.com/([\w.-]+/Slicer[\w.-]*)", readme))
+    assert named == {owner_repo}, named
+    assert "check_description_files.py" in readme and '"Slicer"' in readme
+
+
+# ---- the generated per-module tests (issue 19, finding 2) ------------------------------------------------
+# Every module's CMakeLists builds it ``WITH_GENERIC_TESTS``, which (Slicer/Slicer
+# ``CMake/SlicerMacroBuildScriptedModule.cmake`` v5.10.0 l. 109-121) adds the test generated from
+# ``Base/QTCore/Testing/Python/qSlicerModuleGenericTest.py.in`` (v5.10.0 and v5.8.1 l. 30-37):
+# ``test_categories``: categories != "", ``test_acknowledgementText``: acknowledgementText != "",
+# ``test_contributors``: contributors != "".
+def _parent_assignments(module: str) -> dict:
+    """``self.parent.<attr> = <literal>`` in the module class's __init__, evaluated with ast."""
+    _, tree = _module_ast(module)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == module)
+    init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    found = {}
+    for node in ast.walk(init):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = ast.unparse(node.targets[0])
+            if target.startswith("self.parent."):
+                try:
+                    found[target[len("self.parent."):]] = ast.literal_eval(node.value)
+                except ValueError:  # e.g. helpText + sampledata.HELP
+                    found[target[len("self.parent."):]] = ast.unparse(node.value)
+    return found
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_passes_the_generic_tests_assertions(module):
+    text = (ROOT / "ScriptedModules" / module / "CMakeLists.txt").read_text()
+    assert "WITH_GENERIC_TESTS" in text  # so the generated test runs for this module
+    parent = _parent_assignments(module)
+    for attr in ("acknowledgementText", "categories", "contributors"):
+        assert attr in parent, attr
+        assert isinstance(parent[attr], (str, list)) and parent[attr] != "" and parent[attr] != [], (attr, parent[attr])
+    assert parent["acknowledgementText"].strip()

@@ -193,3 +193,105 @@ def test_pytorch_utils_logic_names_the_missing_extension_and_uses_it_when_presen
 def test_core_packages_are_a_subset_of_the_full_list():
     assert set(dependencies.CORE_PACKAGES.items()) < set(dependencies.PACKAGES.items())
     assert "monai" not in dependencies.CORE_PACKAGES and "monai" in dependencies.PACKAGES
+
+
+# ---- issue 19, finding 7: an old torch is upgraded, a missing PyTorch extension is said first -----------
+# SlicerPyTorch (fepegar/SlicerPyTorch, PyTorchUtils/PyTorchUtils.py, commit e1c85cc): ``torchInstalled``
+# (l. 157-170) checks presence only (distribution metadata, then ``import torch``); ``installTorch``
+# (l. 194-227) hands ``torchVersionRequirement`` to light-the-torch as ``"torch" + requirement``
+# (``_getPipInstallArguments`` l. 235-244), which upgrades a torch below it, and skips its own question
+# under --testing (l. 207).
+class OldTorch:
+    """torch 2.0.1 installed (below ">=2.1"); installTorch upgrades it to 2.5.0."""
+
+    def __init__(self, monkeypatch):
+        self.version, self.calls = "2.0.1", []
+        monkeypatch.setattr(dependencies, "torch_missing", lambda: False)
+        monkeypatch.setattr(dependencies, "torch_version", lambda: self.version, raising=False)
+
+    def make_logic(self):
+        owner = self
+
+        class Logic:
+            @staticmethod
+            def torchInstalled():
+                owner.calls.append("torchInstalled")
+                return True
+
+            @property
+            def torch(self):
+                owner.calls.append("torch")
+                return "old-torch-module"
+
+            def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
+                             torchvisionVersionRequirement=None):
+                owner.calls.append(("installTorch", torchVersionRequirement))
+                owner.version = "2.5.0"
+                return "new-torch-module"
+
+        return Logic()
+
+
+def test_an_installed_torch_below_the_requirement_is_upgraded_after_asking(monkeypatch, site):
+    old = OldTorch(monkeypatch)
+    asked = []
+    assert dependencies.ensure_dependencies(lambda m: asked.append(m) or True, asked.append,
+                                            dependencies.torch_installer(old.make_logic), need_torch=True,
+                                            packages={"json": "json"})
+    assert len(asked) == 1 and "upgrade" in asked[0] and "2.0.1" in asked[0] and ">=2.1" in asked[0], asked
+    assert old.calls == [("installTorch", dependencies.TORCH_REQUIREMENT)]  # the old torch is not imported first
+    assert old.version == "2.5.0"
+
+
+def test_the_torch_installer_alone_upgrades_an_old_torch(monkeypatch):
+    old = OldTorch(monkeypatch)
+    assert dependencies.torch_installer(old.make_logic)() == "new-torch-module"
+    assert old.calls == [("installTorch", ">=2.1")]
+
+
+def test_declining_the_upgrade_installs_nothing(monkeypatch, site):
+    old = OldTorch(monkeypatch)
+    assert not dependencies.ensure_dependencies(lambda m: False, [].append, dependencies.torch_installer(old.make_logic),
+                                                need_torch=True, packages={"json": "json"})
+    assert old.calls == [] and old.version == "2.0.1"
+
+
+def test_an_upgrade_that_leaves_the_old_torch_loaded_says_restart(monkeypatch):
+    class Loaded:
+        __version__ = "2.0.1"
+
+    old = OldTorch(monkeypatch)
+    logic = old.make_logic()
+    monkeypatch.setattr(type(logic), "installTorch", lambda self, **kw: Loaded(), raising=True)
+    with pytest.raises(RuntimeError, match="restart Slicer"):
+        dependencies.torch_installer(lambda: logic)()
+
+
+def test_a_missing_pytorch_extension_is_reported_before_any_question(site, monkeypatch):
+    monkeypatch.setattr(dependencies, "torch_missing", lambda: True)
+    monkeypatch.delitem(sys.modules, "PyTorchUtils", raising=False)
+    asked = []
+    with pytest.raises(RuntimeError, match="PyTorch extension"):
+        dependencies.ensure_dependencies(lambda m: asked.append(m) or True, asked.append,
+                                         dependencies.torch_installer(), need_torch=True, packages=PACKAGES)
+    assert asked == []  # nothing was asked, nothing installed
+
+
+@pytest.mark.parametrize("version, requirement, ok", [
+    ("2.0.1", ">=2.1", False), ("2.1", ">=2.1", True), ("2.1.0+cu118", ">=2.1", True), ("2.13.0", ">=2.1", True),
+    ("1.13.1", ">=2.1", False), ("2.1.0rc1", ">=2.1", True), ("2.4.0", ">=2.1,<2.4", False),
+    ("2.3.9", ">=2.1, <2.4", True), ("2.2", "==2.2.0", True), ("2.2", "!=2.2", False), ("3", ">2.99", True),
+])
+def test_version_requirements_compare_release_numbers(version, requirement, ok):
+    assert dependencies.version_satisfies(version, requirement) is ok
+
+
+def test_the_installed_torch_version_is_read_without_importing_torch():
+    import subprocess
+
+    code = ("import sys; from AutoSegSensitivity.mrml import dependencies as d; v = d.torch_version(); "
+            "import importlib.metadata as m; assert v == m.version('torch'), v; "
+            "assert 'torch' not in sys.modules; print(d.torch_problem())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"  # this environment's torch meets the requirement

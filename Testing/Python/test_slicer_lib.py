@@ -111,7 +111,8 @@ def test_the_dependency_wrapper_calls_the_engine_step_with_torch_through_pytorch
     assert len(calls) == 1
     keywords = {k.arg: ast.unparse(k.value) for k in calls[0].keywords}
     assert keywords["install_torch"] == "dependencies.torch_installer()" and keywords["need_torch"] == "needTorch"
-    assert [ast.unparse(a) for a in calls[0].args] == ["slicer.util.confirmOkCancelDisplay", "slicer.util.pip_install"]
+    assert [ast.unparse(a) for a in calls[0].args] == ["confirm or slicer.util.confirmOkCancelDisplay",
+                                                       "slicer.util.pip_install"]
     # the version handed to PyTorchUtils is the one pyproject.toml requires
     from AutoSegSensitivity.mrml.dependencies import TORCH_REQUIREMENT
 
@@ -128,14 +129,122 @@ def test_apply_optimum_asks_for_torch_and_stores_the_threshold_before_writing_an
 
 
 @pytest.mark.parametrize("module", ["AutoSegThreshold", "AutoSegLocalisation"])
-def test_the_threshold_slider_updates_the_labelmap_while_moving_and_everything_on_release(module):
-    """ctkSliderWidget (CTK Libs/Widgets/ctkSliderWidget.h/.cpp): with tracking off it emits
-    valueIsChanging while dragged and valueChanged once released."""
+def test_the_threshold_slider_is_driven_through_the_one_update_per_change_helper(module):
+    """Issue 19, finding 9: the slider's signals go through ``connectLiveSlider`` (never connected one to one,
+    which updates twice per programmatic change), whose update is the module's ``onThresholdChanged``."""
     source = _module_source(module)
-    assert "self.ui.thresholdSlider.tracking = False" in source
-    assert "thresholdSlider.valueIsChanging.connect(lambda value: self.onThresholdChanged(value, True))" in source
-    assert "thresholdSlider.valueChanged.connect(lambda value: self.onThresholdChanged(value, False))" in source
+    assert "self._sliderUpdates = connectLiveSlider(self.ui.thresholdSlider, self.onThresholdChanged)" in source
+    assert "valueIsChanging" not in source and "valueChanged.connect" not in source
     assert "interactive=interactive)" in source
+
+
+class FakeCtkSliderWidget:
+    """ctkSliderWidget's signals as CTK ``Libs/Widgets/ctkSliderWidget.cpp`` emits them (CTK dd4caea, the
+    revision Slicer v5.10.0 builds; unchanged since 82cae57 of v5.8.1): ``setValue`` (l. 297-313) clears
+    Changing for the call; ``setSpinBoxValue`` (l. 354-372) emits valueIsChanging when tracking is off and
+    valueChanged unless Changing; ``startChanging``/``stopChanging`` (l. 316-341, slider pressed/released)
+    set Changing and, on release, emit valueChanged if the value moved."""
+
+    class Signal:
+        def __init__(self):
+            self.slots = []
+
+        def connect(self, slot):
+            self.slots.append(slot)
+
+        def emit(self, value):
+            for slot in list(self.slots):
+                slot(value)
+
+    def __init__(self, value=0.5):
+        self.tracking, self.changing, self.value, self.before = True, False, value, value
+        self.valueIsChanging, self.valueChanged = self.Signal(), self.Signal()
+
+    def _setSpinBoxValue(self, value):
+        self.value = value
+        if not self.tracking:
+            self.valueIsChanging.emit(value)
+        if not self.changing:
+            self.valueChanged.emit(value)
+
+    def setValue(self, value):
+        was, self.changing = self.changing, False
+        self._setSpinBoxValue(value)
+        self.changing = was
+
+    def press(self):
+        if not self.tracking:
+            self.before, self.changing = self.value, True
+
+    def drag(self, value):
+        self._setSpinBoxValue(value)
+
+    def release(self):
+        if not self.tracking:
+            self.changing = False
+            if abs(self.value - self.before) > 0:
+                self.valueChanged.emit(self.value)
+
+
+@pytest.fixture
+def live_slider(monkeypatch):
+    """``connectLiveSlider`` of the Lib on a FakeCtkSliderWidget, with a stand-in ``qt`` whose
+    ``QTimer.singleShot(0, f)`` queues ``f`` for the next event-loop turn (``turn()``)."""
+    import types
+
+    queue = []
+    qt = types.SimpleNamespace(QTimer=types.SimpleNamespace(singleShot=lambda ms, f: queue.append(f)))
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    from AutoSegSlicerLib import widgets
+
+    def turn():
+        while queue:
+            queue.pop(0)()
+
+    slider, updates = FakeCtkSliderWidget(), []
+    widgets.connectLiveSlider(slider, lambda value, interactive: updates.append((value, interactive)))
+    return slider, updates, turn
+
+
+def test_the_fake_slider_emits_both_signals_for_a_programmatic_change():
+    """What the one-to-one wiring of 746dced did with it: two updates for one change."""
+    slider, updates = FakeCtkSliderWidget(), []
+    slider.tracking = False
+    slider.valueIsChanging.connect(lambda value: updates.append((value, True)))
+    slider.valueChanged.connect(lambda value: updates.append((value, False)))
+    slider.setValue(0.3)
+    assert updates == [(0.3, True), (0.3, False)]
+
+
+def test_a_programmatic_change_updates_once(live_slider):
+    slider, updates, turn = live_slider
+    assert slider.tracking is False
+    slider.setValue(0.3)
+    turn()
+    assert updates == [(0.3, False)]
+    slider.setValue(0.4)
+    slider.setValue(0.45)
+    turn()
+    assert updates == [(0.3, False), (0.4, False), (0.45, False)]
+
+
+def test_a_drag_updates_the_labelmap_once_per_turn_and_everything_on_release(live_slider):
+    slider, updates, turn = live_slider
+    slider.press()
+    for v in (0.2, 0.25, 0.3):  # three moves before the event loop runs: one labelmap update, the last
+        slider.drag(v)
+    turn()
+    assert updates == [(0.3, True)]
+    slider.drag(0.35)
+    turn()
+    slider.release()
+    turn()
+    assert updates == [(0.3, True), (0.35, True), (0.35, False)]
+    slider.press()
+    slider.drag(0.4)
+    slider.release()  # released before the event loop ran: only the full update
+    turn()
+    assert updates[3:] == [(0.4, False)]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -144,7 +253,7 @@ def test_each_module_offers_the_phantom_on_first_open(module):
     assert "+ sampledata.HELP)" in source and "sampledata.registerAtStartup(self)" in source
     assert "sampledata.loadPhantom()" in source or module == "AutoSegTraining"  # its self-test trains on phantom cases
     help_text = (LIB / "sampledata.py").read_text()
-    assert "nothing is downloaded" in help_text and "uris=[]" in help_text
+    assert "nothing is downloaded" in help_text and "customDownloader=loadPhantom, **fields" in help_text
 
 
 def test_the_extension_installs_every_lib_file_beside_the_modules():
@@ -285,3 +394,433 @@ def test_self_test_command_puts_the_module_paths_on_the_command_line():
         assert "--additional-module-paths" in command
         for module in MODULES:
             assert f"ScriptedModules/{module}" in command, module
+
+
+def _commands(text: str) -> list:
+    """Every ``Slicer ... --testing ... run_self_tests.py`` command written in ``text`` (continuation lines
+    joined), as argument lists."""
+    import shlex
+
+    joined = re.sub(r"\\\s*\n\s*", " ", text)
+    found = []
+    for m in re.finditer(r"Slicer --no-main-window --testing.*?run_self_tests\.py", joined, re.S):
+        found.append(shlex.split(m.group(0)))
+    return found
+
+
+def test_the_runner_never_advises_dropping_the_module_paths_for_an_installed_extension():
+    """Issue 19, finding 4. Under --testing an installed extension is not loaded: --testing implies
+    --disable-settings (Slicer/Slicer Base/QTCore/qSlicerCoreCommandOptions.cxx ``settingsDisabled``, v5.10.0
+    l. 366-371, v5.8.1 l. 362-367), and installed extensions are registered in the revision-specific settings
+    (qSlicerCoreApplication.cxx v5.10.0 l. 499 ``setExtensionsSettingsFilePath(slicerRevisionUserSettingsFilePath())``),
+    whose file is then ``...-tmp.ini``, cleared at start (l. 1675-1699; v5.8.1 l. 1588-1616). So every
+    command the runner and the README give keeps --additional-module-paths, and the installed case names the
+    installed modules' folder (Slicer_QTSCRIPTEDMODULES_LIB_DIR = lib/Slicer-X.Y/qt-scripted-modules,
+    CMake/SlicerDirectories.cmake l. 67, 140-144)."""
+    runner = (ROOT / "Testing" / "Slicer" / "run_self_tests.py").read_text()
+    readme = (ROOT / "README.md").read_text()
+    doc = ast.get_docstring(ast.parse(runner))
+    assert "without --additional-module-paths" not in runner and "without `--additional-module-paths`" not in readme
+    commands = _commands(doc)
+    assert len(commands) == 2, commands
+    for argv in commands + _commands(readme):
+        paths = argv[argv.index("--additional-module-paths") + 1:argv.index("--python-script")]
+        assert paths, argv
+    clone, installed = commands
+    assert clone[clone.index("--additional-module-paths") + 1:clone.index("--python-script")] == \
+        [f"ScriptedModules/{m}" for m in MODULES]
+    folder = installed[installed.index("--additional-module-paths") + 1]
+    assert re.fullmatch(r"EXTENSIONS/AutoSegSensitivity/lib/Slicer-X\.Y/qt-scripted-modules", folder), folder
+    assert "slicer.app.extensionsInstallPath" in doc and "cleared" in doc
+    assert "lib/Slicer-X.Y/qt-scripted-modules" in readme
+
+
+# ---- every self-test click checks its effect (issue 19, finding 10) --------------------------------------
+def _unchecked_clicks(tree: ast.AST, test_class: str) -> list:
+    """``(method, line)`` of each ``.click()`` in ``test_class`` that no assertion follows before the next
+    click or the end of its method. An assertion is an ``assert`` statement or a call of a function whose
+    name starts with ``assert`` (``self.assertEqual``, ``np.testing.assert_array_equal``, ...)."""
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == test_class)
+    unchecked = []
+    for method in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
+        events = []
+        for node in ast.walk(method):
+            if isinstance(node, ast.Assert):
+                events.append((node.lineno, node.col_offset, "assert"))
+            elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name)):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+                if name == "click" and not node.args:
+                    events.append((node.lineno, node.col_offset, "click"))
+                elif name.startswith("assert"):
+                    events.append((node.lineno, node.col_offset, "assert"))
+        events.sort()
+        for i, (line, _, kind) in enumerate(events):
+            if kind != "click":
+                continue
+            following = [k for _, _, k in events[i + 1:]]
+            nxt = following.index("click") if "click" in following else len(following)
+            if "assert" not in following[:nxt]:
+                unchecked.append((method.name, line))
+    return unchecked
+
+
+def test_the_click_audit_finds_a_click_without_a_check():
+    tree = ast.parse("class T:\n"
+                     "    def test_a(self):\n        w.ui.a.click()\n        w.ui.b.click()\n        self.assertTrue(x)\n"
+                     "    def test_b(self):\n        w.ui.c.click()\n        for i in r:\n            y = 1\n"
+                     "    def test_c(self):\n        w.ui.d.click()\n        while w.busy:\n            pass\n"
+                     "        np.testing.assert_array_equal(a, b)\n        assert z\n")
+    assert _unchecked_clicks(tree, "T") == [("test_a", 3), ("test_b", 7)]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_self_test_click_is_followed_by_a_check_of_its_effect(module):
+    """PythonQt prints an exception raised in a slot connected to ``clicked`` and goes on (the click returns
+    normally), so a self-test that clicks and checks nothing passes whatever the handler did."""
+    tree = ast.parse(_module_source(module))
+    assert _unchecked_clicks(tree, f"{module}Test") == []
+
+
+# ---- the self-tests install what they use first (issue 19, finding 3) ------------------------------------
+@pytest.mark.parametrize("module", MODULES)
+def test_each_self_test_runs_the_dependency_step_before_anything_else(module):
+    """Stock Slicer 5.8/5.10 ships numpy, scipy and pydicom only; AutoSegTraining's self-test exports scene
+    cases (slicerio) and trains (torch from the PyTorch extension). The first statement of every runTest is
+    the dependency step, asserted; AutoSegTraining's includes torch."""
+    tree = ast.parse(_module_source(module))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Test")
+    run = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "runTest")
+    first = run.body[0]
+    assert isinstance(first, ast.Expr) and ast.unparse(first.value.func) == "self.assertTrue", ast.unparse(first)
+    step = first.value.args[0]
+    assert isinstance(step, ast.Call) and ast.unparse(step.func) == "installForSelfTest"
+    torch = {k.arg: ast.literal_eval(k.value) for k in step.keywords}.get("needTorch", False)
+    assert torch is (module == "AutoSegTraining")
+    calls = [ast.unparse(s) for s in run.body[1:]]
+    assert calls and all(c.startswith("self.") for c in calls)  # the tests themselves come after it
+
+
+def _lib_dependencies_with_fake_slicer(monkeypatch, recorded):
+    """AutoSegSlicerLib.dependencies loaded with a stand-in ``slicer`` whose dialog says no and whose pip
+    records; the engine's ensure_dependencies records what it is given."""
+    import importlib
+    import types
+
+    from AutoSegSensitivity.mrml import dependencies as engine
+
+    util = types.SimpleNamespace(confirmOkCancelDisplay=lambda text: recorded.append(("dialog", text)) or False,
+                                 pip_install=lambda req: recorded.append(("pip", req)),
+                                 errorDisplay=lambda text: recorded.append(("error", text)),
+                                 showStatusMessage=lambda text, ms: recorded.append(("status", text)))
+    monkeypatch.setitem(sys.modules, "slicer", types.SimpleNamespace(util=util))
+
+    def fake_ensure(confirm, pip_install, install_torch=None, need_torch=False, packages=None):
+        recorded.append(("ensure", need_torch, confirm("install X?")))
+        return True
+
+    monkeypatch.setattr(engine, "ensure_dependencies", fake_ensure)
+    monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies", raising=False)
+    return importlib.import_module("AutoSegSlicerLib.dependencies")
+
+
+def test_the_self_test_dependency_step_consents_and_the_actions_ask(monkeypatch):
+    recorded = []
+    lib = _lib_dependencies_with_fake_slicer(monkeypatch, recorded)
+    assert lib.installForSelfTest(needTorch=True)
+    assert recorded == [("ensure", True, True)]  # no dialog: the self-test is the consent
+    recorded.clear()
+    assert lib.ensureDependencies(needTorch=False)
+    assert recorded == [("dialog", "install X?"), ("ensure", False, False)]  # an action asks the user
+    monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies")
+
+
+# ---- unset path fields show empty, not "." (issue 19, finding 5) -----------------------------------------
+def test_path_field_values_and_line_edit_text():
+    import typing
+    from pathlib import PurePosixPath
+
+    from AutoSegSensitivity.mrml.path_fields import optional_path_class, path_from_text, path_text
+
+    assert path_text(None) == "" and path_text(Path()) == "" and path_text(Path("/a/b.pt")) == "/a/b.pt"
+    assert path_from_text("") is None and path_from_text("  ") is None and path_from_text(".") is None
+    assert path_from_text("/a/b.pt") == Path("/a/b.pt") and isinstance(path_from_text("/a", PurePosixPath), PurePosixPath)
+    assert optional_path_class(typing.Optional[Path]) is Path
+    assert optional_path_class(typing.Union[None, PurePosixPath]) is PurePosixPath
+    for other in (Path, str, typing.Optional[str], typing.Union[Path, str], typing.Union[Path, str, None], int):
+        assert optional_path_class(other) is None, other
+
+
+@pytest.fixture
+def fake_connector_world(monkeypatch):
+    """A stand-in ``ctk`` (ctkPathLineEdit: ``currentPath`` text as given, ``currentPathChanged``) and
+    ``slicer.parameterNodeWrapper``: GuiConnector as guiConnectors.py l. 53-111 (onChanged connects,
+    changed calls back), createGuiConnector l. 126-147 (the first registered connector that can represent
+    the pair), with Slicer's ctkPathLineEditToPathConnector (l. 673-705) registered first, as in Slicer."""
+    import types
+    import typing
+
+    class Signal:
+        def __init__(self):
+            self.slots = []
+
+        def connect(self, slot):
+            self.slots.append(slot)
+
+        def disconnect(self, slot):
+            self.slots.remove(slot)
+
+    class ctkPathLineEdit:
+        def __init__(self):
+            self.currentPath, self.currentPathChanged = "", Signal()
+
+        def type_in(self, text):  # the user edits the field
+            self.currentPath = text
+            for slot in list(self.currentPathChanged.slots):
+                slot()
+
+    class GuiConnector:
+        def __init__(self):
+            self._callback = None
+
+        def onChanged(self, callback):
+            self._callback = callback
+            self._disconnect() if callback is None else self._connect()
+
+        def changed(self):
+            if self._callback:
+                self._callback()
+
+    registered = []
+
+    def parameterNodeGuiConnector(cls):
+        registered.append(cls)
+        return cls
+
+    def unannotatedType(t):
+        return typing.get_args(t)[0] if typing.get_origin(t) is typing.Annotated else t
+
+    class SlicersPathConnector(GuiConnector):
+        @staticmethod
+        def canRepresent(widget, datatype):
+            return type(widget) == ctkPathLineEdit and unannotatedType(datatype) in (Path,)
+
+        @staticmethod
+        def create(widget, datatype):
+            c = SlicersPathConnector()
+            c._widget, c._type = widget, unannotatedType(datatype)
+            return c
+
+        def _connect(self):
+            self._widget.currentPathChanged.connect(self.changed)
+
+        def _disconnect(self):
+            self._widget.currentPathChanged.disconnect(self.changed)
+
+        def read(self):
+            return self._type(self._widget.currentPath)
+
+        def write(self, value):
+            self._widget.currentPath = str(value)
+
+    registered.append(SlicersPathConnector)
+
+    def createGuiConnector(widget, datatype):
+        for cls in registered:
+            if cls.canRepresent(widget, datatype):
+                return cls.create(widget, datatype)
+        raise RuntimeError("Unable to create GUI connector")
+
+    pnw = types.SimpleNamespace(GuiConnector=GuiConnector, parameterNodeGuiConnector=parameterNodeGuiConnector,
+                                unannotatedType=unannotatedType)
+    monkeypatch.setitem(sys.modules, "ctk", types.SimpleNamespace(ctkPathLineEdit=ctkPathLineEdit))
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
+    from AutoSegSlicerLib import widgets
+
+    monkeypatch.setattr(widgets, "_pathConnectorRegistered", False)
+    return types.SimpleNamespace(widgets=widgets, create=createGuiConnector, edit=ctkPathLineEdit, registered=registered)
+
+
+def test_an_unset_optional_path_shows_empty_and_an_emptied_field_reads_none(fake_connector_world):
+    import typing
+
+    world = fake_connector_world
+    # what Slicer alone does with a Path field: Path() shows "."
+    edit = world.edit()
+    slicers = world.create(edit, Path)
+    slicers.write(Path())
+    assert edit.currentPath == "."
+    with pytest.raises(RuntimeError):  # and it has no connector for Optional[Path]
+        world.create(world.edit(), typing.Optional[Path])
+    world.widgets.registerOptionalPathConnector()
+    world.widgets.registerOptionalPathConnector()  # once only
+    assert len(world.registered) == 2
+    edit, values = world.edit(), []
+    connector = world.create(edit, typing.Optional[Path])
+    assert type(connector).__name__ == "OptionalPathLineEditConnector"
+    connector.write(None)  # the wrapper writes the value, then listens (wrapper.py _connectParametersToGui)
+    assert edit.currentPath == ""
+    connector.onChanged(lambda: values.append(connector.read()))
+    edit.type_in("/data/model.pt")
+    edit.type_in("")
+    edit.type_in(" . ")
+    assert values == [Path("/data/model.pt"), None, None]
+    connector.write(Path("/out"))
+    assert edit.currentPath == "/out"
+    assert type(world.create(world.edit(), Path)).__name__ == "SlicersPathConnector"  # Path fields untouched
+
+
+def test_the_optional_path_connector_is_registered_before_the_gui_is_bound():
+    source = (LIB / "widgets.py").read_text()
+    body = source[source.index("def loadModuleUI"):]
+    assert body.index("registerOptionalPathConnector()") < body.index("slicer.util.loadUI(")
+    for module in MODULES:
+        setup = _module_source(module)
+        setup = setup[setup.index("    def setup(self):"):]
+        assert setup.index("loadModuleUI(self)") < setup.index("self.binding.initialize()"), module
+
+
+# ---- SampleData.downloadSample("AutoSegPhantom") (issue 19, finding 6) ---------------------------------
+class SampleDataModel:
+    """What Slicer/Slicer ``Modules/Scripted/SampleData/SampleData.py`` does with a registered source,
+    restated (v5.10.0; v5.8.1 the same): ``registerCustomSampleDataSource`` (l. 510-561) appends a
+    SampleDataSource whose fields must have equal lengths (l. 205-215) to ``slicer.modules.sampleDataSources``;
+    ``downloadSample`` is ``downloadSamples(name)[0]`` (l. 987-991) and ``downloadSamples`` is
+    ``downloadFromSource(source)`` (l. 993-1001), which never calls ``customDownloader`` (only the button
+    does, l. 445-446): for each (uri, fileName, nodeName, loadFileType) it downloads ``uri`` into
+    ``<cache>/<fileName>`` unless the file is there (``downloadFile`` l. 1079-1100: ``urllib.request.urlretrieve``)
+    and, with a node name, loads it as that node (l. 900-908). Loading is done here with slicer-core's
+    storage nodes."""
+
+    def __init__(self, scene, cache):
+        import types
+
+        self.scene, self.cache, self.sources = scene, Path(cache), {}
+        model = self
+
+        class SampleDataLogic:
+            @staticmethod
+            def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None,
+                                               nodeNames=None, customDownloader=None, thumbnailFileName=None,
+                                               loadFileTypes=None, loadFiles=None, loadFileProperties={},
+                                               checksums=None, loadFileType=None):
+                uris = list(uris or [])
+                loadFileTypes = list(loadFileTypes) if isinstance(loadFileTypes, (list, tuple)) else [loadFileTypes] * len(uris)
+                nodeNames = list(nodeNames) if nodeNames is not None else [None] * len(uris)
+                assert len(uris) == len(fileNames) == len(nodeNames) == len(loadFileTypes)
+                source = types.SimpleNamespace(sampleName=sampleName, uris=uris, fileNames=list(fileNames),
+                                               nodeNames=nodeNames, loadFileTypes=loadFileTypes,
+                                               customDownloader=customDownloader)
+                model.sources.setdefault(category, []).append(source)
+
+        self.module = types.SimpleNamespace(SampleDataLogic=SampleDataLogic)
+
+    def downloadSamples(self, name):
+        import urllib.request
+
+        source = next(s for c in self.sources.values() for s in c if s.sampleName == name)
+        nodes = []
+        for uri, file_name, node_name, file_type in zip(source.uris, source.fileNames, source.nodeNames,
+                                                        source.loadFileTypes):
+            path = self.cache / file_name
+            if not path.exists() or path.stat().st_size == 0:
+                urllib.request.urlretrieve(uri, str(path))
+            if node_name:
+                cls, storage = {"VolumeFile": ("vtkMRMLScalarVolumeNode", "vtkMRMLVolumeArchetypeStorageNode"),
+                                "SegmentationFile": ("vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode")}[file_type]
+                node = self.scene.AddNewNodeByClass(cls, node_name)
+                reader = self.scene.AddNewNodeByClass(storage)
+                reader.SetFileName(str(path))
+                assert reader.ReadData(node), path
+                nodes.append(node)
+        return nodes
+
+    def downloadSample(self, name):
+        return self.downloadSamples(name)[0]
+
+
+@pytest.fixture
+def sample_data(monkeypatch, tmp_path):
+    """AutoSegSlicerLib.sampledata with slicer-core as ``slicer`` (``slicer.app.cachePath`` and
+    ``slicer.modules`` stand-ins) and the SampleData model as ``SampleData``; the phantom made small."""
+    import types
+
+    import slicer
+
+    from AutoSegSensitivity.mrml import sampledata as engine
+
+    scene = slicer.vtkMRMLScene()
+    model = SampleDataModel(scene, tmp_path / "cache")
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(cachePath=str(tmp_path / "slicer-cache")), raising=False)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(sampleDataSources=model.sources), raising=False)
+    monkeypatch.setitem(sys.modules, "SampleData", model.module)
+    small = getattr(engine, "write_phantom_files", None)  # (absent before issue 19)
+    if small is not None:
+        monkeypatch.setattr(engine, "write_phantom_files", lambda folder: small(folder, shape=(10, 40, 40)))
+    from AutoSegSlicerLib import sampledata as lib
+
+    return types.SimpleNamespace(lib=lib, model=model, scene=scene, engine=engine, tmp=tmp_path)
+
+
+def test_download_sample_loads_the_registered_phantom(sample_data):
+    from AutoSegSensitivity.mrml import nodes
+
+    lib, model = sample_data.lib, sample_data.model
+    lib.registerSampleData("thumb.png")
+    lib.registerSampleData("thumb.png")  # once only
+    (source,) = model.sources[lib.CATEGORY]
+    assert source.customDownloader is lib.loadPhantom  # the button keeps the in-memory loader
+    assert all(u.startswith("file://") for u in source.uris)
+    ct = model.downloadSample(lib.SAMPLE_NAME)
+    assert ct.GetName() == "AutoSegPhantom CT"
+    import slicer
+
+    expected = sample_data.engine.load_phantom(slicer.vtkMRMLScene(), shape=(10, 40, 40))
+    np.testing.assert_array_equal(nodes.volume_from_node(ct).array, nodes.volume_from_node(expected.ct).array)
+    loaded = {n.GetName(): n for n in model.downloadSamples(lib.SAMPLE_NAME)}
+    assert sorted(loaded) == sorted(f.node_name for f in sample_data.engine.phantom_files())
+    for name, node in expected.probabilities.items():
+        np.testing.assert_array_equal(nodes.volume_from_node(loaded[f"AutoSegPhantom {name}_prob"]).array,
+                                      nodes.volume_from_node(node).array)
+    ref = loaded["AutoSegPhantom reference"].GetSegmentation()
+    want = expected.reference.GetSegmentation()
+    assert [ref.GetNthSegment(i).GetName() for i in range(ref.GetNumberOfSegments())] == \
+        [want.GetNthSegment(i).GetName() for i in range(want.GetNumberOfSegments())]
+
+
+def test_the_old_registration_without_uris_raises_index_error_in_the_model(sample_data):
+    """What 746dced registered (``uris=[]``): downloadSample finds the source and loads nothing."""
+    sample_data.model.module.SampleDataLogic.registerCustomSampleDataSource(
+        category="X", sampleName="Old", uris=[], fileNames=[], nodeNames=[], customDownloader=print)
+    with pytest.raises(IndexError):
+        sample_data.model.downloadSample("Old")
+
+
+def test_phantom_files_are_written_once_and_completed_when_one_is_missing(tmp_path):
+    from AutoSegSensitivity.mrml import sampledata
+
+    paths = sampledata.write_phantom_files(tmp_path / "p", shape=(8, 32, 32))
+    assert [p.name for p in paths] == [f.file_name for f in sampledata.phantom_files()]
+    assert paths[0].name == "AutoSegPhantom-CT.nrrd"  # downloadSample returns the first node
+    stamps = {p: p.stat().st_mtime_ns for p in paths}
+    assert sampledata.write_phantom_files(tmp_path / "p", shape=(8, 32, 32)) == paths
+    assert {p: p.stat().st_mtime_ns for p in paths} == stamps
+    paths[3].unlink()
+    sampledata.write_phantom_files(tmp_path / "p", shape=(8, 32, 32))
+    assert paths[3].is_file() and sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted(p.name for p in paths)
+    fields = sampledata.sample_data_source_fields(tmp_path / "p")
+    assert len({len(v) for v in fields.values()}) == 1 and all(fields["nodeNames"])
+    assert fields["loadFileTypes"][:2] == ["VolumeFile", "SegmentationFile"]
+
+
+def test_a_module_set_up_after_start_up_adds_the_phantom_to_an_open_sample_data_widget():
+    """SampleDataWidget builds its buttons once (SampleData.py setup, l. 282): loadModuleUI registers with
+    ``refreshSampleDataWidget=True``, which adds the category's frame (built by SampleData's own
+    setCategoriesFromSampleDataSources, frames named "<category>CollapsibleGroupBox", l. 405-408) before the
+    last frame, "Load data from URL" (l. 286-287), unless it is there."""
+    widgets = (LIB / "widgets.py").read_text()
+    assert "registerSampleData(widget.resourcePath(f\"Icons/{widget.moduleName}.png\"), refreshSampleDataWidget=True)" in widgets
+    lib = (LIB / "sampledata.py").read_text()
+    body = lib[lib.index("def addButtonsToSampleDataWidget"):]
+    assert 'f"{CATEGORY}CollapsibleGroupBox"' in body and "setCategoriesFromSampleDataSources(" in body
+    assert "layout.insertWidget(max(layout.count() - 1, 0), frame)" in body

@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULES = ["AutoSegTraining", "AutoSegIntensity", "AutoSegLocalisation", "AutoSegThreshold", "AutoSegSegmentMetrics"]
 
 PATH_TYPES = {"Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"}
+OPTIONAL_PATH_TYPES = {f"Optional[{p}]" for p in PATH_TYPES}
+"""``Optional[Path]`` fields: stored by serializers.py's UnionSerializer + NoneSerializer (v5.10.0 l. 899-1054,
+v5.8.1 l. 828-975; default None for ``Optional[X]``), shown by this project's connector
+(AutoSegSlicerLib/widgets.py registerOptionalPathConnector): Slicer has no connector for them."""
 NODE = "vtkMRML*Node"  # any MRML node class (or a Union of them)
 
 
@@ -65,9 +69,10 @@ RULES: Dict[str, Rule] = {
                             "float types is unbounded', v5.8.1 l. 322-323)"),
     "qMRMLSliderWidget": Rule(frozenset({"float"}), True, True, f"{GUI} (v5.10.0 l. 379-380)"),
     "QLineEdit": Rule(frozenset({"str"}), False, False, f"{GUI} QLineEditToStrConnector (v5.10.0 l. 515-519)"),
-    "ctkPathLineEdit": Rule(frozenset(PATH_TYPES), False, False,
+    "ctkPathLineEdit": Rule(frozenset(PATH_TYPES | OPTIONAL_PATH_TYPES), False, False,
                             f"{GUI} ctkPathLineEditToPathConnector (v5.10.0 l. 673-705; read() is "
-                            "Path(currentPath): an empty field reads Path('.'))"),
+                            "Path(currentPath): an empty field reads Path('.'), write() shows str(Path()) = '.'); "
+                            "Optional[Path]: AutoSegSlicerLib/widgets.py registerOptionalPathConnector"),
     "ctkDirectoryButton": Rule(frozenset(PATH_TYPES), False, False,
                                f"{GUI} ctkDirectoryButtonToPathConnector (v5.10.0 l. 709-741)"),
     "qMRMLNodeComboBox": Rule(frozenset({NODE}), False, False,
@@ -77,9 +82,9 @@ RULES: Dict[str, Rule] = {
 """Widget class -> what Slicer's GUI connectors accept. A bound widget of a class not listed here has
 no connector (``createGuiConnector`` raises)."""
 
-SERIALIZABLE = {"bool", "int", "float", "str", NODE} | PATH_TYPES
+SERIALIZABLE = {"bool", "int", "float", "str", NODE} | PATH_TYPES | OPTIONAL_PATH_TYPES
 """Field types Slicer's serializers store (``serializers.py``: NumberSerializer/StringSerializer/
-BoolSerializer, PathSerializer l. 312-331 whose default is ``Path()``, NodeSerializer)."""
+BoolSerializer, PathSerializer l. 312-331 whose default is ``Path()``, NodeSerializer, UnionSerializer)."""
 
 BOUNDS = {"WithinRange", "Minimum", "Maximum"}  # validators.py l. 83-124 (WithinRange(min, max), Minimum, Maximum)
 
@@ -208,7 +213,7 @@ def test_node_and_path_fields_are_shown_by_the_widgets_made_for_them(module):
         f = fields.get(w.parameter)
         if f is None:
             continue
-        if f.type in PATH_TYPES and w.cls not in ("ctkPathLineEdit", "ctkDirectoryButton"):
+        if f.type in PATH_TYPES | OPTIONAL_PATH_TYPES and w.cls not in ("ctkPathLineEdit", "ctkDirectoryButton"):
             problems.append(f"path field {f.name} on {w.cls}")
         if f.type == NODE:
             if w.cls != "qMRMLNodeComboBox":
@@ -236,7 +241,24 @@ def test_the_rules_table_reads_what_it_should():
     fields = parameter_fields("AutoSegThreshold")
     assert fields["threshold"].annotations == {"WithinRange": (0.0, 1.0)} and fields["threshold"].default == 0.5
     assert fields["liveSegmentation"].type == NODE and fields["liveSegmentation"].node_type == "vtkMRMLSegmentationNode"
-    assert fields["checkpoint"].type == "Path"
+    assert fields["checkpoint"].type == "Optional[Path]" and fields["checkpoint"].default is None
     slider = next(w for w in bound_widgets("AutoSegThreshold") if w.parameter == "threshold")
     assert slider.cls == "ctkSliderWidget" and (slider.props["minimum"], slider.props["maximum"]) == (0.0, 1.0)
     assert all(r.source.startswith(GUI) for r in RULES.values())
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_no_path_field_shows_a_dot_when_unset(module):
+    """Issue 19, finding 5. A ``Path`` field defaults to ``Path()`` (serializers.py PathSerializer.default,
+    v5.10.0 l. 331-332) and Slicer's connector shows it as ``str(Path())`` == '.' (guiConnectors.py
+    ctkPathLineEditToPathConnector.write, l. 704-705; CTK ctkPathLineEdit.cpp setCurrentPath l. 804-816 shows
+    the text as given). So every path field is ``Optional[Path] = None``, bound to a ctkPathLineEdit, whose
+    connector (ours) shows None as ''."""
+    fields = parameter_fields(module)
+    bare = [f.name for f in fields.values() if f.type in PATH_TYPES]
+    assert not bare, bare
+    for w in bound_widgets(module):
+        f = fields[w.parameter]
+        if f.type in OPTIONAL_PATH_TYPES:
+            assert w.cls == "ctkPathLineEdit" and f.default is None, (w.name, w.cls, f.default)
+    assert str(Path()) == "."  # what Slicer's own connector would show
