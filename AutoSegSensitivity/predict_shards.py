@@ -78,7 +78,7 @@ def model_sha256(model: Any) -> Optional[str]:
     names and the configuration stored with it (patch size, sliding-window overlap, ...). Two checkpoints
     with other weights (e.g. a run retrained into the same path) differ; a checkpoint rewritten with only
     new tuned thresholds does not. ``None`` for an object that is not a loaded model. Computed from the
-    weights in memory (what prediction will use): about 1 s per GB of weights."""
+    weights in memory (what prediction will use), once per run: about 2 s per GB of weights on one CPU core."""
     import torch
 
     net = getattr(model, "model", None)
