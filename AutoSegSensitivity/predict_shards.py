@@ -405,7 +405,8 @@ def models_by_case(prob_dir: PathLike, names: Optional[Iterable[str]] = None) ->
     return groups
 
 
-def check_finished(prob_dir: PathLike, names: Optional[Iterable[str]] = None, allow_incomplete: bool = False) -> List[str]:
+def check_finished(prob_dir: PathLike, names: Optional[Iterable[str]] = None,
+                   allow_incomplete: bool = False) -> List[str]:
     """``tune``'s rule for a prediction folder: :func:`unfinished_cases` of ``prob_dir`` (among ``names``).
     Returns them when ``allow_incomplete`` (the caller leaves them out and says so); otherwise, when there
     are any, raises one :class:`InputError` naming the cases and the fix. Finished cases made by different
