@@ -8,8 +8,12 @@ Shard ``I`` of ``N`` (``0 <= I < N``) takes the case folders sorted by name at p
 I + 2N, ...`` (round-robin): the shards are disjoint and together hold every case, whatever the machine.
 Each case writes ``OUT/<case>/prob_<Structure>.<format>`` (atomically, one file at a time) and, last, a
 marker ``OUT/<case>/prediction.json`` naming the files and the model: the per-case completion marker. A
-case whose marker lists exactly the files this run would write, all present, is complete and skipped, so a
-re-queued array task resumes where it stopped; a case interrupted before its marker is predicted again.
+case whose marker lists exactly the files this run would write, all present, made by the same model (the
+sha256 of its weights, :func:`model_sha256`) at the same thresholds, is complete and skipped, so a
+re-queued array task resumes where it stopped; a case interrupted before its marker is predicted again, and
+so is a case made by other weights (a checkpoint retrained into the same path), at other thresholds, or
+whose marker predates the weights' sha256: each such case is named with the reason (``notify``) and listed
+under ``redone`` in the shard json.
 Failed cases (unreadable, bad input, errors) do not stop the shard; they are listed in the result and in
 ``OUT/shard-I-of-N.json``. Ctrl-C (KeyboardInterrupt, also what SIGTERM becomes in the command line) or a
 :class:`~AutoSegSensitivity.errors.CancelledError` stops the shard: the shard json is written first, listing
@@ -17,11 +21,13 @@ the finished cases and those not finished, then the same exception is raised aga
 what was kept and how to resume.
 
 :func:`unfinished_cases` / :func:`check_finished` are the rule ``autosegsens tune`` uses to refuse a
-prediction folder this predictor has not finished.
+prediction folder this predictor has not finished, or whose cases were made by different models
+(:func:`models_by_case`: e.g. a rerun with a retrained checkpoint that was stopped half-way).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -66,47 +72,128 @@ def output_names(class_names: Sequence[str], fmt: str = "nrrd", segmentation: bo
     return [f"prob_{safe_name(n)}.{fmt}" for n in class_names] + ([SEGMENTATION] if segmentation else [])
 
 
+def model_sha256(model: Any) -> Optional[str]:
+    """The identity of what a model's maps depend on, as a sha256 hex digest: every weight and buffer of its
+    network (name, dtype, shape, bytes, in name order) plus the architecture, the preprocessing, the class
+    names and the configuration stored with it (patch size, sliding-window overlap, ...). Two checkpoints
+    with other weights (e.g. a run retrained into the same path) differ; a checkpoint rewritten with only
+    new tuned thresholds does not. ``None`` for an object that is not a loaded model. Computed from the
+    weights in memory (what prediction will use), once per run: about 2 s per GB of weights on one CPU core."""
+    import torch
+
+    net = getattr(model, "model", None)
+    if net is None or not hasattr(net, "state_dict"):
+        return None
+    h = hashlib.sha256()
+    pre = getattr(model, "preprocessor", None)
+    cfg = getattr(model, "config", None)
+    meta = {"spec": getattr(model, "spec", None), "class_names": list(getattr(model, "class_names", [])),
+            "preprocess": pre.to_dict() if hasattr(pre, "to_dict") else None,
+            "config": cfg.to_dict() if hasattr(cfg, "to_dict") else None}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode("utf-8"))
+    state = getattr(net, "module", net).state_dict()
+    for key in sorted(state):
+        t = state[key].detach()
+        h.update(f"\n{key}|{t.dtype}|{tuple(t.shape)}|".encode("utf-8"))
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def run_settings(model: Any, thresholds: Any) -> Dict[str, Any]:
-    """What a case's outputs depend on besides its image: the checkpoint (path and epoch; lists of them for
-    several models) and the thresholds of the segmentation (``None``, one number, or ``{structure: t}``),
-    in the form the marker stores."""
+    """What a case's outputs depend on besides its image, in the form the marker stores: the model's
+    identity ``model_sha256`` (:func:`model_sha256`; a list for several models) and the thresholds of the
+    segmentation (``None``, one number, or ``{structure: t}``). A case is redone when these differ."""
     if isinstance(thresholds, Mapping):
         thresholds = {str(k): float(v) for k, v in sorted(thresholds.items())}
     elif thresholds is not None:
         thresholds = float(thresholds)
-    if isinstance(model, (list, tuple)):
-        if len(model) != 1:
-            return {"model": [str(getattr(m, "path", "")) for m in model],
-                    "epoch": [getattr(m, "epoch", None) for m in model], "thresholds": thresholds}
-        model = model[0]
-    return {"model": str(getattr(model, "path", "")), "epoch": getattr(model, "epoch", None), "thresholds": thresholds}
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    digests = [model_sha256(m) for m in models]
+    return {"model_sha256": digests if len(digests) != 1 else digests[0], "thresholds": thresholds}
 
 
-def case_complete(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None) -> bool:
-    """True when ``case_dir`` holds a marker listing exactly ``files``, every one of them exists and, when
-    ``settings`` is given (:func:`run_settings`), the marker records the same model and thresholds: a rerun
-    with other thresholds or another checkpoint redoes the case."""
+def provenance(model: Any) -> Dict[str, Any]:
+    """What the marker records about the model besides its identity (not compared on resume): the checkpoint
+    path, its epoch and its creation time (the checkpoint's ``created``, UTC); lists for several models."""
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    rows = [(str(getattr(m, "path", "") or ""), getattr(m, "epoch", None),
+             (getattr(m, "info", None) or {}).get("created")) for m in models]
+    if len(rows) == 1:
+        return {"model": rows[0][0], "epoch": rows[0][1], "checkpoint_created": rows[0][2]}
+    return {"model": [r[0] for r in rows], "epoch": [r[1] for r in rows], "checkpoint_created": [r[2] for r in rows]}
+
+
+# Why a case that has a marker is predicted again (:func:`case_state`), as the terminal says it.
+REDO_REASONS = {
+    "model": "redone, model changed (other weights than those that made its maps)",
+    "thresholds": "redone, thresholds changed",
+    "files": "redone, other outputs asked (format, structures or segmentation)",
+    "missing": "redone, files its prediction.json lists are missing",
+    "old": (f"redone, its {MARKER} does not record the model's weights (written by an older version), so "
+            "the model that made it is unknown"),
+}
+
+
+def case_state(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    """``None`` when ``case_dir`` is complete for this run (see :func:`case_complete`), else why not:
+    ``"unfinished"`` (no readable marker), ``"files"`` (the marker lists other files), ``"missing"`` (a
+    listed file is gone), ``"old"`` (the marker has no ``model_sha256``), ``"model"`` (another model made
+    it) or ``"thresholds"`` (other thresholds); the last three only when ``settings`` is given."""
     marker = Path(case_dir) / MARKER
     try:
         data = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    if not isinstance(data, dict) or list(data.get("files", [])) != list(files):
-        return False
-    if settings is not None and any(data.get(k) != json.loads(json.dumps(v)) for k, v in settings.items()):
-        return False
-    return all((Path(case_dir) / f).is_file() for f in files)
+        return "unfinished"
+    if not isinstance(data, dict):
+        return "unfinished"
+    if list(data.get("files", [])) != list(files):
+        return "files"
+    if settings is not None:
+        wanted = json.loads(json.dumps(dict(settings)))
+        if "model_sha256" in wanted and "model_sha256" not in data:
+            return "old"
+        for key in ("model_sha256", "thresholds"):
+            if key in wanted and data.get(key) != wanted[key]:
+                return "model" if key == "model_sha256" else "thresholds"
+        if any(data.get(k) != v for k, v in wanted.items()):
+            return "model"
+    if not all((Path(case_dir) / f).is_file() for f in files):
+        return "missing"
+    return None
+
+
+def case_complete(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None) -> bool:
+    """True when ``case_dir`` holds a marker listing exactly ``files``, every one of them exists and, when
+    ``settings`` is given (:func:`run_settings`), the marker records the same model (the sha256 of its
+    weights) and thresholds: a rerun with other thresholds or other weights (even at the same checkpoint
+    path and epoch) redoes the case, and so does a marker without the weights' sha256."""
+    return case_state(case_dir, files, settings) is None
+
+
+def redo_lines(redone: Mapping[str, str], shown: int = 10) -> List[str]:
+    """One line per reason for the cases predicted again (``{case: reason key}``), naming the cases (the
+    first ``shown``): e.g. ``case000, case003: redone, model changed (...)``."""
+    lines = []
+    for key in REDO_REASONS:
+        names = sorted(n for n, r in redone.items() if r == key)
+        if names:
+            more = f" ... ({len(names) - shown} more)" if len(names) > shown else ""
+            lines.append(f"case {', '.join(names[:shown])}{more}: {REDO_REASONS[key]}" if len(names) == 1 else
+                         f"{len(names)} cases ({', '.join(names[:shown])}{more}): {REDO_REASONS[key]}")
+    return lines
 
 
 @dataclass
 class ShardResult:
-    """What :func:`predict_shard` did: the shard's cases, those already complete, and the batch result of
-    the rest (``batch.done`` / ``batch.failed``)."""
+    """What :func:`predict_shard` did: the shard's cases, those already complete, those whose marker did not
+    match this run (``redone``: ``{case: reason key of REDO_REASONS}``) and the batch result of the cases
+    predicted (``batch.done`` / ``batch.failed``)."""
 
     index: int
     count: int
     assigned: List[str]
     already_complete: List[str] = field(default_factory=list)
+    redone: Dict[str, str] = field(default_factory=dict)
     batch: BatchResult = field(default_factory=BatchResult)
 
     @property
@@ -116,12 +203,15 @@ class ShardResult:
 
     def summary(self) -> List[str]:
         head = (f"shard {self.index}/{self.count}: {len(self.assigned)} case(s), "
-                f"{len(self.already_complete)} already complete")
+                f"{len(self.already_complete)} already complete"
+                + (f", {len(self.redone)} redone (their maps were made by another model, at other thresholds "
+                   "or are incomplete)" if self.redone else ""))
         return [head] + self.batch.summary()
 
     def to_dict(self) -> Dict[str, Any]:
         return {"shard": [self.index, self.count], "assigned": self.assigned,
-                "already_complete": self.already_complete, "done": list(self.batch.done),
+                "already_complete": self.already_complete,
+                "redone": {n: REDO_REASONS[r] for n, r in sorted(self.redone.items())}, "done": list(self.batch.done),
                 "failed": [{"case": f.name, "kind": f.kind, "reason": f.reason} for f in self.batch.failed],
                 "not_started": list(self.batch.skipped), "cancelled": self.batch.cancelled,
                 "elapsed_s": round(self.batch.elapsed_s, 3)}
@@ -170,7 +260,8 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
                   fmt: str = "nrrd", thresholds: Any = None, batch_size: Optional[int] = None,
                   channels_last: Optional[bool] = None, progress: Optional[bool] = None,
                   on_failure: Optional[Callable[[BatchFailure], None]] = None, redo: bool = False,
-                  cases: Optional[Sequence[str]] = None, device: Any = None) -> ShardResult:
+                  cases: Optional[Sequence[str]] = None, device: Any = None,
+                  notify: Optional[Callable[[str], None]] = None) -> ShardResult:
     """Predict shard ``index`` of ``count`` of the dataset folder ``data_dir`` into ``out_dir`` (see the
     module docstring): ``out_dir/<case>/prob_<Structure>.<fmt>`` (float32 probabilities in [0, 1] on the
     case's CT grid), then ``out_dir/<case>/prediction.json``; last ``out_dir/shard-<index>-of-<count>.json``.
@@ -181,7 +272,10 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
     case). ``thresholds``: a number or ``{structure: t}`` to also write ``segmentation.seg.nrrd``
     (``None``: maps only). ``batch_size`` / ``channels_last`` / ``device`` go to
     :func:`~AutoSegSensitivity.inference.predict_volume`. A case is skipped when its marker lists the same
-    files, model and thresholds, unless ``redo``. ``result.batch.done[case]`` is ``{structure: map path}``.
+    files, model weights (:func:`model_sha256`, computed once per call) and thresholds, unless ``redo``; a
+    case with a marker that does not match is predicted again and ``notify`` (e.g. ``print``) gets one line
+    per reason naming those cases (:func:`redo_lines`) before prediction starts.
+    ``result.batch.done[case]`` is ``{structure: map path}``.
     Ctrl-C / :class:`~AutoSegSensitivity.errors.CancelledError`: the shard json is written (the finished
     cases, the others as not started), then the same exception is raised again with :func:`kept_message`."""
     from .inference import predict_volume, threshold_maps
@@ -202,15 +296,23 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
     class_names = [n for m in models for n in m.class_names]
     files = output_names(class_names, fmt, thresholds is not None)
     settings = run_settings(models, thresholds)
+    options = {"batch_size": batch_size, "channels_last": channels_last, "device": str(device) if device else None}
+    marker_extra = {**provenance(models), "options": options}
     result = ShardResult(index, count, assigned)
     todo = []
     for name in assigned:
         if name in problems:
             continue
-        if not redo and case_complete(out_dir / name, files, settings):
+        state = "redo" if redo else case_state(out_dir / name, files, settings)
+        if state is None:
             result.already_complete.append(name)
-        else:
-            todo.append((name, by_name[name]))
+            continue
+        if state in REDO_REASONS:
+            result.redone[name] = state
+        todo.append((name, by_name[name]))
+    if notify is not None:
+        for line in redo_lines(result.redone):
+            notify(line)
 
     def job(case: Any) -> Dict[str, Path]:
         image, _ = load_case(case)
@@ -222,7 +324,8 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
         written = {s: write_volume(probs[s], case_dir / fname) for s, fname in zip(class_names, files)}
         if thresholds is not None:
             write_segmentation(threshold_maps(probs, thresholds), case_dir / SEGMENTATION)
-        write_text(case_dir / MARKER, json.dumps({"case": case.name, "files": files, **settings}, indent=2))
+        write_text(case_dir / MARKER, json.dumps({"case": case.name, "files": files, **settings, **marker_extra},
+                                                 indent=2))
         return written
 
     result.batch = run_batch(todo, job, desc=f"shard {index}/{count}", progress=progress,
@@ -282,10 +385,33 @@ def unfinished_cases(prob_dir: PathLike, names: Optional[Iterable[str]] = None) 
     return sorted(n for n in candidates if not marker_complete(prob_dir / n))
 
 
-def check_finished(prob_dir: PathLike, names: Optional[Iterable[str]] = None, allow_incomplete: bool = False) -> List[str]:
+def models_by_case(prob_dir: PathLike, names: Optional[Iterable[str]] = None) -> Dict[str, List[str]]:
+    """The finished cases of a prediction folder (:func:`marker_complete`; among ``names``) grouped by the
+    model their marker records: ``{model: [cases]}``, the model being its ``model_sha256`` (and, for a
+    marker written before the sha256 was recorded, ``"<checkpoint path> epoch <E>"``). One key: one model
+    made every finished case."""
+    prob_dir = Path(prob_dir)
+    groups: Dict[str, List[str]] = {}
+    if not prob_dir.is_dir():
+        return groups
+    wanted = None if names is None else {str(n) for n in names}
+    for case in sorted(p for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (wanted is not None and case.name not in wanted) or not marker_complete(case):
+            continue
+        data = json.loads((case / MARKER).read_text(encoding="utf-8"))
+        key = data.get("model_sha256")
+        key = json.dumps(key) if key is not None else f"{data.get('model')} epoch {data.get('epoch')}"
+        groups.setdefault(key, []).append(case.name)
+    return groups
+
+
+def check_finished(prob_dir: PathLike, names: Optional[Iterable[str]] = None,
+                   allow_incomplete: bool = False) -> List[str]:
     """``tune``'s rule for a prediction folder: :func:`unfinished_cases` of ``prob_dir`` (among ``names``).
     Returns them when ``allow_incomplete`` (the caller leaves them out and says so); otherwise, when there
-    are any, raises one :class:`InputError` naming the cases and the fix."""
+    are any, raises one :class:`InputError` naming the cases and the fix. Finished cases made by different
+    models (:func:`models_by_case`: a rerun with a retrained checkpoint stopped half-way, or shards run with
+    different checkpoints) are refused in any case: thresholds tuned on a mix fit no model."""
     unfinished = unfinished_cases(prob_dir, names)
     if unfinished and not allow_incomplete:
         shown = ", ".join(unfinished[:10]) + (f" ... ({len(unfinished) - 10} more)" if len(unfinished) > 10 else "")
@@ -293,4 +419,12 @@ def check_finished(prob_dir: PathLike, names: Optional[Iterable[str]] = None, al
                          got=f"{len(unfinished)} unfinished case(s): {shown}; finish them by running the same "
                              "'autosegsens predict --data' command again (finished cases are skipped), or pass "
                              "--allow-incomplete to go on without them")
+    groups = models_by_case(prob_dir, names) if written_by_predictor(prob_dir) else {}
+    if len(groups) > 1:
+        parts = sorted(groups.values(), key=len, reverse=True)
+        said = "; ".join(f"{len(g)} case(s) by one model ({', '.join(g[:5])}{' ...' if len(g) > 5 else ''})"
+                         for g in parts)
+        raise InputError(prob_dir, MARKER, "every case predicted by the same model",
+                         got=f"{len(groups)} models: {said}; run 'autosegsens predict --data' again with the model "
+                             "to tune (cases made by another model are redone)")
     return unfinished

@@ -9,7 +9,9 @@ or a folder holding one DICOM CT series.
 With --data DATASET (one sub-folder per case): writes OUT/<case>/prob_<structure>.nrrd for every case,
 or with --shard I/N (0 <= I < N) for cases I, I+N, I+2N, ... of the names sorted (one task of a job
 array; the N shards are disjoint and cover every case). A case is finished when OUT/<case>/prediction.json
-lists its files; finished cases are skipped, so a re-queued task resumes. Failed cases do not stop the
+lists its files and the model (the sha256 of its weights) and thresholds that made them; finished cases
+are skipped, so a re-queued task resumes; a case made by other weights (a checkpoint retrained into the same
+path) or at other thresholds is redone, and the terminal says which and why. Failed cases do not stop the
 run: they are listed at the end and in OUT/shard-I-of-N.json (exit code 1 if any failed). Ctrl-C stops
 after writing OUT/shard-I-of-N.json (finished cases kept; the same command resumes).
 
@@ -102,7 +104,8 @@ def _run_dataset(args: argparse.Namespace, model: object, per_structure: Optiona
     thresholds = per_structure if per_structure is not None else model.thresholds if args.tuned else args.threshold
     result = predict_shard(model, args.data, args.out, index, count, fmt=args.format, thresholds=thresholds,
                            batch_size=args.batch_size, channels_last=args.channels_last, redo=args.overwrite,
-                           on_failure=lambda f: print(f"warning: {f.name} failed: {f.reason}", file=sys.stderr))
+                           on_failure=lambda f: print(f"warning: {f.name} failed: {f.reason}", file=sys.stderr),
+                           notify=lambda line: print(line, file=sys.stderr))
     for line in result.summary():
         print(line, file=sys.stderr if result.batch.failed else sys.stdout)
     return result.batch.exit_code()
