@@ -68,6 +68,7 @@ __all__ = [
 
 THRESHOLDS_JSON = "thresholds.json"
 SUMMARY_CSV = "summary.csv"
+CASES_CSV = "cases.csv"
 SWEEPS_DIR = "sweeps"
 REPORT_HTML = "report.html"
 FORMAT_TAG = "autosegsens-thresholds"
@@ -471,11 +472,13 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
                 seed: int = 0, train_dir: Optional[PathLike] = None, jobs: int = 1,
                 thresholds: Union[np.ndarray, Sequence[float], str, None] = DEFAULT_THRESHOLDS,
                 n_boot: int = DEFAULT_BOOTSTRAP, on_case: Optional[Callable[[str], None]] = None,
-                nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM) -> TuneResult:
+                nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM,
+                on_start: Optional[Callable[[List[str]], None]] = None) -> TuneResult:
     """Tune every structure over the cases of ``prob_dir`` (maps or nnU-Net output) matched by name with the
     dataset folder ``ref_dir``; see the module docstring. Cases, structures and maps with problems are
     listed in :attr:`TuneResult.problems` and the rest goes on. ``on_case(name)`` is called as each case
-    finishes (progress). ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``."""
+    finishes (progress); ``on_start(names)`` once, with the cases matched, before the first is read.
+    ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``."""
     from .io.dataset import scan_dataset
 
     _check_metric(metric)
@@ -514,6 +517,8 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
         raise InputError(prob_dir, "cases", f"cases whose names match the reference cases in {ref_dir}",
                          got="none in common")
     tasks = [_CaseTask(n, refs[n], probs[n], fmt, wanted, labels, metric, th, float(nsd_tolerance)) for n in names]
+    if on_start is not None:
+        on_start(list(names))
 
     per_structure: Dict[str, Dict[str, StructureCounts]] = {}
     order: List[str] = list(wanted or [])
@@ -620,6 +625,28 @@ def summary_rows(result: TuneResult) -> List[Dict[str, Any]]:
     return rows
 
 
+def case_rows(result: TuneResult) -> List[Dict[str, Any]]:
+    """One row per (structure, case), the columns of ``cases.csv``: the case's fold and its fold's threshold,
+    and the case's Dice (and the metric, when it is not Dice) at the cohort threshold, at its fold's
+    threshold and at 0.5. Dice here is the case's own (not pooled)."""
+    rows = []
+    for s, tu in result.structures.items():
+        res = tu.result
+        th = res.thresholds
+        metrics = list(res.metrics)
+        for i, case in enumerate(tu.cases):
+            fold = int(tu.cv.folds[i]) if tu.cv else None
+            t_fold = float(tu.cv.fold_thresholds[fold]) if tu.cv else None
+            row: Dict[str, Any] = {"structure": s, "case": case, "fold": fold, "fold_threshold": t_fold}
+            for m in metrics:
+                curve = res.per_case[case][m]
+                row[f"{m}_at_opt"] = float(curve[_index_of(th, tu.t_opt)])
+                row[f"{m}_at_fold_threshold"] = float(curve[_index_of(th, t_fold)]) if t_fold is not None else None
+                row[f"{m}_at_0.5"] = float(curve[_index_of(th, 0.5)])
+            rows.append(row)
+    return rows
+
+
 def thresholds_document(result: TuneResult) -> Dict[str, Any]:
     """The content of ``thresholds.json``."""
     structures = {}
@@ -646,7 +673,7 @@ def thresholds_document(result: TuneResult) -> Dict[str, Any]:
 
 
 def write_outputs(result: TuneResult, out: PathLike) -> Path:
-    """Write ``thresholds.json``, ``summary.csv``, ``sweeps/<structure>/sweep.csv`` (as ``autosegsens
+    """Write ``thresholds.json``, ``summary.csv``, ``cases.csv`` (:func:`case_rows`), ``sweeps/<structure>/sweep.csv`` (as ``autosegsens
     sweep`` writes it) and ``report.html`` into ``out``. Returns ``out``."""
     from .report import write_csv, write_json
     from .tune_report import render_tune_html
@@ -657,6 +684,7 @@ def write_outputs(result: TuneResult, out: PathLike) -> Path:
         write_csv(tu.result.to_table(), out / SWEEPS_DIR / map_stem(s) / "sweep.csv")
     rows = summary_rows(result)
     write_csv(rows, out / SUMMARY_CSV)
+    write_csv(case_rows(result), out / CASES_CSV)
     write_json(thresholds_document(result), out / THRESHOLDS_JSON)
     write_text(out / REPORT_HTML, render_tune_html(result, rows))
     return out
@@ -808,6 +836,28 @@ def _case_maps_for_apply(case: str, path: Path, fmt: str, table: Mapping[str, fl
             continue
         maps[s] = Volume(np.array(arr), geom.spacing, geom.origin, geom.direction.copy())
     return maps
+
+
+def read_case_maps(prob_dir: PathLike, case: str, structures: Sequence[str], fmt: str = "auto",
+                   dataset_json: Optional[PathLike] = None, ref_dir: Optional[PathLike] = None
+                   ) -> Tuple[Dict[str, Any], List[Tuple[str, str, str]]]:
+    """The probability maps of one case of ``prob_dir`` as Volumes ``{structure: map}`` (as `apply` and
+    `tune` read them: this project's maps or nnU-Net's .npz, whose geometry comes from the reference case in
+    ``ref_dir``), and the problems ``(case, structure, reason)`` of the structures that could not be read."""
+    fmt = detect_format(prob_dir, fmt)
+    labels, ending = None, ".nii.gz"
+    if fmt == "nnunet":
+        from .io.nnunet import dataset_file_ending, read_dataset_labels
+
+        dj = Path(dataset_json) if dataset_json is not None else Path(prob_dir) / "dataset.json"
+        labels, ending = read_dataset_labels(dj), dataset_file_ending(dj)
+    cases = list_prob_cases(prob_dir, fmt)
+    if case not in cases:
+        raise InputError(prob_dir, "case", f"probability maps of case {case!r}", got="none")
+    problems: List[Tuple[str, str, str]] = []
+    maps = _case_maps_for_apply(case, cases[case], fmt, {s: 0.5 for s in structures}, labels, ending,
+                                Path(ref_dir) if ref_dir is not None else None, problems)
+    return maps, problems
 
 
 def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, fmt: str = "auto",
