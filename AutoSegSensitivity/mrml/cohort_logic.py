@@ -272,3 +272,28 @@ class CohortTuningLogic:
             entries[s] = entry
         return write_thresholds(path, entries, metric=result.metric, source="AutoSegThreshold cohort tuning",
                                 inputs=result.inputs)
+
+
+def write_phantom_cohort(root: PathLike, cases: int = 4, seed: int = 0,
+                         shape: Optional[Sequence[int]] = (8, 48, 48)) -> Tuple[Path, Path]:
+    """A small cohort on disk for trying the Cohort section (and its self-test): ``cases`` phantom cases
+    (``phantom.make_phantom``: CT and reference structures) with cautious probability maps of
+    ``sampledata.PROBABILITY_STRUCTURES`` (``sampledata.probability_map``, blurred by at least 1.5 voxels so
+    that the optimum lies below 0.5 at any grid size), written as ``root/maps/<case>/prob_<structure>.nrrd``
+    (what ``predict`` writes) and ``root/contours/<case>/{image.nrrd, segmentation.seg.nrrd}`` (a dataset
+    folder). Returns ``(maps folder, contours folder)``."""
+    from ..io import write_case, write_volume
+    from ..phantom import case_name, make_phantom
+    from ..tune import map_stem
+    from .sampledata import BLUR_MM, PROBABILITY_STRUCTURES, probability_map
+
+    root = Path(root)
+    maps_dir, contours_dir = root / "maps", root / "contours"
+    for n in range(int(cases)):
+        ct, reference = make_phantom(seed=(int(seed), n), shape=shape)
+        blur = max(BLUR_MM, 1.5 * max(ct.spacing_zyx[1:]))
+        write_case(contours_dir / case_name(n), ct, reference)
+        for s in PROBABILITY_STRUCTURES:
+            prob = probability_map(reference.mask(s), ct.spacing_zyx, blur_mm=blur)
+            write_volume(ct.with_array(prob), maps_dir / case_name(n) / f"prob_{map_stem(s)}.nrrd")
+    return maps_dir, contours_dir
