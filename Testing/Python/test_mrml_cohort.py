@@ -276,3 +276,57 @@ def test_cancel_without_a_stop_file_kills_at_once_and_a_finished_run_is_left_alo
     assert done.wait(30) == 0
     assert done.cancel() == 0 and done.end() == 0 and not done.killed
     assert done.log_tail().strip() == "hi"
+
+
+# ---- the other layouts and the self-test's cohort ------------------------------------------------------------
+def test_an_nnunet_maps_folder_runs_and_its_case_loads_on_the_reference_grid(tmp_path):
+    from test_io_nnunet import LABELS, write_nnunet_output
+
+    probs, refs = write_cohort(tmp_path, 4)
+    nn = tmp_path / "nnunet"
+    write_nnunet_output(nn, 4)
+    scene = slicer.vtkMRMLScene()
+    logic = CohortTuningLogic(scene)
+    run = logic.start(nn, refs, tmp_path / "run", folds=2, bootstrap=100, extra_env=ONE_THREAD)
+    assert _poll_until(run, lambda: not run.running, 120) and run.returncode == 0, run.log_tail()
+    result = logic.load_results(tmp_path / "run")
+    assert result.inputs["format"] == "nnunet" and sorted(result.thresholds) == ["High", "Low"]
+    loaded = logic.load_case(result, result.cases.index(("High", "case03")))
+    channels = np.load(nn / "case03.npz")["probabilities"]
+    image = nodes.volume_from_node(loaded.image)
+    for s in ("Low", "High"):
+        got = nodes.volume_from_node(loaded.maps[s])
+        np.testing.assert_array_equal(got.array, channels[LABELS[s]])
+        assert got.same_grid(image, atol=1e-6)  # nnU-Net's .npz has no geometry: the reference case's
+    seg_id = nodes.segment_id_by_name(loaded.segmentation, "High")
+    np.testing.assert_array_equal(nodes.segment_mask(loaded.segmentation, seg_id, image) > 0,
+                                  channels[LABELS["High"]] >= channels.dtype.type(loaded.threshold))
+
+
+def test_the_phantom_cohort_of_the_self_test_tunes_below_half(tmp_path):
+    """What AutoSegThreshold's self-test runs from the widget: the phantom's cautious maps tune below 0.5
+    with a held-out gain, every case and structure listed, a case loaded, the thresholds saved."""
+    from AutoSegSensitivity.mrml.cohort_logic import write_phantom_cohort
+    from AutoSegSensitivity.mrml.sampledata import PROBABILITY_STRUCTURES
+
+    maps_dir, contours_dir = write_phantom_cohort(tmp_path / "cohort", cases=4)
+    scene = slicer.vtkMRMLScene()
+    logic = CohortTuningLogic(scene)
+    run = logic.start(maps_dir, contours_dir, tmp_path / "run", folds=3, extra_env=ONE_THREAD)
+    assert _poll_until(run, lambda: not run.running, 120) and run.returncode == 0, run.log_tail()
+    assert run.progress() == (4, 4)
+    result = logic.load_results(tmp_path / "run")
+    rows = nodes.rows_from_table(result.summary_table)
+    assert [r["structure"] for r in rows] == list(PROBABILITY_STRUCTURES)
+    for r in rows:
+        assert r["threshold"] < 0.5 and r["dice_at_threshold"] > r["dice_at_0.5"], r
+        assert r["cv_gain"] > 0, r
+    assert len(result.cases) == 4 * len(PROBABILITY_STRUCTURES) == result.cases_table.GetNumberOfRows()
+    assert result.chart.GetNumberOfPlotSeriesNodes() == len(PROBABILITY_STRUCTURES)
+    loaded = logic.load_case(result, result.cases.index(("Parotid_L", "case001")))
+    prob = slicer.util.arrayFromVolume(loaded.maps["Parotid_L"])
+    image = nodes.volume_from_node(loaded.image)
+    seg_id = nodes.segment_id_by_name(loaded.segmentation, "Parotid_L")
+    np.testing.assert_array_equal(nodes.segment_mask(loaded.segmentation, seg_id, image) > 0,
+                                  prob >= np.float32(result.thresholds["Parotid_L"]))
+    assert read_thresholds(logic.save(result, tmp_path / "t.json")) == result.thresholds
