@@ -552,7 +552,7 @@ class AutoSegThresholdTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("case001 reference"))
         self.assertEqual(p.structure, "Parotid_L")
         self.assertAlmostEqual(p.threshold, result.thresholds["Parotid_L"])
-        self.assertEqual(widget._maps(), [prob])
+        self.assertEqual([n.GetName() for n in widget._maps()], ["case001_Parotid_L_prob"])
         self.assertEqual([n.GetName() for n in widget._references()], ["case001 reference"])
         live = p.liveSegmentation
         self.assertEqual(live.GetName(), "case001 threshold")
