@@ -223,7 +223,7 @@ def test_save_writes_a_thresholds_json_that_tune_reads_back(tuned, tmp_path):
 
 # ---- cancel and the helper at cleanup ----------------------------------------------------------------------
 def test_cancel_returns_at_once_and_the_tune_process_is_gone_within_a_second(tmp_path):
-    probs, refs = write_cohort(tmp_path, 40, (12, 24, 20))
+    probs, refs = write_cohort(tmp_path, 6, SHAPE)
     run = CohortTuningLogic(slicer.vtkMRMLScene()).start(probs, refs, tmp_path / "run", bootstrap=20000)
     assert _poll_until(run, lambda: run.progress()[1] > 0, 60), run.log_tail()  # tune is running
     assert run.running
