@@ -13,6 +13,13 @@ Each line of ``events.jsonl`` is one JSON object with at least ``event`` (its ki
 * ``done``: ``best_epoch``, ``best_score``, ``epochs_run``.
 * ``error``: ``message``.
 
+Kinds written by ``autosegsens tune`` (into ``OUT/events.jsonl``):
+
+* ``start``: ``cases`` (matched cases), ``metric``, ``folds``.
+* ``case``: ``case`` (its name), ``done``, ``total`` (cases read so far / in all).
+* ``done``: ``structures`` (tuned), ``out``.
+* ``error``: ``message`` (the run then exits non-zero).
+
 A line is written and flushed in one ``write`` call, so a reader that tails the file while training runs
 only ever sees whole lines (a trailing partial line is ignored until it is complete).
 """

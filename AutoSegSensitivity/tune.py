@@ -68,6 +68,7 @@ __all__ = [
 
 THRESHOLDS_JSON = "thresholds.json"
 SUMMARY_CSV = "summary.csv"
+CASES_CSV = "cases.csv"
 SWEEPS_DIR = "sweeps"
 REPORT_HTML = "report.html"
 FORMAT_TAG = "autosegsens-thresholds"
@@ -570,14 +571,15 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
                 thresholds: Union[np.ndarray, Sequence[float], str, None] = DEFAULT_THRESHOLDS,
                 n_boot: int = DEFAULT_BOOTSTRAP, on_case: Optional[Callable[[str], None]] = None,
                 nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, ref_format: str = "auto",
-                allow_incomplete: bool = False) -> TuneResult:
+                allow_incomplete: bool = False,
+                on_start: Optional[Callable[[List[str]], None]] = None) -> TuneResult:
     """Tune every structure over the cases of ``prob_dir`` (``fmt``: maps, nnU-Net output or one
     multi-channel image per case) matched by name with the references in ``ref_dir`` (``ref_format``: a
     dataset folder or nnU-Net's label folder, :mod:`AutoSegSensitivity.io.references`; images are not
     needed); see the module docstring. Cases, structures and maps with problems are listed in
     :attr:`TuneResult.problems` and the rest goes on; when no case can be used, an :class:`InputError`
     lists the first cases' reasons (:func:`no_usable_case_error`). ``on_case(name)`` is called as each case
-    finishes (progress). ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``.
+    finishes (progress); ``on_start(names)`` once, with the cases matched, before the first is read. ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``.
     A maps folder written by ``predict`` whose cases lack a finished ``prediction.json`` is refused with an
     :class:`InputError` (:func:`~AutoSegSensitivity.predict_shards.check_finished`); ``allow_incomplete``
     leaves those cases out instead and lists them in the problems and ``inputs["incomplete_cases_left_out"]``."""
@@ -620,6 +622,8 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     if not names:
         raise no_usable_case_error(prob_dir, sorted(problems, key=lambda p: p[0]))
     tasks = [_CaseTask(n, refs[n], probs[n], fmt, wanted, labels, metric, th, float(nsd_tolerance)) for n in names]
+    if on_start is not None:
+        on_start(list(names))
 
     per_structure: Dict[str, Dict[str, StructureCounts]] = {}
     order: List[str] = list(wanted or [])
@@ -729,6 +733,28 @@ def summary_rows(result: TuneResult) -> List[Dict[str, Any]]:
     return rows
 
 
+def case_rows(result: TuneResult) -> List[Dict[str, Any]]:
+    """One row per (structure, case), the columns of ``cases.csv``: the case's fold and its fold's threshold,
+    and the case's Dice (and the metric, when it is not Dice) at the cohort threshold, at its fold's
+    threshold and at 0.5. Dice here is the case's own (not pooled)."""
+    rows = []
+    for s, tu in result.structures.items():
+        res = tu.result
+        th = res.thresholds
+        metrics = list(res.metrics)
+        for i, case in enumerate(tu.cases):
+            fold = int(tu.cv.folds[i]) if tu.cv else None
+            t_fold = float(tu.cv.fold_thresholds[fold]) if tu.cv else None
+            row: Dict[str, Any] = {"structure": s, "case": case, "fold": fold, "fold_threshold": t_fold}
+            for m in metrics:
+                curve = res.per_case[case][m]
+                row[f"{m}_at_opt"] = float(curve[_index_of(th, tu.t_opt)])
+                row[f"{m}_at_fold_threshold"] = float(curve[_index_of(th, t_fold)]) if t_fold is not None else None
+                row[f"{m}_at_0.5"] = float(curve[_index_of(th, 0.5)])
+            rows.append(row)
+    return rows
+
+
 def thresholds_document(result: TuneResult) -> Dict[str, Any]:
     """The content of ``thresholds.json``."""
     structures = {}
@@ -755,7 +781,7 @@ def thresholds_document(result: TuneResult) -> Dict[str, Any]:
 
 
 def write_outputs(result: TuneResult, out: PathLike) -> Path:
-    """Write ``thresholds.json``, ``summary.csv``, ``sweeps/<structure>/sweep.csv`` (as ``autosegsens
+    """Write ``thresholds.json``, ``summary.csv``, ``cases.csv`` (:func:`case_rows`), ``sweeps/<structure>/sweep.csv`` (as ``autosegsens
     sweep`` writes it) and ``report.html`` into ``out``. Returns ``out``."""
     from .report import write_csv, write_json
     from .tune_report import render_tune_html
@@ -766,6 +792,7 @@ def write_outputs(result: TuneResult, out: PathLike) -> Path:
         write_csv(tu.result.to_table(), out / SWEEPS_DIR / map_stem(s) / "sweep.csv")
     rows = summary_rows(result)
     write_csv(rows, out / SUMMARY_CSV)
+    write_csv(case_rows(result), out / CASES_CSV)
     write_json(thresholds_document(result), out / THRESHOLDS_JSON)
     write_text(out / REPORT_HTML, render_tune_html(result, rows))
     return out
@@ -931,6 +958,30 @@ def _case_maps_for_apply(case: str, path: Path, fmt: str, table: Mapping[str, fl
             continue
         maps[s] = Volume(np.array(arr), geom.spacing, geom.origin, geom.direction.copy())
     return maps
+
+
+def read_case_maps(prob_dir: PathLike, case: str, structures: Sequence[str], fmt: str = "auto",
+                   dataset_json: Optional[PathLike] = None, ref_dir: Optional[PathLike] = None,
+                   ref_format: str = "auto") -> Tuple[Dict[str, Any], List[Tuple[str, str, str]]]:
+    """The probability maps of one case of ``prob_dir`` as Volumes ``{structure: map}``, read as `apply` and
+    `tune` read them (this project's maps, nnU-Net's .npz, whose geometry comes from the reference case in
+    ``ref_dir``, or one multi-channel image), and the problems ``(case, structure, reason)`` of the
+    structures that could not be read."""
+    from .io.references import scan_references
+
+    fmt = detect_format(prob_dir, fmt)
+    labels, ending, labels_file = _prob_labels(prob_dir, fmt, dataset_json)
+    cases = list_prob_cases(prob_dir, fmt)
+    if case not in cases:
+        raise InputError(prob_dir, "case", f"probability maps of case {case!r}", got="none")
+    refs = None
+    if fmt == "nnunet" and ref_dir is not None:
+        ref_fmt, ref_labels, ref_ending = _reference_labels(ref_dir, prob_dir, ref_format, dataset_json)
+        refs, _ = scan_references(ref_dir, ref_fmt, ref_labels, ref_ending)
+    problems: List[Tuple[str, str, str]] = []
+    maps = _case_maps_for_apply(case, cases[case], fmt, {s: 0.5 for s in structures}, labels, ending, refs,
+                                problems, labels_file)
+    return maps, problems
 
 
 def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, fmt: str = "auto",

@@ -84,6 +84,12 @@ class ParameterNodeBinding:
             self.widget.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.onModified)
         self.update()
 
+    def currentNode(self) -> Any:
+        """The bound node or, when none is bound, this scene's parameter node (created on first use): for
+        handlers that can run while the module is not open (a background run finishing after the scene was
+        closed leaves ``node`` None until the module is entered again)."""
+        return self.node if self.node is not None else self.logic.getParameterNode()
+
     def onModified(self, caller: Any = None, event: Any = None) -> None:
         self.update()
 

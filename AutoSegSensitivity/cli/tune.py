@@ -37,6 +37,9 @@ Writes to --out DIR:
                     numbers; read by `autosegsens apply`, `predict --thresholds` and AutoSegThreshold
   summary.csv       a row per structure: n_cases, prominence, t_opt, dice_at_opt, dice_at_0.5,
                     loss_at_0.5, cv_dice_at_0.5, cv_dice_at_tuned, cv_gain, cv_gain_ci_low/high
+  cases.csv         a row per structure and case: fold, fold threshold, the case's Dice at the threshold,
+                    at its fold's threshold and at 0.5
+  events.jsonl      progress events (start, case, done, error) as training writes them
   sweeps/<structure>/sweep.csv   the cohort sweep, as `autosegsens sweep` writes it
   report.html       the page: curves, fold thresholds, held-out gains (a CI holding 0 is flagged)
 
@@ -54,7 +57,7 @@ from .common import add_out_argument, prepare_out_dir
 
 NAME = "tune"
 HELP = "tune per-structure thresholds on a cohort, cross-validated against 0.5 (thresholds.json)"
-OUTPUTS = ("thresholds.json", "summary.csv", "report.html", "sweeps")
+OUTPUTS = ("thresholds.json", "summary.csv", "cases.csv", "report.html", "sweeps", "events.jsonl")
 
 
 def add_prob_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,25 +104,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
+    from ..progress import ProgressWriter
     from ..tune import problem_line, summary_rows, tune_cohort, write_outputs
 
     out = prepare_out_dir(args.out, args.overwrite, will_write=OUTPUTS)
-    try:
-        result = tune_cohort(args.prob_dir, args.ref_dir, fmt=args.format, dataset_json=args.dataset_json,
-                             structures=args.structures, metric=args.metric, folds=args.folds, seed=args.seed,
-                             nsd_tolerance=args.nsd_tolerance, ref_format=args.ref_format,
-                             allow_incomplete=args.allow_incomplete,
-                             train_dir=args.train_dir, jobs=args.jobs, n_boot=args.bootstrap)
-    except InputError as exc:  # no usable case: every reason as a note, then the error's summary
-        for p in getattr(exc, "problems", []):
-            print(f"note: {problem_line(p)}", file=sys.stderr)
-        raise
-    for p in result.problems:
-        print(f"note: {problem_line(p)}", file=sys.stderr)
-    if not result.structures:
-        raise InputError(args.prob_dir, "structures", "at least one structure with maps and references",
-                         got="none (see the notes above)")
-    write_outputs(result, out)
+    (out / "events.jsonl").unlink(missing_ok=True)
+    with ProgressWriter(out / "events.jsonl") as progress:
+        state = {"done": 0, "total": 0}
+
+        def on_start(names: list) -> None:
+            state["total"] = len(names)
+            progress.emit("start", cases=len(names), metric=args.metric, folds=args.folds)
+
+        def on_case(name: str) -> None:
+            state["done"] += 1
+            progress.emit("case", case=name, done=state["done"], total=state["total"])
+
+        try:
+            try:
+                result = tune_cohort(args.prob_dir, args.ref_dir, fmt=args.format, dataset_json=args.dataset_json,
+                                     structures=args.structures, metric=args.metric, folds=args.folds,
+                                     seed=args.seed, nsd_tolerance=args.nsd_tolerance, ref_format=args.ref_format,
+                                     allow_incomplete=args.allow_incomplete, train_dir=args.train_dir,
+                                     jobs=args.jobs, n_boot=args.bootstrap, on_start=on_start, on_case=on_case)
+            except InputError as exc:  # no usable case: every reason as a note, then the error's summary
+                for p in getattr(exc, "problems", []):
+                    print(f"note: {problem_line(p)}", file=sys.stderr)
+                raise
+            for p in result.problems:
+                print(f"note: {problem_line(p)}", file=sys.stderr)
+            if not result.structures:
+                raise InputError(args.prob_dir, "structures", "at least one structure with maps and references",
+                                 got="none (see the notes above)")
+            write_outputs(result, out)
+        except Exception as exc:
+            progress.emit("error", message=str(exc))
+            raise
+        progress.emit("done", structures=list(result.structures), out=str(out))
     m = result.metric
     for r in summary_rows(result):
         cv = (f"held-out gain {r['cv_gain']:+.4f} (95 % CI {r['cv_gain_ci_low']:+.4f} .. {r['cv_gain_ci_high']:+.4f})"

@@ -66,9 +66,16 @@ def train(config: PathLike, output_dir: PathLike, data_dir: PathLike, scene_volu
     return _state(missing, "Train in a background process; progress and curves appear below.")
 
 
-def cancel(running: bool) -> ActionState:
-    """Cancel is possible while a training runs."""
-    return _state([] if running else ["a running training"], "Stop training at the next batch, keeping the last epoch.")
+def cancel(running: bool, predicting: bool = False) -> ActionState:
+    """Cancel is possible while a training or a prediction runs (it stops both)."""
+    does = []
+    if running:
+        does.append("stop training at the next batch, keeping the last epoch")
+    if predicting:
+        does.append("stop the prediction")
+    if not does:
+        return _state(["a running training or prediction"], "")
+    return _state([], "; ".join(does).capitalize() + ".")
 
 
 def predict(checkpoint: PathLike, volume: Any, predicting: bool) -> ActionState:
@@ -137,6 +144,47 @@ def load_thresholds(structure: str, thresholds_file: PathLike) -> ActionState:
     missing = _missing(None if (structure or "").strip() else "a structure name",
                        _file_problem(thresholds_file, "a thresholds.json file"))
     return _state(missing, "Set the slider to this structure's threshold from the thresholds.json.")
+
+
+# ---- AutoSegThreshold: cohort ---------------------------------------------------------------------------
+def _folder_problem(value: PathLike, what: str) -> Optional[str]:
+    path = path_or_none(value)
+    if path is None:
+        return what
+    if not path.is_dir():
+        return f"{what} ({path} is not a folder)"
+    return None
+
+
+def cohort_run(maps_dir: PathLike, contours_dir: PathLike, running: bool) -> ActionState:
+    """Run (cohort tuning) needs an existing maps folder and contours folder, and no run going on."""
+    missing = _missing(_folder_problem(maps_dir, "a probability-maps folder"),
+                       _folder_problem(contours_dir, "a contours folder"),
+                       "(a cohort tuning is running)" if running else None)
+    return _state(missing, "Tune every structure's threshold on the cohort (autosegsens tune) in a background "
+                           "process; the tables and the chart appear when it is done.")
+
+
+def cohort_cancel(running: bool) -> ActionState:
+    """Cancel is possible while a cohort tuning runs."""
+    return _state([] if running else ["a running cohort tuning"], "Stop the cohort tuning now (nothing is kept).")
+
+
+def cohort_case(has_result: bool, cases: int, running: bool) -> ActionState:
+    """Choosing a case needs a finished run with cases, and no run going on (its folders may change)."""
+    missing = _missing(None if has_result else "a cohort result (Run first)",
+                       None if cases > 0 or not has_result else "cases in the result",
+                       "(a cohort tuning is running)" if running else None)
+    return _state(missing, "Load this case's image, maps and contours, thresholded at the cohort's threshold.")
+
+
+def cohort_save(has_result: bool, thresholds_file: PathLike, running: bool) -> ActionState:
+    """Saving the cohort's thresholds needs a finished run and a thresholds.json path, and no run going on."""
+    missing = _missing(None if has_result else "a cohort result (Run first)",
+                       None if path_or_none(thresholds_file) is not None else "a thresholds.json file",
+                       "(a cohort tuning is running)" if running else None)
+    return _state(missing, "Write every tuned structure's threshold into the thresholds.json (other structures "
+                           "in the file are kept).")
 
 
 # ---- AutoSegSegmentMetrics -------------------------------------------------------------------------------

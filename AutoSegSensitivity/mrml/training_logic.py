@@ -3,10 +3,6 @@ event stream, cancel and resume; prediction of probability maps and a segmentati
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -14,166 +10,20 @@ import numpy as np
 
 from ..errors import InputError
 from . import nodes
+from .background import (SW_HIDE, STARTF_USESHOWWINDOW, BackgroundProcess, default_python,  # noqa: F401
+                         engine_command, engine_env, kill_command, kill_process_tree, popen_options)
 
 
-def default_python() -> str:
-    """The interpreter for background runs: Slicer's ``PythonSlicer`` launcher when it is on the PATH (inside
-    Slicer, whose own executable is the GUI application), else this interpreter."""
-    import shutil
-
-    launcher = shutil.which("PythonSlicer")
-    if launcher and Path(sys.executable).name.lower().startswith(("slicer", "pythonslicer")):
-        return launcher
-    return sys.executable
-
-
-STARTF_USESHOWWINDOW = 0x00000001
-"""``STARTUPINFO.dwFlags`` bit: use ``wShowWindow`` (Windows ``winbase.h``; ``subprocess.STARTF_USESHOWWINDOW``)."""
-SW_HIDE = 0
-"""``STARTUPINFO.wShowWindow`` value: the window is hidden (Windows ``winuser.h``)."""
-
-
-def popen_options(platform: str = sys.platform,
-                  startupinfo_factory: Optional[Callable[[], Any]] = None) -> Dict[str, Any]:
-    """Extra ``subprocess.Popen`` arguments for a background run on ``platform`` (a ``sys.platform`` value).
-
-    Windows: ``startupinfo`` with a hidden window (``dwFlags |= STARTF_USESHOWWINDOW``, ``wShowWindow =
-    SW_HIDE``), as Slicer's ``slicer.util.launchConsoleProcess`` does, so that no console window opens (closing
-    it would kill the run). ``startupinfo_factory`` makes that object (default ``subprocess.STARTUPINFO``, which
-    exists on Windows only; it is looked up only on the Windows branch). Elsewhere: ``start_new_session``, so
-    that the run and its children (``PythonSlicer`` is a launcher that starts the interpreter as a child) form
-    one process group that :func:`kill_process_tree` ends together."""
-    if platform.startswith("win"):
-        info = (startupinfo_factory or getattr(subprocess, "STARTUPINFO"))()
-        info.dwFlags |= STARTF_USESHOWWINDOW
-        info.wShowWindow = SW_HIDE
-        return {"startupinfo": info}
-    return {"start_new_session": True}
-
-
-def kill_command(platform: str, pid: int) -> Optional[List[str]]:
-    """The command that ends process ``pid`` and its children on Windows (``taskkill /F /T``); None elsewhere,
-    where the process group started by :func:`popen_options` is killed with a signal."""
-    if platform.startswith("win"):
-        return ["taskkill", "/F", "/T", "/PID", str(pid)]
-    return None
-
-
-def kill_process_tree(process: "subprocess.Popen[Any]", platform: str = sys.platform) -> None:
-    """End ``process`` and its children now (no clean-up in them): its process group when it leads one
-    (POSIX, see :func:`popen_options`), ``taskkill /T`` on Windows; the process alone otherwise."""
-    if process.poll() is not None:
-        return
-    command = kill_command(platform, process.pid)
-    if command is not None:
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-                       **popen_options(platform))
-    else:
-        import signal
-
-        try:
-            if os.getpgid(process.pid) == process.pid:
-                os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    if process.poll() is None:
-        process.kill()
-
-
-class TrainingProcess:
-    """A training run of ``python -m AutoSegSensitivity train`` in the background: poll its events,
-    cancel it (the CLI stops at the next batch when ``OUT/CANCEL`` appears, keeping the last complete epoch).
-
-    Nothing here blocks: :meth:`cancel` asks and returns at once; :meth:`poll` (the GUI's timer) sees the exit
-    and kills the run once ``grace_s`` seconds have passed since the cancel without an exit."""
+class TrainingProcess(BackgroundProcess):
+    """A training run of ``python -m AutoSegSensitivity train`` in the background (a :class:`BackgroundProcess`
+    whose cancel writes ``OUT/CANCEL``: the CLI stops at the next batch, keeping the last complete epoch, and
+    is killed by :meth:`poll` once ``grace_s`` seconds have passed since the cancel without an exit)."""
 
     def __init__(self, command: List[str], out_dir: Path, env: Optional[Dict[str, str]] = None,
-                 grace_s: float = 30.0) -> None:
-        from ..progress import EventReader
-
-        self.command = command
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._cancel_file.unlink(missing_ok=True)
-        self.log_path = self.out_dir / "train.log"
-        self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                        **popen_options())
-        self.reader = EventReader(self.out_dir / "events.jsonl")
-        self.events: List[Dict[str, Any]] = []
-        self.grace_s = float(grace_s)
-        self.cancel_deadline: Optional[float] = None
-        """``time.monotonic()`` after which :meth:`poll` kills a cancelled run that is still alive."""
-        self.killed = False
-        """True when the run was killed after the grace period (its exit code is then the kill's)."""
-
-    @property
-    def _cancel_file(self) -> Path:
+                 grace_s: float = 30.0, log_name: str = "train.log") -> None:
         from ..training import CANCEL_FILE
 
-        return self.out_dir / CANCEL_FILE
-
-    def poll(self) -> List[Dict[str, Any]]:
-        """Events written since the previous call (also kept in ``self.events``). After :meth:`cancel`: renews
-        the cancel request (training clears ``CANCEL`` when it starts), kills the run once the grace period
-        is over, and removes ``CANCEL`` once the run has exited."""
-        new = self.reader.poll()
-        self.events.extend(new)
-        if self.cancel_deadline is not None:
-            if self.returncode is not None:
-                self._cancel_file.unlink(missing_ok=True)
-            elif time.monotonic() >= self.cancel_deadline:
-                kill_process_tree(self.process)
-                self.killed = True
-            elif not self._cancel_file.exists():
-                self._request_stop()
-        return new
-
-    def _request_stop(self) -> None:
-        try:
-            self._cancel_file.write_text("cancelled from Slicer\n", encoding="utf-8")
-        except OSError:  # the folder went away: the grace-period kill still ends the run
-            pass
-
-    @property
-    def returncode(self) -> Optional[int]:
-        """The exit code once finished (0 done, 1 failed, 2 bad input, 130 cancelled; negative or 1 on Windows
-        after a kill), else None."""
-        code = self.process.poll()
-        if code is not None and not self._log.closed:
-            self._log.close()
-        return code
-
-    @property
-    def running(self) -> bool:
-        return self.returncode is None
-
-    @property
-    def cancel_requested(self) -> bool:
-        """True once :meth:`cancel` was called (the GUI then reports a cancel, not a failure)."""
-        return self.cancel_deadline is not None
-
-    def cancel(self, grace_s: Optional[float] = None) -> Optional[int]:
-        """Ask the run to stop at its next batch (``CANCEL`` file) and return at once, without waiting. The run
-        is killed by :meth:`poll` when it is still alive ``grace_s`` seconds later (default: the process's
-        ``grace_s``). Returns the exit code when the run has already exited, else None."""
-        if self.returncode is not None:
-            return self.returncode
-        if self.cancel_deadline is None:
-            self.cancel_deadline = time.monotonic() + (self.grace_s if grace_s is None else float(grace_s))
-        self._request_stop()
-        return None
-
-    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
-        self.process.wait(timeout=timeout)
-        return self.returncode
-
-    def log_tail(self, chars: int = 2000) -> str:
-        """The end of the process's output (for error messages)."""
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
-        except OSError:
-            return ""
+        super().__init__(command, out_dir, env, log_name=log_name, cancel_file=CANCEL_FILE, grace_s=grace_s)
 
     def progress(self) -> Tuple[int, int]:
         """``(epochs done, epochs planned)`` from the events read so far."""
@@ -212,8 +62,8 @@ class TrainingLogic:
             raise InputError(config, "config", "an existing training config (.yaml/.json)")
         if not data_dir.is_dir():
             raise InputError(data_dir, "data", "an existing dataset folder (one sub-folder per case)")
-        cmd = [self.python, "-m", "AutoSegSensitivity", "train", "--config", str(config), "--data", str(data_dir),
-               "--out", str(out_dir), "--quiet"]
+        cmd = engine_command(self.python, "train", "--config", str(config), "--data", str(data_dir),
+                             "--out", str(out_dir), "--quiet")
         if resume:
             cmd.append("--resume")
         elif overwrite:
@@ -231,11 +81,7 @@ class TrainingLogic:
         """Launch training in the background; poll the returned process (the widget does so with a timer).
         ``kwargs`` go to :meth:`build_command`; ``extra_env`` adds environment variables (e.g. threads)."""
         cmd = self.build_command(config, data_dir, out_dir, **kwargs)
-        env = dict(os.environ)
-        env.update(extra_env or {})
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return TrainingProcess(cmd, Path(out_dir), env)
+        return TrainingProcess(cmd, Path(out_dir), engine_env(extra_env))
 
     def update_curves(self, process: TrainingProcess, name: str = "Training curves") -> Tuple[Any, Any]:
         """Table and chart nodes of the loss and validation curves so far (reused by name)."""
@@ -295,7 +141,7 @@ class TrainingLogic:
 
     def start_predict(self, checkpoint: Union[str, Path], volume_node: Any, out_dir: Union[str, Path],
                       device: str = "auto", segmentation: bool = True,
-                      extra_env: Optional[Dict[str, str]] = None) -> TrainingProcess:
+                      extra_env: Optional[Dict[str, str]] = None) -> BackgroundProcess:
         """Predict in a background process (``python -m AutoSegSensitivity predict``): the volume is written to
         ``out_dir/input/image.nrrd`` and the maps to ``out_dir/prediction``; load them with
         :meth:`load_prediction` once the process has exited with 0. With ``segmentation`` a segmentation is
@@ -308,18 +154,14 @@ class TrainingLogic:
         if device not in ("auto", "cpu", "cuda"):
             raise InputError("prediction", "device", "auto, cpu or cuda", got=device)
         image = write_volume(nodes.volume_from_node(volume_node), out_dir / "input" / "image.nrrd")
-        cmd = [self.python, "-m", "AutoSegSensitivity", "predict", "--model", str(checkpoint), "--image", str(image),
-               "--out", str(out_dir / "prediction"), "--overwrite", "--device", device]
+        cmd = engine_command(self.python, "predict", "--model", str(checkpoint), "--image", str(image),
+                             "--out", str(out_dir / "prediction"), "--overwrite", "--device", device)
         if segmentation:
             from ..training import read_checkpoint
 
             tuned = str(read_checkpoint(checkpoint).get("thresholds_source", "default 0.5")) != "default 0.5"
             cmd += ["--tuned"] if tuned else ["--threshold", "0.5"]
-        env = dict(os.environ)
-        env.update(extra_env or {})
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return TrainingProcess(cmd, out_dir, env)
+        return BackgroundProcess(cmd, out_dir, engine_env(extra_env), log_name="predict.log")
 
     def load_prediction(self, out_dir: Union[str, Path], volume_node: Any) -> Tuple[Dict[str, Any], Any]:
         """Probability maps of a finished :meth:`start_predict` into ``<volume>_<structure>_prob`` nodes and,

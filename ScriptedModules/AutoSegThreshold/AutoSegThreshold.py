@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import slicer
 from slicer import vtkMRMLSegmentationNode
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -28,6 +28,7 @@ try:  # built extension: the shared Lib is installed beside the modules
 except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 from AutoSegSlicerLib import sampledata
+from AutoSegSlicerLib.background import BackgroundRunner
 from AutoSegSlicerLib.dependencies import ensureDependencies, installForSelfTest
 from AutoSegSlicerLib.enginepath import find_engine
 from AutoSegSlicerLib.widgets import ParameterNodeBinding, connectLiveSlider, loadModuleUI, ready, showState
@@ -64,6 +65,11 @@ class AutoSegThresholdParameterNode:
     checkpoint: Optional[Path] = None  # unset: None, shown empty (AutoSegSensitivity.mrml.path_fields)
     nsdTolerance: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
     thresholdsFile: Optional[Path] = None
+    # the Cohort section (autosegsens tune on folders); the metric choices are cohort_logic.METRICS
+    cohortMapsDir: Optional[Path] = None
+    cohortContoursDir: Optional[Path] = None
+    cohortMetric: Annotated[str, Choice(["dice", "nsd", "msd", "hd", "hd95"])] = "dice"
+    cohortFolds: Annotated[int, WithinRange(2, 20)] = 5
 
 
 class AutoSegThresholdLogic(ScriptedLoadableModuleLogic):
@@ -76,6 +82,11 @@ class AutoSegThresholdLogic(ScriptedLoadableModuleLogic):
         from AutoSegSensitivity.mrml.threshold_logic import ThresholdTuningLogic
 
         return ThresholdTuningLogic(slicer.mrmlScene)
+
+    def cohortEngine(self):
+        from AutoSegSensitivity.mrml.cohort_logic import CohortTuningLogic
+
+        return CohortTuningLogic(slicer.mrmlScene)
 
 
 class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -100,9 +111,11 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # ctkSliderWidget without tracking: labelmap while dragged, everything once released; one update per change
         self._sliderUpdates = connectLiveSlider(self.ui.thresholdSlider, self.onThresholdChanged)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.setupCohort()
         self.binding.initialize()
 
     def cleanup(self):
+        self.cleanupCohort()
         self.binding.cleanup()
 
     def enter(self):
@@ -142,6 +155,7 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         showState(self.ui.applyOptimumButton, self.applyOptimumState())
         showState(self.ui.saveThresholdsButton, self.saveThresholdsState())
         showState(self.ui.loadThresholdsButton, self.loadThresholdsState())
+        self.updateCohortButtons()
 
     def onSweep(self):
         if not ready(self.sweepState()) or not ensureDependencies():
@@ -223,6 +237,151 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.resultLabel.text = f"Threshold {table[p.structure]:.2f} for {p.structure} from {p.thresholdsFile}"
 
 
+    # ---- the Cohort section: autosegsens tune in a background process ----------------------------------
+    def setupCohort(self):
+        self._cohort = None  # CohortResult of the last finished run
+        self._cohortRunner = BackgroundRunner("AutoSegThreshold cohort", self.onCohortEvents, self.onCohortFinished,
+                                              self.onCohortMessage)
+        self.ui.cohortRunButton.clicked.connect(self.onCohortRun)
+        self.ui.cohortCancelButton.clicked.connect(self.onCohortCancel)
+        self.ui.cohortSaveButton.clicked.connect(self.onCohortSave)
+        self.ui.cohortCaseComboBox.currentIndexChanged.connect(self.onCohortCaseSelected)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onCohortSceneStartClose)
+
+    def cleanupCohort(self):
+        """Module unloaded (also when Slicer quits): a tuning still running is ended with its children."""
+        runner = getattr(self, "_cohortRunner", None)
+        if runner is not None:
+            runner.cleanup()
+
+    def onCohortSceneStartClose(self, caller=None, event=None):
+        self._cohort = None  # its nodes go with the scene
+        self.ui.cohortSummaryTableView.setMRMLTableNode(None)
+        self._fillCohortCases([])
+
+    def cohortStates(self):
+        """ActionState of Run, Cancel, the case selector and Save."""
+        p = self.binding.node if self.binding else None
+        runner = getattr(self, "_cohortRunner", None)
+        running = runner is not None and runner.running
+        has = self._cohort is not None
+        return (actions.cohort_run(p.cohortMapsDir if p else None, p.cohortContoursDir if p else None, running),
+                actions.cohort_cancel(running),
+                actions.cohort_case(has, len(self._cohort.cases) if has else 0, running),
+                actions.cohort_save(has, p.thresholdsFile if p else None, running))
+
+    def updateCohortButtons(self):
+        if getattr(self, "_cohortRunner", None) is None:  # before setupCohort
+            return
+        run, cancel, case, save = self.cohortStates()
+        showState(self.ui.cohortRunButton, run)
+        showState(self.ui.cohortCancelButton, cancel)
+        showState(self.ui.cohortCaseComboBox, case)
+        showState(self.ui.cohortSaveButton, save)
+
+    def onCohortMessage(self, message):
+        self.ui.cohortStatusLabel.text = message
+
+    def _fillCohortCases(self, labels):
+        """The case selector's items, without loading any case (no selection until the user picks one)."""
+        combo = self.ui.cohortCaseComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for text in labels:
+            combo.addItem(text)
+        combo.setCurrentIndex(-1)
+        combo.blockSignals(wasBlocked)
+
+    def onCohortRun(self):
+        import tempfile
+
+        if not ready(self.cohortStates()[0]) or not ensureDependencies():
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start the cohort tuning.", waitCursor=True):
+            p = self.binding.node
+            out = Path(tempfile.mkdtemp(prefix="AutoSegCohort-", dir=slicer.app.temporaryPath))
+            process = self.logic.cohortEngine().start(p.cohortMapsDir, p.cohortContoursDir, out, p.cohortMetric,
+                                                      p.cohortFolds, p.nsdTolerance)
+            self._cohort = None
+            self._fillCohortCases([])
+            self.ui.cohortSummaryTableView.setMRMLTableNode(None)
+            self._cohortRunner.start(process)
+            self.ui.cohortProgressBar.value = 0
+            self.ui.cohortStatusLabel.text = "Cohort tuning started..."
+            self.updateButtons()
+
+    def onCohortEvents(self, process, events):
+        done, total = process.progress()
+        if total:
+            self.ui.cohortProgressBar.maximum = total
+            self.ui.cohortProgressBar.value = done
+        cases = [e for e in events if e.get("event") == "case"]
+        if cases:
+            self.ui.cohortStatusLabel.text = f"Read case {done} of {total}: {cases[-1].get('case')}"
+
+    def onCohortFinished(self, process):
+        self.updateButtons()
+        if process.cancel_requested:
+            self.ui.cohortStatusLabel.text = "Cohort tuning cancelled."
+            return
+        if process.returncode != 0:
+            self.ui.cohortStatusLabel.text = f"Cohort tuning stopped with exit code {process.returncode}."
+            slicer.util.errorDisplay(f"Cohort tuning stopped with exit code {process.returncode}.",
+                                     detailedText=process.error_message())
+            return
+        with slicer.util.tryWithErrorDisplay("Could not read the cohort tuning results.", waitCursor=True):
+            result = self.logic.cohortEngine().load_results(process.out_dir)
+            self._cohort = result
+            self.ui.cohortSummaryTableView.setMRMLTableNode(result.summary_table)
+            self._fillCohortCases([f"{structure} / {case}" for structure, case in result.cases])
+            slicer.modules.plots.logic().ShowChartInLayout(result.chart)
+            self.ui.cohortProgressBar.value = self.ui.cohortProgressBar.maximum
+            self.ui.cohortStatusLabel.text = (f"Done: {len(result.thresholds)} structures; pick a case to check its "
+                                              f"threshold with the slider. Results in {process.out_dir}")
+            self.updateButtons()
+
+    def onCohortCancel(self):
+        """Kills the run and returns at once (no waiting); the poll timer reports the exit."""
+        self._cohortRunner.cancel()
+        self.ui.cohortStatusLabel.text = "Cancelling..."
+
+    def onCohortCaseSelected(self, index=None):
+        """Load the chosen (structure, case) and hand it to the Threshold section: its map and contours
+        checked, the structure named, the live segmentation at the cohort's threshold."""
+        import qt
+
+        index = self.ui.cohortCaseComboBox.currentIndex  # whichever overload of currentIndexChanged called
+        if index < 0 or self._cohort is None or not ready(self.cohortStates()[2]):
+            return
+        with slicer.util.tryWithErrorDisplay("Could not load the case.", waitCursor=True):
+            loaded = self.logic.cohortEngine().load_case(self._cohort, index)
+            for node in (loaded.image, loaded.reference, loaded.segmentation, *loaded.maps.values()):
+                node.CreateDefaultDisplayNodes()
+            for node in self._maps():
+                self.ui.probabilityVolumesSelector.setCheckState(node, qt.Qt.Unchecked)
+            for node in self._references():
+                self.ui.referenceSegmentationsSelector.setCheckState(node, qt.Qt.Unchecked)
+            self.ui.probabilityVolumesSelector.setCheckState(loaded.maps[loaded.structure], qt.Qt.Checked)
+            self.ui.referenceSegmentationsSelector.setCheckState(loaded.reference, qt.Qt.Checked)
+            p = self.binding.currentNode()
+            p.structure = loaded.structure
+            p.liveSegmentation = loaded.segmentation
+            p.threshold = loaded.threshold
+            slicer.util.setSliceViewerLayers(background=loaded.image, foreground=loaded.maps[loaded.structure],
+                                             foregroundOpacity=0.3, fit=True)
+            self.ui.cohortStatusLabel.text = (f"{loaded.case}: {loaded.structure} at the cohort's threshold "
+                                              f"{loaded.threshold:.2f}; move the slider to check it.")
+
+    def onCohortSave(self):
+        """Write every tuned structure's threshold into the thresholds.json (other structures kept)."""
+        if not ready(self.cohortStates()[3]) or not ensureDependencies():
+            return
+        with slicer.util.tryWithErrorDisplay("Could not save the thresholds.", waitCursor=True):
+            p = self.binding.node
+            path = self.logic.cohortEngine().save(self._cohort, actions.path_or_none(p.thresholdsFile))
+            self.ui.cohortStatusLabel.text = f"Thresholds of {', '.join(self._cohort.thresholds)} saved in {path}"
+
+
 class AutoSegThresholdTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer on the phantom sample data: the engine's sweep agrees with the array sweep, and
     the widget (parameter node, buttons, slider) sweeps, updates and applies."""
@@ -236,6 +395,8 @@ class AutoSegThresholdTest(ScriptedLoadableModuleTest):
         self.test_sweep_on_phantom()
         self.setUp()
         self.test_widget_on_phantom()
+        self.setUp()
+        self.test_cohort_on_phantom()
 
     def test_sweep_on_phantom(self):
         import numpy as np
@@ -311,3 +472,123 @@ class AutoSegThresholdTest(ScriptedLoadableModuleTest):
         self.assertAlmostEqual(p.threshold, t_opt)
         logging.info("AutoSegThreshold self-test passed")
         self.delayDisplay("Test passed")
+
+    def test_cohort_on_phantom(self):
+        """The Cohort section on generated phantom cases, the effect of every click checked: Run (progress,
+        summary table, per-case table, chart, case list), a case chosen (loaded and thresholded at the cohort's
+        threshold, p >= t), the slider on it, Save (thresholds.json read back by tune), and Cancel of a second
+        run (returns within 1 s; the process is gone)."""
+        import tempfile
+        import time
+
+        import numpy as np
+
+        from AutoSegSensitivity.mrml import nodes
+        from AutoSegSensitivity.mrml.cohort_logic import write_phantom_cohort
+        from AutoSegSensitivity.tune import read_thresholds
+
+        self.delayDisplay("Cohort tuning from the AutoSegThreshold widget on generated phantom cases")
+        tmp = Path(tempfile.mkdtemp(prefix="AutoSegThresholdCohort-"))
+        mapsDir, contoursDir = write_phantom_cohort(tmp / "cohort", cases=4)
+        widget = slicer.util.getModuleWidget("AutoSegThreshold")
+        widget.enter()
+        p = widget.binding.node
+        for field in ("cohortMapsDir", "cohortContoursDir", "thresholdsFile"):
+            setattr(p, field, None)  # unset, as an empty ctkPathLineEdit gives (Optional[Path])
+        self.assertFalse(widget.ui.cohortRunButton.enabled)
+        self.assertIn("probability-maps folder", widget.ui.cohortRunButton.toolTip)
+        self.assertFalse(widget.ui.cohortCancelButton.enabled)
+        self.assertFalse(widget.ui.cohortSaveButton.enabled)
+        self.assertFalse(widget.ui.cohortCaseComboBox.enabled)
+        widget.ui.cohortMapsDirPathLineEdit.currentPath = str(mapsDir)
+        widget.ui.cohortContoursDirPathLineEdit.currentPath = str(contoursDir)
+        self.assertEqual(Path(p.cohortMapsDir), mapsDir)
+        self.assertEqual(Path(p.cohortContoursDir), contoursDir)
+        widget.ui.cohortMetricComboBox.currentIndex = widget.ui.cohortMetricComboBox.findText("nsd")
+        self.assertEqual(p.cohortMetric, "nsd")
+        widget.ui.cohortMetricComboBox.currentIndex = widget.ui.cohortMetricComboBox.findText("dice")
+        self.assertEqual(p.cohortMetric, "dice")
+        widget.ui.cohortFoldsSpinBox.value = 1  # below the field's WithinRange(2, 20)
+        self.assertEqual(p.cohortFolds, 2)
+        widget.ui.cohortFoldsSpinBox.value = 3
+        self.assertEqual(p.cohortFolds, 3)
+        self.assertTrue(widget.ui.cohortRunButton.enabled, widget.ui.cohortRunButton.toolTip)
+
+        widget.ui.cohortRunButton.click()
+        process = widget._cohortRunner.process
+        self.assertIsNotNone(process)
+        self.assertTrue(widget.ui.cohortCancelButton.enabled)
+        self.assertFalse(widget.ui.cohortRunButton.enabled)
+        deadline = time.time() + 300
+        while widget._cohortRunner.active and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertEqual(process.returncode, 0, process.log_tail())
+        self.assertEqual(process.progress(), (4, 4))
+        self.assertEqual(widget.ui.cohortProgressBar.value, 4)
+        result = widget._cohort
+        self.assertIsNotNone(result, widget.ui.cohortStatusLabel.text)
+        summary = nodes.rows_from_table(result.summary_table)
+        self.assertEqual([r["structure"] for r in summary], list(result.thresholds))
+        self.assertEqual(len(summary), 4)
+        for row in summary:
+            self.assertAlmostEqual(row["threshold"], result.thresholds[row["structure"]])
+            self.assertGreaterEqual(row["dice_at_threshold"], row["dice_at_0.5"])
+        self.assertIs(widget.ui.cohortSummaryTableView.mrmlTableNode(), result.summary_table)
+        self.assertEqual(result.cases_table.GetNumberOfRows(), 16)
+        self.assertEqual(result.chart.GetNumberOfPlotSeriesNodes(), 4)
+        self.assertEqual(widget.ui.cohortCaseComboBox.count, 16)
+        self.assertEqual(widget.ui.cohortCaseComboBox.currentIndex, -1)  # nothing loaded until chosen
+        self.assertTrue(widget.ui.cohortCaseComboBox.enabled, widget.ui.cohortCaseComboBox.toolTip)
+        self.assertIsNone(slicer.mrmlScene.GetFirstNodeByName("case001"))
+
+        row = result.cases.index(("Parotid_L", "case001"))
+        widget.ui.cohortCaseComboBox.currentIndex = row
+        image = slicer.mrmlScene.GetFirstNodeByName("case001")
+        prob = slicer.mrmlScene.GetFirstNodeByName("case001_Parotid_L_prob")
+        self.assertIsNotNone(image)
+        self.assertIsNotNone(prob)
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("case001 reference"))
+        self.assertEqual(p.structure, "Parotid_L")
+        self.assertAlmostEqual(p.threshold, result.thresholds["Parotid_L"])
+        self.assertEqual([n.GetName() for n in widget._maps()], ["case001_Parotid_L_prob"])
+        self.assertEqual([n.GetName() for n in widget._references()], ["case001 reference"])
+        live = p.liveSegmentation
+        self.assertEqual(live.GetName(), "case001 threshold")
+        segmentId = live.GetSegmentation().GetSegmentIdBySegmentName("Parotid_L")
+        probArray = slicer.util.arrayFromVolume(prob)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(live, segmentId, image)
+        np.testing.assert_array_equal(mask > 0, probArray >= np.float32(result.thresholds["Parotid_L"]))
+        widget.onThresholdChanged(0.6, False)  # the slider, released at 0.6, on the chosen case
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(live, segmentId, image)
+        np.testing.assert_array_equal(mask > 0, probArray >= np.float32(0.6))
+
+        path = tmp / "thresholds.json"
+        p.thresholdsFile = path
+        self.assertTrue(widget.ui.cohortSaveButton.enabled, widget.ui.cohortSaveButton.toolTip)
+        widget.ui.cohortSaveButton.click()
+        self.assertEqual(read_thresholds(path), result.thresholds)
+        self.assertIn(str(path), widget.ui.cohortStatusLabel.text)
+
+        widget.ui.cohortRunButton.click()  # a second run, cancelled at once
+        process = widget._cohortRunner.process
+        self.assertTrue(process.running)
+        self.assertTrue(widget.ui.cohortCancelButton.enabled)
+        t0 = time.monotonic()
+        widget.ui.cohortCancelButton.click()
+        self.assertLess(time.monotonic() - t0, 1.0)
+        while process.running and time.monotonic() - t0 < 1.0:
+            time.sleep(0.02)
+        self.assertFalse(process.running)
+        self.assertTrue(process.killed)
+        deadline = time.time() + 10
+        while widget._cohortRunner.active and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertIn("cancelled", widget.ui.cohortStatusLabel.text)
+        self.assertIsNone(widget._cohort)
+        self.assertFalse(widget.ui.cohortSaveButton.enabled)
+        self.assertFalse(widget.ui.cohortCancelButton.enabled)
+        self.assertTrue(widget.ui.cohortRunButton.enabled)
+        logging.info("AutoSegThreshold cohort self-test passed")
+        self.delayDisplay("Cohort test passed")

@@ -30,14 +30,13 @@ try:  # built extension: the shared Lib is installed beside the modules
 except ModuleNotFoundError:  # loaded from a clone: the Lib and the engine sit at the repository root
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 from AutoSegSlicerLib import sampledata
+from AutoSegSlicerLib.background import BackgroundRunner
 from AutoSegSlicerLib.dependencies import ensureDependencies, installForSelfTest
 from AutoSegSlicerLib.enginepath import find_engine
 from AutoSegSlicerLib.widgets import ParameterNodeBinding, loadModuleUI, ready, showState
 
 find_engine(__file__)
 from AutoSegSensitivity.mrml import actions  # noqa: E402  (needs the engine found above)
-
-POLL_MS = 1000
 
 
 class AutoSegTraining(ScriptedLoadableModule):
@@ -93,16 +92,13 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.binding = None
-        self._process = None
         self._chartShown = False
-        self._timer = qt.QTimer()
-        self._timer.setInterval(POLL_MS)
-        self._timer.timeout.connect(self.onPoll)
-        self._predictProcess = None
         self._predictVolume = None
-        self._predictTimer = qt.QTimer()
-        self._predictTimer.setInterval(POLL_MS)
-        self._predictTimer.timeout.connect(self.onPredictPoll)
+        # training and prediction run in background processes, polled, cancelled and ended at cleanup by the Lib
+        self._training = BackgroundRunner("AutoSegTraining train", self.onTrainingEvents, self.onTrainingFinished,
+                                          self.onPollError)
+        self._predicting = BackgroundRunner("AutoSegTraining predict", onFinished=self.onPredictFinished,
+                                            onError=self.onPollError)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -119,9 +115,12 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.binding.initialize()
 
     def cleanup(self):
-        self._timer.stop()
-        self._predictTimer.stop()
-        self.binding.cleanup()
+        """Module unloaded (also when Slicer quits): a training or prediction still running is ended with its
+        children, so none outlives Slicer (a later Resume would otherwise be a second writer)."""
+        self._training.cleanup()
+        self._predicting.cleanup()
+        if self.binding is not None:
+            self.binding.cleanup()
 
     def enter(self):
         self.binding.enter()
@@ -139,8 +138,18 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.binding and self.binding.node:
             setattr(self.binding.node, field, value)
 
+    @property
+    def _process(self):
+        """The training run (a TrainingProcess), or None."""
+        return self._training.process
+
+    @property
+    def _predictProcess(self):
+        """The prediction run (a BackgroundProcess), or None."""
+        return self._predicting.process
+
     def _running(self):
-        return self._process is not None and self._process.running
+        return self._training.running
 
     def trainState(self):
         p = self.binding.node
@@ -152,11 +161,11 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def predictState(self):
         p = self.binding.node
         return actions.predict(p.checkpoint if p else None, p.predictVolume if p else None,
-                               self._predictProcess is not None)
+                               self._predicting.running)
 
     def updateButtons(self):
         showState(self.ui.trainButton, self.trainState())
-        showState(self.ui.cancelButton, actions.cancel(self._running()))
+        showState(self.ui.cancelButton, actions.cancel(self._running(), self._predicting.running))
         showState(self.ui.predictButton, self.predictState())
 
     def _showCudaIfPresent(self):
@@ -177,58 +186,53 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 data = Path(p.outputDir) / "scene-cases"
                 engine.export_cases(engine.pair_scene_cases(volumes), data)
             overrides = [f"model={p.network}", f"loss={p.loss}", f"intensity={p.intensity}", f"epochs={p.epochs}"]
-            self._process = engine.start(p.config, data, p.outputDir, resume=p.resume, device=p.device,
-                                         overrides=overrides)
+            self._chartShown = False
+            self._training.start(engine.start(p.config, data, p.outputDir, resume=p.resume, device=p.device,
+                                              overrides=overrides))
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = "Training started..."
-            self._chartShown = False
-            self._timer.start()
             self.updateButtons()
 
-    def onPoll(self):
+    def onPollError(self, message):
+        self.ui.statusLabel.text = message
+
+    def onTrainingEvents(self, process, events):
         from AutoSegSensitivity.progress import describe_epoch
 
-        process = self._process
-        if process is None:
-            self._timer.stop()
-            return
-        try:
-            events = process.poll()
-            done, total = process.progress()
-            if total:
-                self.ui.progressBar.maximum = total
-                self.ui.progressBar.value = done
-            epochs = [e for e in events if e.get("event") == "epoch"]
-            if epochs:
-                self.ui.statusLabel.text = describe_epoch(epochs[-1])
-                _, chart = self.logic.engine().update_curves(process)
-                if not self._chartShown:  # once per run, whatever number of epochs the first poll read
-                    slicer.modules.plots.logic().ShowChartInLayout(chart)
-                    self._chartShown = True
-            code = process.returncode
-        except Exception as exc:  # a broken event line or a scene change must not kill the timer silently
-            logging.exception("AutoSegTraining poll")
-            code = None
-            self.ui.statusLabel.text = f"Progress could not be read: {exc}"
-        if code is not None:
-            self._timer.stop()
-            self.updateButtons()
-            if code == 0:
-                self.ui.statusLabel.text = f"Done. Checkpoints in {process.out_dir}"
-                self.binding.node.checkpoint = process.out_dir / "best.pt"
-            elif code == 130 or process.cancel_requested:  # a killed run exits -9 (POSIX) or taskkill's code
-                self.ui.statusLabel.text = "Cancelled; the last complete epoch is kept (tick Resume to continue)."
-            else:
-                slicer.util.errorDisplay(f"Training stopped with exit code {code}.",
-                                         detailedText=process.log_tail())
+        done, total = process.progress()
+        if total:
+            self.ui.progressBar.maximum = total
+            self.ui.progressBar.value = done
+        epochs = [e for e in events if e.get("event") == "epoch"]
+        if epochs:
+            self.ui.statusLabel.text = describe_epoch(epochs[-1])
+            _, chart = self.logic.engine().update_curves(process)
+            if not self._chartShown:  # once per run, whatever number of epochs the first poll read
+                slicer.modules.plots.logic().ShowChartInLayout(chart)
+                self._chartShown = True
+
+    def onTrainingFinished(self, process):
+        code = process.returncode
+        self.updateButtons()
+        if code == 0:
+            self.ui.statusLabel.text = f"Done. Checkpoints in {process.out_dir}"
+            # the bound node, or this scene's node when the module is not open (closed scene: binding unset)
+            self.binding.currentNode().checkpoint = process.out_dir / "best.pt"
+        elif code == 130 or process.cancel_requested:  # a killed run exits -9 (POSIX) or taskkill's code
+            self.ui.statusLabel.text = "Cancelled; the last complete epoch is kept (tick Resume to continue)."
+        else:
+            slicer.util.errorDisplay(f"Training stopped with exit code {code}.", detailedText=process.log_tail())
 
     def onCancel(self):
-        """Asks the run to stop and returns at once; the poll timer sees the exit (and kills the run after
-        the grace period if it does not stop by itself)."""
-        if self._process is not None and self._process.running:
-            with slicer.util.tryWithErrorDisplay("Could not cancel training."):
-                self._process.cancel()
+        """Stops what runs and returns at once: training is asked to stop at the next batch (killed after the
+        grace period if it does not), a prediction is killed; the poll timers see the exits."""
+        with slicer.util.tryWithErrorDisplay("Could not cancel."):
+            if self._training.running:
+                self._training.cancel()
                 self.ui.statusLabel.text = "Cancelling at the next batch..."
+            if self._predicting.running:
+                self._predicting.cancel()
+                self.ui.statusLabel.text = "Cancelling the prediction..."
 
     # ---- prediction (background process, polled like training) ---------------------------------------
     def onPredict(self):
@@ -239,20 +243,17 @@ class AutoSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Prediction failed to start.", waitCursor=True):
             p = self.binding.node
             outDir = Path(tempfile.mkdtemp(prefix="AutoSegPredict-", dir=slicer.app.temporaryPath))
-            self._predictProcess = self.logic.engine().start_predict(p.checkpoint, p.predictVolume, outDir,
-                                                                      p.device, p.makeSegmentation)
             self._predictVolume = p.predictVolume
+            self._predicting.start(self.logic.engine().start_predict(p.checkpoint, p.predictVolume, outDir,
+                                                                     p.device, p.makeSegmentation))
             self.ui.statusLabel.text = "Predicting..."
             self.updateButtons()
-            self._predictTimer.start()
 
-    def onPredictPoll(self):
-        process = self._predictProcess
-        if process is None or process.running:
-            return
-        self._predictTimer.stop()
-        self._predictProcess = None
+    def onPredictFinished(self, process):
         self.updateButtons()
+        if process.cancel_requested:
+            self.ui.statusLabel.text = "Prediction cancelled."
+            return
         if process.returncode != 0:
             slicer.util.errorDisplay(f"Prediction stopped with exit code {process.returncode}.",
                                      detailedText=process.log_tail())
@@ -350,7 +351,7 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
         self.assertTrue(widget.ui.cancelButton.enabled)
         self.assertFalse(widget.ui.trainButton.enabled)
         deadline = time.time() + 600
-        while widget._timer.active and time.time() < deadline:
+        while widget._training.active and time.time() < deadline:
             slicer.app.processEvents()
             time.sleep(0.1)
         self.assertEqual(widget._process.returncode, 0, widget._process.log_tail())
@@ -359,7 +360,7 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
         widget.ui.predictVolumeSelector.setCurrentNode(volumes[0])
         self.assertTrue(widget.ui.predictButton.enabled, widget.ui.predictButton.toolTip)
         widget.ui.predictButton.click()
-        while widget._predictTimer.active and time.time() < deadline:
+        while widget._predicting.active and time.time() < deadline:
             slicer.app.processEvents()
             time.sleep(0.1)
         self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("case0_Brain_prob"))

@@ -241,6 +241,24 @@ def test_background_prediction_loads_the_same_maps_into_nodes(trained, tmp_path)
         logic.start_predict(tmp_path / "missing.pt", volume_node, tmp_path / "x")
 
 
+def test_a_background_prediction_is_cancelled_at_once_and_ended_with_its_children(trained, tmp_path):
+    """Issue 19: prediction runs through the same helper as training and tuning, so it can be cancelled
+    (killed at once: predict keeps nothing half-written) and is ended at module cleanup."""
+    from AutoSegSensitivity.mrml.background import BackgroundProcess
+
+    scene, logic, _, _, root, pairs = trained
+    process = logic.start_predict(root / "run" / "best.pt", pairs[0][0], tmp_path / "pred", device="cpu",
+                                  extra_env=ONE_THREAD)
+    assert isinstance(process, BackgroundProcess) and process.running
+    t0 = time.monotonic()
+    assert process.cancel() is None
+    assert _poll_until(process, lambda: not process.running, 1.0) and time.monotonic() - t0 < 1.0
+    assert process.killed and process.cancel_requested and process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "pred" / "prediction" / "segmentation.seg.nrrd").exists()
+    second = logic.start_predict(root / "run" / "best.pt", pairs[0][0], tmp_path / "pred2", device="cpu")
+    assert second.end() == -signal.SIGKILL and not second.running  # what module cleanup does
+
+
 def test_threshold_stored_with_the_model_is_used_for_the_segmentation(trained, tmp_path):
     import shutil
 

@@ -350,9 +350,9 @@ def test_training_cancel_returns_at_once_and_a_killed_run_reads_as_cancelled():
     handler = source[source.index("    def onCancel"):source.index("    # ---- prediction")]
     for blocking in ("waitCursor=True", "processEvents", "sleep", ".wait("):
         assert blocking not in handler, blocking
-    assert "self._process.cancel()" in handler
-    poll = source[source.index("    def onPoll"):source.index("    def onCancel")]
-    assert "process.cancel_requested" in poll
+    assert "self._training.cancel()" in handler and "self._predicting.cancel()" in handler  # the Lib's runners
+    finished = source[source.index("    def onTrainingFinished"):source.index("    def onCancel")]
+    assert "process.cancel_requested" in finished
 
 
 def test_intensity_module_offers_every_engine_preset_in_the_ui_order():

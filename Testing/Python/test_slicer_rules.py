@@ -43,6 +43,7 @@ class Rule:
     bounds_required: bool       # the connector raises unless the field has WithinRange or Minimum+Maximum
     bounds_overwrite_ui: bool   # the connector sets the widget's limits from the field (+-inf / +-2**31 if none)
     source: str                 # where Slicer says so
+    choice_required: bool = False  # the connector raises unless the field has a Choice annotation
 
 
 GUI = "Base/Python/slicer/parameterNodeWrapper/guiConnectors.py"
@@ -75,6 +76,9 @@ RULES: Dict[str, Rule] = {
                             "Optional[Path]: AutoSegSlicerLib/widgets.py registerOptionalPathConnector"),
     "ctkDirectoryButton": Rule(frozenset(PATH_TYPES), False, False,
                                f"{GUI} ctkDirectoryButtonToPathConnector (v5.10.0 l. 709-741)"),
+    "QComboBox": Rule(frozenset({"str", "int", "float", "bool"}), False, False,
+                      f"{GUI} QComboBoxToStringableConnector (v5.10.0 l. 418-463, v5.8.1 l. 355-400: 'requires the "
+                      "Choice annotation'; clears the combo box and adds the choices in order)", choice_required=True),
     "qMRMLNodeComboBox": Rule(frozenset({NODE}), False, False,
                               f"{GUI} qMRMLNodeComboBoxToNodeConnector (v5.10.0 l. 745-776; sets nodeTypes from "
                               "the field's type, overriding the .ui)"),
@@ -262,3 +266,46 @@ def test_no_path_field_shows_a_dot_when_unset(module):
         if f.type in OPTIONAL_PATH_TYPES:
             assert w.cls == "ctkPathLineEdit" and f.default is None, (w.name, w.cls, f.default)
     assert str(Path()) == "."  # what Slicer's own connector would show
+
+
+def _combo_items(module: str, widget: str) -> List[str]:
+    ui = ET.parse(ROOT / "ScriptedModules" / module / "Resources" / "UI" / f"{module}.ui")
+    w = next(w for w in ui.iter("widget") if w.get("name") == widget)
+    return [i.find("property/string").text for i in w.findall("item")]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_combo_boxes_bound_to_a_field_have_its_choices(module):
+    """A QComboBox bound to a str/int/float/bool field needs a Choice annotation (validators.py ``Choice``,
+    l. 126-137 in v5.8.1 and v5.10.0) or connectGui raises; the connector replaces the .ui items by the
+    choices, so the .ui lists the same ones (what the designer shows), and the default is one of them."""
+    fields = parameter_fields(module)
+    problems = []
+    for w in bound_widgets(module):
+        rule, f = RULES.get(w.cls), fields.get(w.parameter)
+        if rule is None or f is None or not rule.choice_required:
+            continue
+        if "Choice" not in f.annotations:
+            problems.append(f"{w.parameter} on {w.cls} has no Choice: connectGui raises ({rule.source})")
+            continue
+        choices = list(f.annotations["Choice"][0])
+        if f.default is not None and f.default not in choices:
+            problems.append(f"{w.parameter}: default {f.default!r} not among {choices}")
+        items = _combo_items(module, w.name)
+        if items and items != [str(c) for c in choices]:
+            problems.append(f"{w.name}: .ui items {items} differ from the choices {choices}")
+    assert not problems, problems
+
+
+def test_the_cohort_fields_are_read_and_match_the_engine():
+    """The Cohort section of AutoSegThreshold: folds bounded as the .ui and as tune needs (>= 2), metric
+    choices = the metrics ``autosegsens tune`` optimises (cohort_logic.METRICS), folders on ctkPathLineEdit."""
+    from AutoSegSensitivity.mrml.cohort_logic import MAX_FOLDS, METRICS, MIN_FOLDS
+
+    fields = parameter_fields("AutoSegThreshold")
+    assert fields["cohortFolds"].bounds == (MIN_FOLDS, MAX_FOLDS) and fields["cohortFolds"].default == 5
+    assert tuple(fields["cohortMetric"].annotations["Choice"][0]) == METRICS and fields["cohortMetric"].default == "dice"
+    widgets = {w.parameter: w for w in bound_widgets("AutoSegThreshold")}
+    assert widgets["cohortMetric"].cls == "QComboBox" and widgets["cohortFolds"].cls == "QSpinBox"
+    assert widgets["cohortMapsDir"].cls == widgets["cohortContoursDir"].cls == "ctkPathLineEdit"
+    assert _combo_items("AutoSegThreshold", "cohortMetricComboBox") == list(METRICS)
