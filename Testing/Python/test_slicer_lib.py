@@ -560,6 +560,9 @@ def fake_connector_world(monkeypatch):
     import typing
 
     class Signal:
+        """A PythonQt signal: a Python slot is called with as many of the signal's arguments as it takes
+        (Slicer's ctkPathLineEditToPathConnector connects ``currentPathChanged(QString)`` to ``changed()``)."""
+
         def __init__(self):
             self.slots = []
 
@@ -569,14 +572,41 @@ def fake_connector_world(monkeypatch):
         def disconnect(self, slot):
             self.slots.remove(slot)
 
+        def emit(self, *args):
+            import inspect
+
+            for slot in list(self.slots):
+                params = inspect.signature(slot).parameters.values()
+                slot(*args[:len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])])
+
     class ctkPathLineEdit:
+        """CTK ``Libs/Widgets/ctkPathLineEdit.cpp`` (dd4caea, Slicer 5.10.0's CTK; 82cae57, 5.8.1's the same):
+        ``currentPath`` is the line edit's text (l. 797-801); a text change runs ``updateHasValidInput``
+        (l. 825-853): ``currentPathChanged`` only when the validator accepts the text, ``validInputChanged``
+        when acceptance changes. Without name filters the validator's pattern is ``.+``
+        (``Libs/Core/ctkUtils.cpp`` l. 179-182), so an empty text is not acceptable."""
+
         def __init__(self):
-            self.currentPath, self.currentPathChanged = "", Signal()
+            self._text, self._valid = "", False
+            self.currentPathChanged, self.validInputChanged = Signal(), Signal()
+
+        @property
+        def currentPath(self):
+            return self._text
+
+        @currentPath.setter
+        def currentPath(self, text):  # setCurrentPath -> QLineEdit::setText -> textChanged when it differs
+            if text == self._text:
+                return
+            self._text = text
+            was, self._valid = self._valid, len(text) > 0  # QRegularExpressionValidator(".+")
+            if self._valid:
+                self.currentPathChanged.emit(text)
+            if self._valid != was:
+                self.validInputChanged.emit(self._valid)
 
         def type_in(self, text):  # the user edits the field
             self.currentPath = text
-            for slot in list(self.currentPathChanged.slots):
-                slot()
 
     class GuiConnector:
         def __init__(self):
@@ -667,6 +697,28 @@ def test_an_unset_optional_path_shows_empty_and_an_emptied_field_reads_none(fake
     connector.write(Path("/out"))
     assert edit.currentPath == "/out"
     assert type(world.create(world.edit(), Path)).__name__ == "SlicersPathConnector"  # Path fields untouched
+
+
+def test_clearing_a_chosen_path_unsets_the_field(fake_connector_world):
+    """Review of issue 19's fix: an emptied ctkPathLineEdit emits no currentPathChanged (the validator's
+    ``.+`` does not accept ''; ctkPathLineEdit.cpp updateHasValidInput), only validInputChanged(false); the
+    connector listened to currentPathChanged alone, so clearing a chosen path left it in the parameter node."""
+    import typing
+
+    world = fake_connector_world
+    world.widgets.registerOptionalPathConnector()
+    edit, values = world.edit(), []
+    connector = world.create(edit, typing.Optional[Path])
+    connector.write(Path("/data/model.pt"))  # the node holds a chosen path
+    connector.onChanged(lambda: values.append(connector.read()))
+    edit.type_in("")  # the user deletes it
+    assert values == [None]
+    edit.type_in("/data/other.pt")  # becoming valid again reads once, from currentPathChanged
+    assert values == [None, Path("/data/other.pt")]
+    connector.onChanged(None)  # disconnect (wrapper.py _disconnectGui): no slot of the connector is left
+    assert edit.currentPathChanged.slots == [] and edit.validInputChanged.slots == []
+    edit.type_in("")
+    assert values == [None, Path("/data/other.pt")]
 
 
 def test_the_optional_path_connector_is_registered_before_the_gui_is_bound():
