@@ -2,7 +2,8 @@
 computer, nothing downloaded. The button makes the nodes in memory (``loadPhantom``, with the first map
 shown over the CT); ``SampleData.downloadSample("AutoSegPhantom")``, which loads only what a source's URIs
 list, loads the same nodes from files written once into Slicer's cache folder and named by ``file://``
-URIs (``AutoSegSensitivity.mrml.sampledata.write_phantom_files`` / ``sample_data_source_fields``)."""
+URIs with their SHA-256 checksums, so that SampleData's cached copies follow a changed phantom
+(``AutoSegSensitivity.mrml.sampledata.write_phantom_files`` / ``sample_data_source_fields``)."""
 
 from __future__ import annotations
 

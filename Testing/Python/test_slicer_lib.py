@@ -738,8 +738,9 @@ class SampleDataModel:
     SampleDataSource whose fields must have equal lengths (l. 205-215) to ``slicer.modules.sampleDataSources``;
     ``downloadSample`` is ``downloadSamples(name)[0]`` (l. 987-991) and ``downloadSamples`` is
     ``downloadFromSource(source)`` (l. 993-1001), which never calls ``customDownloader`` (only the button
-    does, l. 445-446): for each (uri, fileName, nodeName, loadFileType) it downloads ``uri`` into
-    ``<cache>/<fileName>`` unless the file is there (``downloadFile`` l. 1079-1100: ``urllib.request.urlretrieve``)
+    does, l. 445-446): for each (uri, fileName, nodeName, loadFileType, checksum) it downloads ``uri`` into
+    ``<cache>/<fileName>`` unless the file is there (``downloadFile`` l. 1079-1129: ``urllib.request.urlretrieve``;
+    a file already there is reused unless a checksum is given and its digest differs, then it is fetched again)
     and, with a node name, loads it as that node (l. 900-908). Loading is done here with slicer-core's
     storage nodes."""
 
@@ -758,24 +759,34 @@ class SampleDataModel:
                 uris = list(uris or [])
                 loadFileTypes = list(loadFileTypes) if isinstance(loadFileTypes, (list, tuple)) else [loadFileTypes] * len(uris)
                 nodeNames = list(nodeNames) if nodeNames is not None else [None] * len(uris)
-                assert len(uris) == len(fileNames) == len(nodeNames) == len(loadFileTypes)
+                checksums = list(checksums) if checksums is not None else [None] * len(uris)
+                assert len(uris) == len(fileNames) == len(nodeNames) == len(loadFileTypes) == len(checksums)
                 source = types.SimpleNamespace(sampleName=sampleName, uris=uris, fileNames=list(fileNames),
                                                nodeNames=nodeNames, loadFileTypes=loadFileTypes,
-                                               customDownloader=customDownloader)
+                                               checksums=checksums, customDownloader=customDownloader)
                 model.sources.setdefault(category, []).append(source)
 
         self.module = types.SimpleNamespace(SampleDataLogic=SampleDataLogic)
 
     def downloadSamples(self, name):
+        import hashlib
         import urllib.request
 
         source = next(s for c in self.sources.values() for s in c if s.sampleName == name)
         nodes = []
-        for uri, file_name, node_name, file_type in zip(source.uris, source.fileNames, source.nodeNames,
-                                                        source.loadFileTypes):
+        for uri, file_name, node_name, file_type, checksum in zip(source.uris, source.fileNames, source.nodeNames,
+                                                                  source.loadFileTypes, source.checksums):
             path = self.cache / file_name
+            if path.exists() and path.stat().st_size > 0 and checksum is not None:
+                algo, digest = checksum.split(":")  # slicer.util.extractAlgoAndDigest
+                assert algo in ("SHA256", "SHA512", "MD5") and len(digest) == {"SHA256": 64, "SHA512": 128, "MD5": 32}[algo]
+                if hashlib.new(algo, path.read_bytes()).hexdigest() != digest:  # slicer.util.computeChecksum
+                    path.unlink()  # "File already exists in cache but checksum is different - re-downloading it."
             if not path.exists() or path.stat().st_size == 0:
                 urllib.request.urlretrieve(uri, str(path))
+                if checksum is not None:
+                    algo, digest = checksum.split(":")
+                    assert hashlib.new(algo, path.read_bytes()).hexdigest() == digest, "Checksum verification failed"
             if node_name:
                 cls, storage = {"VolumeFile": ("vtkMRMLScalarVolumeNode", "vtkMRMLVolumeArchetypeStorageNode"),
                                 "SegmentationFile": ("vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode")}[file_type]
@@ -811,7 +822,7 @@ def sample_data(monkeypatch, tmp_path):
         monkeypatch.setattr(engine, "write_phantom_files", lambda folder: small(folder, shape=(10, 40, 40)))
     from AutoSegSlicerLib import sampledata as lib
 
-    return types.SimpleNamespace(lib=lib, model=model, scene=scene, engine=engine, tmp=tmp_path)
+    return types.SimpleNamespace(lib=lib, model=model, scene=scene, engine=engine, tmp=tmp_path, write=small)
 
 
 def test_download_sample_loads_the_registered_phantom(sample_data):
@@ -838,6 +849,28 @@ def test_download_sample_loads_the_registered_phantom(sample_data):
     want = expected.reference.GetSegmentation()
     assert [ref.GetNthSegment(i).GetName() for i in range(ref.GetNumberOfSegments())] == \
         [want.GetNthSegment(i).GetName() for i in range(want.GetNumberOfSegments())]
+
+
+def test_download_sample_loads_a_changed_phantom_not_the_copy_cached_from_the_old_one(sample_data, monkeypatch):
+    """Review of issue 19's fix: SampleData copies each file:// URI into ``<cache>/<fileName>`` and, without a
+    checksum, reuses that copy forever (SampleData.py ``downloadFile``, v5.10.0 l. 1079-1129, v5.8.1
+    l. 934-980). Raising PHANTOM_FILES_VERSION wrote new files into a new folder, but downloadSample went on
+    loading the old copies; the source's checksums make SampleData copy a file whose digest changed."""
+    from AutoSegSensitivity.mrml import nodes
+
+    lib, model, engine = sample_data.lib, sample_data.model, sample_data.engine
+    lib.registerSampleData()
+    assert nodes.volume_from_node(model.downloadSample(lib.SAMPLE_NAME)).array.shape == (10, 40, 40)
+    # a later release changes the phantom and raises the version; a new session registers it again
+    monkeypatch.setattr(lib, "PHANTOM_FILES_VERSION", lib.PHANTOM_FILES_VERSION + 1)
+    monkeypatch.setattr(engine, "write_phantom_files", lambda folder: sample_data.write(folder, shape=(12, 40, 40)))
+    model.sources.clear()
+    lib.registerSampleData()
+    ct = model.downloadSample(lib.SAMPLE_NAME)
+    assert nodes.volume_from_node(ct).array.shape == (12, 40, 40), "the cached copy of the old phantom was loaded"
+    (source,) = model.sources[lib.CATEGORY]  # as slicer.util.extractAlgoAndDigest wants them
+    assert len(source.checksums) == len(source.uris)
+    assert all(c.startswith("SHA256:") and len(c) == len("SHA256:") + 64 for c in source.checksums)
 
 
 def test_the_old_registration_without_uris_raises_index_error_in_the_model(sample_data):
