@@ -67,8 +67,10 @@ def addButtonsToSampleDataWidget() -> None:
     once, in setup, from ``slicer.modules.sampleDataSources`` (SampleData.py ``setup`` /
     ``setCategoriesFromSampleDataSources``), so a source registered later has none. The category's frame is
     built by SampleData's own ``setCategoriesFromSampleDataSources`` on a staging layout and put before the
-    last frame ("Load data from URL"); nothing is done when the frame is already there (a widget built now
-    has it)."""
+    last frame ("Load data from URL"); nothing is done when the frame is already there. Note that
+    ``slicer.util.getModuleWidget`` builds the Sample Data widget when it was not built yet
+    (``module.widgetRepresentation()``, Base/QTCore/qSlicerAbstractCoreModule.cxx: created on first call);
+    such a widget is built after the registration above, so it already has the frame."""
     import qt
 
     try:
