@@ -534,6 +534,78 @@ def test_the_self_test_dependency_step_consents_and_the_actions_ask(monkeypatch)
     monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies")
 
 
+def test_under_testing_the_self_test_installs_without_a_dialog_and_an_action_installs_nothing(monkeypatch):
+    """What happens under ``--testing`` (review of issue 19, finding 3), on a restatement of the sources:
+
+    * Slicer/Slicer ``Base/Python/slicer/util.py`` (v5.10.0 l. 3081-3093 and 3124-3155; v5.8.1 l. 2992-3004
+      and 3035-3066): ``confirmOkCancelDisplay`` returns ``_messageDisplay(...) == qt.QMessageBox.Ok``, and
+      ``_messageDisplay`` returns its ``testingReturnValue`` True without a dialog when
+      ``slicer.app.testingEnabled()``; True == QMessageBox.Ok (0x400, a PythonQt int enum) is False, so the
+      dialog is skipped and the answer reads as no.
+    * fepegar/SlicerPyTorch ``PyTorchUtils/PyTorchUtils.py`` (main, e1c85cc) ``installTorch`` l. 207-214:
+      it asks (``confirmOkCancelDisplay``) only ``if askConfirmation and not
+      slicer.app.commandOptions().testingEnabled``.
+
+    So no modal dialog can block a self-test; an action's own dependency step installs nothing (its consent
+    reads as no), which is why every self-test runs ``installForSelfTest`` first: it answers yes itself,
+    pip installs, and PyTorchUtils installs torch without asking."""
+    import importlib
+    import types
+
+    from AutoSegSensitivity.mrml import dependencies as engine
+
+    events = []
+    QMessageBox_Ok = 0x00000400
+
+    def _messageDisplay(logLevel, text, testingReturnValue, **kwargs):
+        if app.testingEnabled():
+            return testingReturnValue
+        events.append(("dialog", text))  # a modal dialog: must never be reached under --testing
+        return QMessageBox_Ok
+
+    app = types.SimpleNamespace(testingEnabled=lambda: True,
+                                commandOptions=lambda: types.SimpleNamespace(testingEnabled=True))
+    util = types.SimpleNamespace(
+        confirmOkCancelDisplay=lambda text, **kw: _messageDisplay(20, text, True, **kw) == QMessageBox_Ok,
+        pip_install=lambda req: events.append(("pip", req)) or state["missing"].clear(),
+        errorDisplay=lambda text, **kw: events.append(("error", text)),
+        showStatusMessage=lambda text, ms=0: None)
+    slicer = types.SimpleNamespace(app=app, util=util)
+    monkeypatch.setitem(sys.modules, "slicer", slicer)
+
+    state = {"torch": None, "missing": ["slicerio>=1.0"]}
+
+    class PyTorchUtilsLogic:
+        @staticmethod
+        def torchInstalled():
+            return state["torch"] is not None
+
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
+                         torchvisionVersionRequirement=None):
+            if askConfirmation and not slicer.app.commandOptions().testingEnabled:
+                if not slicer.util.confirmOkCancelDisplay("PyTorch will be downloaded"):
+                    return None
+            events.append(("installTorch", torchVersionRequirement))
+            state["torch"] = "2.5.0"
+            return types.SimpleNamespace(__version__="2.5.0")
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    monkeypatch.setattr(engine, "torch_missing", lambda: state["torch"] is None)
+    monkeypatch.setattr(engine, "torch_version", lambda: state["torch"])
+    monkeypatch.setattr(engine, "missing_packages", lambda packages=None: list(state["missing"]))
+    monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies", raising=False)
+    lib = importlib.import_module("AutoSegSlicerLib.dependencies")
+
+    assert slicer.util.confirmOkCancelDisplay("Install?") is False  # skipped, and read as no
+    assert lib.ensureDependencies(needTorch=True) is False  # an action in a self-test: nothing installed
+    assert [e for e in events if e[0] != "error"] == []
+    events.clear()
+    assert lib.installForSelfTest(needTorch=True) is True
+    assert events[:2] == [("installTorch", engine.TORCH_REQUIREMENT), ("pip", '"slicerio>=1.0"')], events
+    assert not [e for e in events if e[0] in ("dialog", "error")], events  # no dialog, no error
+    monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies")
+
+
 # ---- unset path fields show empty, not "." (issue 19, finding 5) -----------------------------------------
 def test_path_field_values_and_line_edit_text():
     import typing
