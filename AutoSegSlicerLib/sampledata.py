@@ -2,7 +2,8 @@
 computer, nothing downloaded. The button makes the nodes in memory (``loadPhantom``, with the first map
 shown over the CT); ``SampleData.downloadSample("AutoSegPhantom")``, which loads only what a source's URIs
 list, loads the same nodes from files written once into Slicer's cache folder and named by ``file://``
-URIs (``AutoSegSensitivity.mrml.sampledata.write_phantom_files`` / ``sample_data_source_fields``)."""
+URIs with their SHA-256 checksums, so that SampleData's cached copies follow a changed phantom
+(``AutoSegSensitivity.mrml.sampledata.write_phantom_files`` / ``sample_data_source_fields``)."""
 
 from __future__ import annotations
 
@@ -66,8 +67,10 @@ def addButtonsToSampleDataWidget() -> None:
     once, in setup, from ``slicer.modules.sampleDataSources`` (SampleData.py ``setup`` /
     ``setCategoriesFromSampleDataSources``), so a source registered later has none. The category's frame is
     built by SampleData's own ``setCategoriesFromSampleDataSources`` on a staging layout and put before the
-    last frame ("Load data from URL"); nothing is done when the frame is already there (a widget built now
-    has it)."""
+    last frame ("Load data from URL"); nothing is done when the frame is already there. Note that
+    ``slicer.util.getModuleWidget`` builds the Sample Data widget when it was not built yet
+    (``module.widgetRepresentation()``, Base/QTCore/qSlicerAbstractCoreModule.cxx: created on first call);
+    such a widget is built after the registration above, so it already has the frame."""
     import qt
 
     try:

@@ -129,7 +129,13 @@ def registerOptionalPathConnector() -> None:
     shows as an empty field (Slicer's own Path connector would show '.'), an empty field reads as None
     (``AutoSegSensitivity.mrml.path_fields``). Slicer picks the first registered connector that can
     represent a (widget, type) pair (``guiConnectors.py`` createGuiConnector); none of Slicer's represents
-    ``Optional[Path]``, so this one is chosen for exactly those fields."""
+    ``Optional[Path]``, so this one is chosen for exactly those fields.
+
+    A cleared field is read too: ctkPathLineEdit emits ``currentPathChanged`` only for acceptable input
+    (CTK ``Libs/Widgets/ctkPathLineEdit.cpp`` updateHasValidInput, l. 825-853 at dd4caea, Slicer 5.10.0's
+    CTK; l. 819-847 at 82cae57, Slicer 5.8.1's), and without name filters its validator's pattern is ``.+``
+    (``Libs/Core/ctkUtils.cpp`` l. 179-182 in both), which an empty text does not match; emptying the field
+    emits only ``validInputChanged(false)``, so the connector listens to that as well."""
     global _pathConnectorRegistered
     if _pathConnectorRegistered:
         return
@@ -156,9 +162,15 @@ def registerOptionalPathConnector() -> None:
 
         def _connect(self) -> None:
             self._widget.currentPathChanged.connect(self.changed)
+            self._widget.validInputChanged.connect(self._validInputChanged)
 
         def _disconnect(self) -> None:
             self._widget.currentPathChanged.disconnect(self.changed)
+            self._widget.validInputChanged.disconnect(self._validInputChanged)
+
+        def _validInputChanged(self, valid: bool) -> None:
+            if not valid:  # emptied: no currentPathChanged comes
+                self.changed()
 
         def widget(self) -> Any:
             return self._widget

@@ -15,6 +15,7 @@ then finds.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -124,11 +125,27 @@ def write_phantom_files(folder: Union[str, Path], seed: int = 0, shape: Optional
 
 def sample_data_source_fields(folder: Union[str, Path]) -> Dict[str, List[str]]:
     """The SampleData source fields of the phantom files in ``folder``: ``uris`` (``file://`` URIs),
-    ``fileNames`` (the names SampleData gives them in its cache), ``nodeNames`` and ``loadFileTypes``, one
-    entry per file of :func:`phantom_files` (SampleDataSource wants them of equal length)."""
+    ``fileNames`` (the names SampleData gives them in its cache), ``nodeNames``, ``loadFileTypes`` and
+    ``checksums`` (``"SHA256:<hex digest>"`` of each file), one entry per file of :func:`phantom_files`
+    (SampleDataSource wants them of equal length).
+
+    The checksums matter: SampleData copies each URI into ``<cache>/<fileName>`` and, without a checksum,
+    reuses a copy already there forever (Slicer/Slicer ``Modules/Scripted/SampleData/SampleData.py``
+    ``downloadFile``, v5.10.0 l. 1079-1129, v5.8.1 l. 934-980); with one, a copy whose digest differs (an
+    older phantom, a damaged copy) is copied again."""
     files = phantom_files()
     folder = Path(folder).resolve()
     return {"uris": [(folder / f.file_name).as_uri() for f in files],
             "fileNames": [f.file_name for f in files],
             "nodeNames": [f.node_name for f in files],
-            "loadFileTypes": [f.file_type for f in files]}
+            "loadFileTypes": [f.file_type for f in files],
+            "checksums": [f"SHA256:{_sha256(folder / f.file_name)}" for f in files]}
+
+
+def _sha256(path: Path) -> str:
+    """Lower-case hex SHA-256 of a file (what ``slicer.util.computeChecksum("SHA256", path)`` returns)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -363,3 +363,72 @@ def test_each_module_passes_the_generic_tests_assertions(module):
         assert attr in parent, attr
         assert isinstance(parent[attr], (str, list)) and parent[attr] != "" and parent[attr] != [], (attr, parent[attr])
     assert parent["acknowledgementText"].strip()
+
+
+# ---- the other checks of the Extensions Index pull-request check (review of issue 19, finding 1) ----------
+# Slicer/ExtensionsIndex ``scripts/check_description_files.py`` (main, commit 07f1d1b), the checks ``main``
+# runs (l. 628-640) besides the three above and the schema restated at the top of this file.
+INDEX_ACCEPTED_CATEGORIES_EXCERPT = ["Segmentation", "Utilities", "Radiotherapy", "Quantification"]  # l. 802-864
+INDEX_PROJECT_PATTERN = r'project\s*\(\s*([^\s\)\n\r]+)'  # l. 402
+INDEX_ICON_URL_PATTERN = r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)'  # l. 424
+INDEX_SCREENSHOT_URLS_PATTERN = r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)'  # l. 440
+
+
+def test_index_json_file_format_is_json_with_lf_line_endings():
+    """check_json_file_format (l. 97-114): the description file parses as JSON and has no CR byte."""
+    import json
+
+    data = (ROOT / "AutoSegSensitivity.json").read_bytes()
+    json.loads(data.decode("utf-8"))
+    assert b"\r" not in data
+    attributes = ROOT / ".gitattributes"  # a checkout must not turn it into CRLF either
+    assert not attributes.is_file() or "eol=crlf" not in attributes.read_text()
+
+
+def test_index_category_and_scm_url_syntax():
+    """check_category (l. 168-172): the category is one of ACCEPTED_EXTENSION_CATEGORIES (l. 802-864, which
+    lists "Segmentation"); check_scm_url_syntax (l. 175-187): scm_url has "://" and the scheme git or https."""
+    import urllib.parse
+
+    entry = _catalog_entry()
+    assert entry["category"] in INDEX_ACCEPTED_CATEGORIES_EXCERPT and entry["category"] == "Segmentation"
+    assert "://" in entry["scm_url"] and urllib.parse.urlsplit(entry["scm_url"]).scheme in ("git", "https")
+
+
+def test_index_cmakelists_content_is_found_by_the_index_patterns():
+    """check_cmakelists_content (l. 369-460): the first ``project(`` names the extension (the .json file's
+    name), and EXTENSION_ICONURL / EXTENSION_SCREENSHOTURLS are found by the index's own patterns (the
+    images are then downloaded: they must exist at the published repository, see the URL tests above)."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    projects = re.findall(INDEX_PROJECT_PATTERN, text, re.IGNORECASE | re.MULTILINE)
+    assert projects and projects[0].strip().strip('"').strip("'") == (ROOT / "AutoSegSensitivity.json").stem
+    icon = re.findall(INDEX_ICON_URL_PATTERN, text, re.IGNORECASE | re.MULTILINE)
+    assert icon and icon[0].strip() == _cmake_field("EXTENSION_ICONURL") and icon[0].startswith("http")
+    shots = re.findall(INDEX_SCREENSHOT_URLS_PATTERN, text, re.IGNORECASE | re.MULTILINE)
+    assert shots and shots[0].split() == _cmake_field("EXTENSION_SCREENSHOTURLS").split()
+    assert all(u.lower().endswith((".png", ".jpg", ".jpeg", ".gif")) for u in icon + shots[0].split())
+
+
+def test_index_repository_size_is_far_below_the_limit():
+    """check_repository_size (l. 463-483): the cloned repository must not exceed 100 MB. The tracked files
+    (what a clone checks out) are counted here; test data stays out of the repository (fetch_test_data.py)."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    files = [ROOT / p for p in listed.decode().split("\0") if p]
+    total = sum(p.stat().st_size for p in files if p.is_file())
+    assert total < 20 * 1024 * 1024, f"{total / 1048576:.1f} MB tracked"
+
+
+def test_index_build_dependencies_are_extensions_of_the_index():
+    """check_dependencies (l. 510-547): every build_dependencies name must be the name of a description file
+    of the index; ``PyTorch.json`` is there (scm_url https://github.com/fepegar/SlicerPyTorch.git)."""
+    assert _catalog_entry()["build_dependencies"] == ["PyTorch"]
+
+
+def test_the_readme_says_the_repository_needs_the_index_topic():
+    """check_git_repository_topics (l. 236-272): a GitHub repository must carry the topic
+    "3d-slicer-extension" (read from the GitHub API), which no file of the repository can hold: the README
+    says so where it lists what the index needs."""
+    readme = (ROOT / "README.md").read_text()
+    part = readme[readme.index("check_description_files.py"):]
+    part = part[:part.index("\n\n")]
+    assert "3d-slicer-extension" in part and "topic" in part

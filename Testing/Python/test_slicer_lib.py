@@ -534,6 +534,78 @@ def test_the_self_test_dependency_step_consents_and_the_actions_ask(monkeypatch)
     monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies")
 
 
+def test_under_testing_the_self_test_installs_without_a_dialog_and_an_action_installs_nothing(monkeypatch):
+    """What happens under ``--testing`` (review of issue 19, finding 3), on a restatement of the sources:
+
+    * Slicer/Slicer ``Base/Python/slicer/util.py`` (v5.10.0 l. 3081-3093 and 3124-3155; v5.8.1 l. 2992-3004
+      and 3035-3066): ``confirmOkCancelDisplay`` returns ``_messageDisplay(...) == qt.QMessageBox.Ok``, and
+      ``_messageDisplay`` returns its ``testingReturnValue`` True without a dialog when
+      ``slicer.app.testingEnabled()``; True == QMessageBox.Ok (0x400, a PythonQt int enum) is False, so the
+      dialog is skipped and the answer reads as no.
+    * fepegar/SlicerPyTorch ``PyTorchUtils/PyTorchUtils.py`` (main, e1c85cc) ``installTorch`` l. 207-214:
+      it asks (``confirmOkCancelDisplay``) only ``if askConfirmation and not
+      slicer.app.commandOptions().testingEnabled``.
+
+    So no modal dialog can block a self-test; an action's own dependency step installs nothing (its consent
+    reads as no), which is why every self-test runs ``installForSelfTest`` first: it answers yes itself,
+    pip installs, and PyTorchUtils installs torch without asking."""
+    import importlib
+    import types
+
+    from AutoSegSensitivity.mrml import dependencies as engine
+
+    events = []
+    QMessageBox_Ok = 0x00000400
+
+    def _messageDisplay(logLevel, text, testingReturnValue, **kwargs):
+        if app.testingEnabled():
+            return testingReturnValue
+        events.append(("dialog", text))  # a modal dialog: must never be reached under --testing
+        return QMessageBox_Ok
+
+    app = types.SimpleNamespace(testingEnabled=lambda: True,
+                                commandOptions=lambda: types.SimpleNamespace(testingEnabled=True))
+    util = types.SimpleNamespace(
+        confirmOkCancelDisplay=lambda text, **kw: _messageDisplay(20, text, True, **kw) == QMessageBox_Ok,
+        pip_install=lambda req: events.append(("pip", req)) or state["missing"].clear(),
+        errorDisplay=lambda text, **kw: events.append(("error", text)),
+        showStatusMessage=lambda text, ms=0: None)
+    slicer = types.SimpleNamespace(app=app, util=util)
+    monkeypatch.setitem(sys.modules, "slicer", slicer)
+
+    state = {"torch": None, "missing": ["slicerio>=1.0"]}
+
+    class PyTorchUtilsLogic:
+        @staticmethod
+        def torchInstalled():
+            return state["torch"] is not None
+
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
+                         torchvisionVersionRequirement=None):
+            if askConfirmation and not slicer.app.commandOptions().testingEnabled:
+                if not slicer.util.confirmOkCancelDisplay("PyTorch will be downloaded"):
+                    return None
+            events.append(("installTorch", torchVersionRequirement))
+            state["torch"] = "2.5.0"
+            return types.SimpleNamespace(__version__="2.5.0")
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    monkeypatch.setattr(engine, "torch_missing", lambda: state["torch"] is None)
+    monkeypatch.setattr(engine, "torch_version", lambda: state["torch"])
+    monkeypatch.setattr(engine, "missing_packages", lambda packages=None: list(state["missing"]))
+    monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies", raising=False)
+    lib = importlib.import_module("AutoSegSlicerLib.dependencies")
+
+    assert slicer.util.confirmOkCancelDisplay("Install?") is False  # skipped, and read as no
+    assert lib.ensureDependencies(needTorch=True) is False  # an action in a self-test: nothing installed
+    assert [e for e in events if e[0] != "error"] == []
+    events.clear()
+    assert lib.installForSelfTest(needTorch=True) is True
+    assert events[:2] == [("installTorch", engine.TORCH_REQUIREMENT), ("pip", '"slicerio>=1.0"')], events
+    assert not [e for e in events if e[0] in ("dialog", "error")], events  # no dialog, no error
+    monkeypatch.delitem(sys.modules, "AutoSegSlicerLib.dependencies")
+
+
 # ---- unset path fields show empty, not "." (issue 19, finding 5) -----------------------------------------
 def test_path_field_values_and_line_edit_text():
     import typing
@@ -560,6 +632,9 @@ def fake_connector_world(monkeypatch):
     import typing
 
     class Signal:
+        """A PythonQt signal: a Python slot is called with as many of the signal's arguments as it takes
+        (Slicer's ctkPathLineEditToPathConnector connects ``currentPathChanged(QString)`` to ``changed()``)."""
+
         def __init__(self):
             self.slots = []
 
@@ -569,14 +644,41 @@ def fake_connector_world(monkeypatch):
         def disconnect(self, slot):
             self.slots.remove(slot)
 
+        def emit(self, *args):
+            import inspect
+
+            for slot in list(self.slots):
+                params = inspect.signature(slot).parameters.values()
+                slot(*args[:len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])])
+
     class ctkPathLineEdit:
+        """CTK ``Libs/Widgets/ctkPathLineEdit.cpp`` (dd4caea, Slicer 5.10.0's CTK; 82cae57, 5.8.1's the same):
+        ``currentPath`` is the line edit's text (l. 797-801); a text change runs ``updateHasValidInput``
+        (l. 825-853): ``currentPathChanged`` only when the validator accepts the text, ``validInputChanged``
+        when acceptance changes. Without name filters the validator's pattern is ``.+``
+        (``Libs/Core/ctkUtils.cpp`` l. 179-182), so an empty text is not acceptable."""
+
         def __init__(self):
-            self.currentPath, self.currentPathChanged = "", Signal()
+            self._text, self._valid = "", False
+            self.currentPathChanged, self.validInputChanged = Signal(), Signal()
+
+        @property
+        def currentPath(self):
+            return self._text
+
+        @currentPath.setter
+        def currentPath(self, text):  # setCurrentPath -> QLineEdit::setText -> textChanged when it differs
+            if text == self._text:
+                return
+            self._text = text
+            was, self._valid = self._valid, len(text) > 0  # QRegularExpressionValidator(".+")
+            if self._valid:
+                self.currentPathChanged.emit(text)
+            if self._valid != was:
+                self.validInputChanged.emit(self._valid)
 
         def type_in(self, text):  # the user edits the field
             self.currentPath = text
-            for slot in list(self.currentPathChanged.slots):
-                slot()
 
     class GuiConnector:
         def __init__(self):
@@ -669,6 +771,28 @@ def test_an_unset_optional_path_shows_empty_and_an_emptied_field_reads_none(fake
     assert type(world.create(world.edit(), Path)).__name__ == "SlicersPathConnector"  # Path fields untouched
 
 
+def test_clearing_a_chosen_path_unsets_the_field(fake_connector_world):
+    """Review of issue 19's fix: an emptied ctkPathLineEdit emits no currentPathChanged (the validator's
+    ``.+`` does not accept ''; ctkPathLineEdit.cpp updateHasValidInput), only validInputChanged(false); the
+    connector listened to currentPathChanged alone, so clearing a chosen path left it in the parameter node."""
+    import typing
+
+    world = fake_connector_world
+    world.widgets.registerOptionalPathConnector()
+    edit, values = world.edit(), []
+    connector = world.create(edit, typing.Optional[Path])
+    connector.write(Path("/data/model.pt"))  # the node holds a chosen path
+    connector.onChanged(lambda: values.append(connector.read()))
+    edit.type_in("")  # the user deletes it
+    assert values == [None]
+    edit.type_in("/data/other.pt")  # becoming valid again reads once, from currentPathChanged
+    assert values == [None, Path("/data/other.pt")]
+    connector.onChanged(None)  # disconnect (wrapper.py _disconnectGui): no slot of the connector is left
+    assert edit.currentPathChanged.slots == [] and edit.validInputChanged.slots == []
+    edit.type_in("")
+    assert values == [None, Path("/data/other.pt")]
+
+
 def test_the_optional_path_connector_is_registered_before_the_gui_is_bound():
     source = (LIB / "widgets.py").read_text()
     body = source[source.index("def loadModuleUI"):]
@@ -686,8 +810,9 @@ class SampleDataModel:
     SampleDataSource whose fields must have equal lengths (l. 205-215) to ``slicer.modules.sampleDataSources``;
     ``downloadSample`` is ``downloadSamples(name)[0]`` (l. 987-991) and ``downloadSamples`` is
     ``downloadFromSource(source)`` (l. 993-1001), which never calls ``customDownloader`` (only the button
-    does, l. 445-446): for each (uri, fileName, nodeName, loadFileType) it downloads ``uri`` into
-    ``<cache>/<fileName>`` unless the file is there (``downloadFile`` l. 1079-1100: ``urllib.request.urlretrieve``)
+    does, l. 445-446): for each (uri, fileName, nodeName, loadFileType, checksum) it downloads ``uri`` into
+    ``<cache>/<fileName>`` unless the file is there (``downloadFile`` l. 1079-1129: ``urllib.request.urlretrieve``;
+    a file already there is reused unless a checksum is given and its digest differs, then it is fetched again)
     and, with a node name, loads it as that node (l. 900-908). Loading is done here with slicer-core's
     storage nodes."""
 
@@ -706,24 +831,34 @@ class SampleDataModel:
                 uris = list(uris or [])
                 loadFileTypes = list(loadFileTypes) if isinstance(loadFileTypes, (list, tuple)) else [loadFileTypes] * len(uris)
                 nodeNames = list(nodeNames) if nodeNames is not None else [None] * len(uris)
-                assert len(uris) == len(fileNames) == len(nodeNames) == len(loadFileTypes)
+                checksums = list(checksums) if checksums is not None else [None] * len(uris)
+                assert len(uris) == len(fileNames) == len(nodeNames) == len(loadFileTypes) == len(checksums)
                 source = types.SimpleNamespace(sampleName=sampleName, uris=uris, fileNames=list(fileNames),
                                                nodeNames=nodeNames, loadFileTypes=loadFileTypes,
-                                               customDownloader=customDownloader)
+                                               checksums=checksums, customDownloader=customDownloader)
                 model.sources.setdefault(category, []).append(source)
 
         self.module = types.SimpleNamespace(SampleDataLogic=SampleDataLogic)
 
     def downloadSamples(self, name):
+        import hashlib
         import urllib.request
 
         source = next(s for c in self.sources.values() for s in c if s.sampleName == name)
         nodes = []
-        for uri, file_name, node_name, file_type in zip(source.uris, source.fileNames, source.nodeNames,
-                                                        source.loadFileTypes):
+        for uri, file_name, node_name, file_type, checksum in zip(source.uris, source.fileNames, source.nodeNames,
+                                                                  source.loadFileTypes, source.checksums):
             path = self.cache / file_name
+            if path.exists() and path.stat().st_size > 0 and checksum is not None:
+                algo, digest = checksum.split(":")  # slicer.util.extractAlgoAndDigest
+                assert len(digest) == {"SHA256": 64, "SHA512": 128, "MD5": 32}[algo]
+                if hashlib.new(algo, path.read_bytes()).hexdigest() != digest:  # slicer.util.computeChecksum
+                    path.unlink()  # "File already exists in cache but checksum is different - re-downloading it."
             if not path.exists() or path.stat().st_size == 0:
                 urllib.request.urlretrieve(uri, str(path))
+                if checksum is not None:
+                    algo, digest = checksum.split(":")
+                    assert hashlib.new(algo, path.read_bytes()).hexdigest() == digest, "Checksum verification failed"
             if node_name:
                 cls, storage = {"VolumeFile": ("vtkMRMLScalarVolumeNode", "vtkMRMLVolumeArchetypeStorageNode"),
                                 "SegmentationFile": ("vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode")}[file_type]
@@ -759,7 +894,7 @@ def sample_data(monkeypatch, tmp_path):
         monkeypatch.setattr(engine, "write_phantom_files", lambda folder: small(folder, shape=(10, 40, 40)))
     from AutoSegSlicerLib import sampledata as lib
 
-    return types.SimpleNamespace(lib=lib, model=model, scene=scene, engine=engine, tmp=tmp_path)
+    return types.SimpleNamespace(lib=lib, model=model, scene=scene, engine=engine, tmp=tmp_path, write=small)
 
 
 def test_download_sample_loads_the_registered_phantom(sample_data):
@@ -786,6 +921,28 @@ def test_download_sample_loads_the_registered_phantom(sample_data):
     want = expected.reference.GetSegmentation()
     assert [ref.GetNthSegment(i).GetName() for i in range(ref.GetNumberOfSegments())] == \
         [want.GetNthSegment(i).GetName() for i in range(want.GetNumberOfSegments())]
+
+
+def test_download_sample_loads_a_changed_phantom_not_the_copy_cached_from_the_old_one(sample_data, monkeypatch):
+    """Review of issue 19's fix: SampleData copies each file:// URI into ``<cache>/<fileName>`` and, without a
+    checksum, reuses that copy forever (SampleData.py ``downloadFile``, v5.10.0 l. 1079-1129, v5.8.1
+    l. 934-980). Raising PHANTOM_FILES_VERSION wrote new files into a new folder, but downloadSample went on
+    loading the old copies; the source's checksums make SampleData copy a file whose digest changed."""
+    from AutoSegSensitivity.mrml import nodes
+
+    lib, model, engine = sample_data.lib, sample_data.model, sample_data.engine
+    lib.registerSampleData()
+    assert nodes.volume_from_node(model.downloadSample(lib.SAMPLE_NAME)).array.shape == (10, 40, 40)
+    # a later release changes the phantom and raises the version; a new session registers it again
+    monkeypatch.setattr(lib, "PHANTOM_FILES_VERSION", lib.PHANTOM_FILES_VERSION + 1)
+    monkeypatch.setattr(engine, "write_phantom_files", lambda folder: sample_data.write(folder, shape=(12, 40, 40)))
+    model.sources.clear()
+    lib.registerSampleData()
+    ct = model.downloadSample(lib.SAMPLE_NAME)
+    assert nodes.volume_from_node(ct).array.shape == (12, 40, 40), "the cached copy of the old phantom was loaded"
+    (source,) = model.sources[lib.CATEGORY]  # as slicer.util.extractAlgoAndDigest wants them
+    assert len(source.checksums) == len(source.uris)
+    assert all(c.startswith("SHA256:") and len(c) == len("SHA256:") + 64 for c in source.checksums)
 
 
 def test_the_old_registration_without_uris_raises_index_error_in_the_model(sample_data):
