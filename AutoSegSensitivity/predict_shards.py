@@ -61,8 +61,8 @@ def shard_names(names: Sequence[str], index: int, count: int) -> List[str]:
 
 def safe_name(name: str) -> str:
     """A structure name made safe for a file name (characters other than letters, digits, ``._-`` -> ``_``):
-    the rule ``tune`` reads ``prob_<name>`` files by (:func:`AutoSegSensitivity.tune.map_stem`)."""
-    from .tune import map_stem
+    the rule ``tune`` reads ``prob_<name>`` files by (:func:`AutoSegSensitivity.mapnames.map_stem`)."""
+    from .mapnames import map_stem
 
     return map_stem(name)
 

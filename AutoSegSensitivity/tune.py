@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,6 +50,7 @@ from . import __version__
 from .held_out import bootstrap_ci
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, _check_tolerance
 from .atomic import write_text
+from .mapnames import map_stem  # noqa: F401  (re-exported: tune.map_stem is public)
 from .errors import InputError
 from .sweep import (DEFAULT_THRESHOLDS, HIGHER_IS_BETTER, SWEEP_METRICS, SweepResult, _sweep_case, check_probability,
                     parse_thresholds, sweep_thresholds)
@@ -255,12 +255,6 @@ def _gain(tuned: float, at05: float, higher: bool) -> float:
 # --------------------------------------------------------------------------------------------------------
 # files of a cohort
 # --------------------------------------------------------------------------------------------------------
-
-
-def map_stem(structure: str) -> str:
-    """The file-name form of a structure name in ``prob_<name>.nrrd`` (what ``predict`` writes: characters
-    other than letters, digits and ``._-`` become ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", structure) or "structure"
 
 
 def _maps_in(folder: Path) -> Dict[str, Path]:
