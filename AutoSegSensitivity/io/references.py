@@ -38,7 +38,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["REF_FORMATS", "Reference", "find_dataset_json", "detect_ref_format", "scan_references",
            "read_reference", "reference_geometry", "reference_location", "missing_reference_reason",
-           "reference_on_grid"]
+           "reference_on_grid", "case_reference"]
 
 REF_FORMATS = ("auto", "dataset", "nnunet")
 _TOP_LEVEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
@@ -249,3 +249,22 @@ def reference_on_grid(seg, grid, ref: Any, source: Any):
                              got="voxels outside it")
         out.segments.append(Segment(s.name, placed, s.color, s.id))
     return out
+
+
+def case_reference(ref_dir: PathLike, case: str, fmt: str = "auto", labels: Optional[Dict[str, int]] = None,
+                   file_ending: str = ".nii.gz") -> Reference:
+    """The :class:`Reference` of one case of ``ref_dir``, found as :func:`scan_references` finds it (only
+    that case is looked at): ``REF/<case><file_ending>`` (``nnunet``, which needs ``labels``) or the case
+    folder ``REF/<case>``; an :class:`InputError` naming the file or folder and why otherwise."""
+    ref_dir = Path(ref_dir)
+    fmt = detect_ref_format(ref_dir, fmt)
+    where = reference_location(ref_dir, fmt, case, file_ending)
+    if fmt == "nnunet":
+        if not labels:
+            raise InputError(ref_dir, "labels", "the dataset.json labels of an nnU-Net label folder", got="none")
+        if not where.is_file():
+            raise InputError(where, "file", "the reference labels of this case", got="no such file")
+        return Reference(case, where, "nnunet", labels_path=where, names={v: n for n, v in labels.items()})
+    if not where.is_dir():
+        raise InputError(where, "folder", "the reference case folder", got="no such folder")
+    return _dataset_reference(where)

@@ -75,8 +75,10 @@ class CohortResult:
 
 @dataclass
 class LoadedCase:
-    """The nodes of one case loaded for the slider: image, maps ``{structure: node}``, reference
-    segmentation and the thresholded segmentation (``structure`` at ``threshold``: p >= t)."""
+    """The nodes of one case loaded for the slider: the background volume ``image`` (the case's image, or,
+    when the contours folder has none for it, the row's probability map: ``has_image`` False), maps
+    ``{structure: node}``, reference segmentation and the thresholded segmentation (``structure`` at
+    ``threshold``: p >= t), both on the grid of the row's map. ``status`` is the line to show."""
 
     case: str
     structure: str
@@ -85,6 +87,17 @@ class LoadedCase:
     maps: Dict[str, Any]
     reference: Any
     segmentation: Any
+    has_image: bool = True
+
+    @property
+    def status(self) -> str:
+        """One line for the GUI: the case, the structure at its threshold and, without an image, what is
+        shown as the background instead."""
+        text = (f"{self.case}: {self.structure} at the cohort's threshold {self.threshold:.2f}; move the slider "
+                "to check it.")
+        if not self.has_image:
+            text += f" The case has no image: its {self.structure} probability map is the background."
+        return text
 
 
 def _number(text: str) -> Any:
@@ -118,14 +131,26 @@ class CohortTuningLogic:
     # ---- the run -----------------------------------------------------------------------------------------
     @staticmethod
     def check_inputs(maps_dir: Optional[PathLike], contours_dir: Optional[PathLike], metric: str, folds: int,
-                     nsd_tolerance: float = 2.0) -> None:
+                     nsd_tolerance: float = 2.0, dataset_json: Optional[PathLike] = None, fmt: str = "auto",
+                     ref_format: str = "auto") -> None:
         """InputError naming the field when an input cannot be used (before any process starts)."""
-        for value, name, what in ((maps_dir, "maps folder", "probability maps, one folder per case (prob_<S>.nrrd) "
-                                   "or nnU-Net .npz files with dataset.json"),
-                                  (contours_dir, "contours folder", "reference cases, one folder per case")):
+        from ..io.references import REF_FORMATS
+        from ..tune import PROB_FORMATS
+
+        for value, name, what in ((maps_dir, "maps folder", "probability maps: one folder per case "
+                                   "(prob_<S>.nrrd), nnU-Net's .npz files, or one multi-channel image per case"),
+                                  (contours_dir, "contours folder", "reference cases: one folder per case (an image "
+                                   "optional), or nnU-Net's label folder (<case>.nii.gz)")):
             if value is None or not Path(value).is_dir():
                 raise InputError(value if value is not None else "cohort", name, f"an existing folder of {what}",
                                  got="no such folder" if value is not None else "none")
+        if dataset_json is not None and not Path(dataset_json).is_file():
+            raise InputError(dataset_json, "dataset.json", "an existing dataset.json (or labels JSON) naming the "
+                             "labels, or no file (then found beside the maps or the contours)", got="no such file")
+        if fmt not in PROB_FORMATS:
+            raise InputError("cohort", "format", ", ".join(PROB_FORMATS), got=repr(fmt))
+        if ref_format not in REF_FORMATS:
+            raise InputError("cohort", "reference format", ", ".join(REF_FORMATS), got=repr(ref_format))
         if metric not in METRICS:
             raise InputError("cohort", "metric", f"one of {', '.join(METRICS)}", got=repr(metric))
         if isinstance(folds, bool) or int(folds) != folds or not MIN_FOLDS <= int(folds) <= MAX_FOLDS:
@@ -135,11 +160,18 @@ class CohortTuningLogic:
 
     def build_command(self, maps_dir: PathLike, contours_dir: PathLike, out_dir: PathLike, metric: str = "dice",
                       folds: int = 5, nsd_tolerance: float = 2.0, seed: int = 0,
-                      bootstrap: Optional[int] = None) -> List[str]:
-        """The command line of the run (``python -m AutoSegSensitivity tune ... --overwrite``)."""
-        self.check_inputs(maps_dir, contours_dir, metric, folds, nsd_tolerance)
+                      bootstrap: Optional[int] = None, dataset_json: Optional[PathLike] = None, fmt: str = "auto",
+                      ref_format: str = "auto") -> List[str]:
+        """The command line of the run (``python -m AutoSegSensitivity tune ... --overwrite``). The layouts
+        are tune's: ``fmt`` (``--format``) and ``ref_format`` (``--ref-format``) are detected by tune when
+        ``auto``; ``dataset_json`` (``--dataset-json``) names the labels when no dataset.json lies beside the
+        maps (nnU-Net output, one multi-channel image per case) or the nnU-Net label folder."""
+        self.check_inputs(maps_dir, contours_dir, metric, folds, nsd_tolerance, dataset_json, fmt, ref_format)
         args = ["--prob-dir", str(maps_dir), "--ref-dir", str(contours_dir), "--out", str(out_dir), "--overwrite",
-                "--metric", metric, "--folds", str(int(folds)), "--seed", str(int(seed))]
+                "--metric", metric, "--folds", str(int(folds)), "--seed", str(int(seed)),
+                "--format", fmt, "--ref-format", ref_format]
+        if dataset_json is not None:
+            args += ["--dataset-json", str(dataset_json)]
         if metric == "nsd":
             args += ["--nsd-tolerance", repr(float(nsd_tolerance))]
         if bootstrap is not None:
@@ -150,7 +182,8 @@ class CohortTuningLogic:
               folds: int = 5, nsd_tolerance: float = 2.0, extra_env: Optional[Dict[str, str]] = None,
               **kwargs: Any) -> CohortRun:
         """Start the run in the background and return at once; poll the returned run (the widget does so with
-        a timer) and call :meth:`load_results` once it exited with 0. ``kwargs`` go to :meth:`build_command`."""
+        a timer) and call :meth:`load_results` once it exited with 0. ``kwargs`` go to :meth:`build_command`
+        (``dataset_json``, ``fmt``, ``ref_format``, ``seed``, ``bootstrap``)."""
         cmd = self.build_command(maps_dir, contours_dir, out_dir, metric, folds, nsd_tolerance, **kwargs)
         return CohortRun(cmd, out_dir, engine_env(extra_env))
 
@@ -221,11 +254,17 @@ class CohortTuningLogic:
 
     # ---- one case into the scene -------------------------------------------------------------------------
     def load_case(self, result: CohortResult, row: int, threshold: Optional[float] = None) -> LoadedCase:
-        """Load the case of row ``row`` of the per-case table: its image (``<case>``), every structure's map
-        (``<case>_<structure>_prob``), its contours (``<case> reference``) and ``<case> threshold``, the row's
-        structure thresholded at ``threshold`` (default the cohort's threshold; p >= t) as AutoSegThreshold's
-        slider does it (``ThresholdTuningLogic.apply_threshold``). Nodes are reused by name."""
-        from ..io.dataset import inspect_case, load_case
+        """Load the case of row ``row`` of the per-case table, read as ``tune`` read it (every layout of
+        :mod:`AutoSegSensitivity.io.references` for the contours: a dataset folder with or without an image,
+        nnU-Net's label folder; maps, nnU-Net's .npz or one multi-channel image per case for the
+        probabilities, :func:`~AutoSegSensitivity.tune.read_case_maps`): every structure's map
+        (``<case>_<structure>_prob``), the contours (``<case> reference``) on the grid of the row's map, and
+        ``<case> threshold``, the row's structure thresholded at ``threshold`` (default the cohort's
+        threshold; p >= t) as AutoSegThreshold's slider does it (``ThresholdTuningLogic.apply_threshold``).
+        The background volume is the case's image (``<case>``) when it has one, else the row's map
+        (:attr:`LoadedCase.has_image`). Nodes are reused by name."""
+        from ..io.dataset import load_case
+        from ..io.references import case_reference, detect_ref_format, read_reference, reference_on_grid
         from ..tune import read_case_maps
         from .threshold_logic import ThresholdTuningLogic
 
@@ -233,22 +272,37 @@ class CohortTuningLogic:
             raise InputError(result.cases_table.GetName(), "row", f"a row in [0, {len(result.cases) - 1}]", got=row)
         structure, case = result.cases[int(row)]
         inputs = result.inputs
-        ref_dir = Path(str(inputs.get("ref_dir", "")))
-        image, reference = load_case(inspect_case(ref_dir / case))
-        maps, problems = read_case_maps(inputs["prob_dir"], case, list(result.thresholds),
-                                        fmt=str(inputs.get("format", "auto")), dataset_json=inputs.get("dataset_json"),
-                                        ref_dir=ref_dir)
+        prob_dir, ref_dir = Path(str(inputs["prob_dir"])), Path(str(inputs.get("ref_dir", "")))
+        dataset_json = inputs.get("dataset_json") or None
+        ref_format = detect_ref_format(ref_dir, str(inputs.get("ref_format") or "auto"))
+        labels, ending = None, ".nii.gz"
+        if ref_format == "nnunet":
+            from ..io.nnunet import dataset_file_ending, read_dataset_labels
+            from ..io.references import find_dataset_json
+
+            dj = find_dataset_json(ref_dir, prob_dir, dataset_json)
+            labels, ending = read_dataset_labels(dj), dataset_file_ending(dj)
+        ref = case_reference(ref_dir, case, ref_format, labels, ending)
+        image = None
+        if ref.case is not None:  # an image (or a DICOM series) in the case folder: the reference on its grid
+            image, reference = load_case(ref.case)
+        else:
+            reference = read_reference(ref)
+        maps, problems = read_case_maps(prob_dir, case, list(result.thresholds), fmt=str(inputs.get("format", "auto")),
+                                        dataset_json=dataset_json, ref_dir=ref_dir, ref_format=ref_format)
         if structure not in maps:
             reason = "; ".join(p[2] for p in problems if p[1] == structure) or "not found"
-            raise InputError(inputs["prob_dir"], f"{case}: {structure}", "a readable probability map", got=reason)
-        image_node = nodes.volume_to_node(image, self.scene, case)
+            raise InputError(prob_dir, f"{case}: {structure}", "a readable probability map", got=reason)
+        reference = reference_on_grid(reference, maps[structure], ref, f"{prob_dir} ({case}, {structure})")
         map_nodes = {s: nodes.volume_to_node(v, self.scene, f"{case}_{s}_prob") for s, v in maps.items()}
-        ref_node = nodes.segmentation_to_node(reference, self.scene, f"{case} reference", reference_node=image_node)
+        map_node = map_nodes[structure]
+        image_node = nodes.volume_to_node(image, self.scene, case) if image is not None else map_node
+        ref_node = nodes.segmentation_to_node(reference, self.scene, f"{case} reference", reference_node=map_node)
         t = float(result.thresholds[structure] if threshold is None else threshold)
         seg_node = nodes.get_or_create_node(self.scene, "vtkMRMLSegmentationNode", f"{case} threshold")
-        seg_node.SetNodeReferenceID("referenceImageGeometryRef", image_node.GetID())
-        ThresholdTuningLogic(self.scene).apply_threshold(map_nodes[structure], t, seg_node, structure)
-        return LoadedCase(case, structure, t, image_node, map_nodes, ref_node, seg_node)
+        seg_node.SetNodeReferenceID("referenceImageGeometryRef", map_node.GetID())
+        ThresholdTuningLogic(self.scene).apply_threshold(map_node, t, seg_node, structure)
+        return LoadedCase(case, structure, t, image_node, map_nodes, ref_node, seg_node, has_image=image is not None)
 
     # ---- thresholds.json -----------------------------------------------------------------------------------
     @staticmethod

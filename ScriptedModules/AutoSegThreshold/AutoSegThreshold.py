@@ -68,6 +68,7 @@ class AutoSegThresholdParameterNode:
     # the Cohort section (autosegsens tune on folders); the metric choices are cohort_logic.METRICS
     cohortMapsDir: Optional[Path] = None
     cohortContoursDir: Optional[Path] = None
+    cohortDatasetJson: Optional[Path] = None  # labels of nnU-Net / multi-channel maps with no dataset.json beside them
     cohortMetric: Annotated[str, Choice(["dice", "nsd", "msd", "hd", "hd95"])] = "dice"
     cohortFolds: Annotated[int, WithinRange(2, 20)] = 5
 
@@ -301,7 +302,8 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self.binding.node
             out = Path(tempfile.mkdtemp(prefix="AutoSegCohort-", dir=slicer.app.temporaryPath))
             process = self.logic.cohortEngine().start(p.cohortMapsDir, p.cohortContoursDir, out, p.cohortMetric,
-                                                      p.cohortFolds, p.nsdTolerance)
+                                                      p.cohortFolds, p.nsdTolerance,
+                                                      dataset_json=actions.path_or_none(p.cohortDatasetJson))
             self._cohort = None
             self._fillCohortCases([])
             self.ui.cohortSummaryTableView.setMRMLTableNode(None)
@@ -369,8 +371,7 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.threshold = loaded.threshold
             slicer.util.setSliceViewerLayers(background=loaded.image, foreground=loaded.maps[loaded.structure],
                                              foregroundOpacity=0.3, fit=True)
-            self.ui.cohortStatusLabel.text = (f"{loaded.case}: {loaded.structure} at the cohort's threshold "
-                                              f"{loaded.threshold:.2f}; move the slider to check it.")
+            self.ui.cohortStatusLabel.text = loaded.status  # says when the map stands in for a missing image
 
     def onCohortSave(self):
         """Write every tuned structure's threshold into the thresholds.json (other structures kept)."""

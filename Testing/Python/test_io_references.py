@@ -263,3 +263,24 @@ def test_dataset_json_is_looked_for_beside_the_labels_then_above_then_with_the_p
         (folder / "dataset.json").write_text("{}")
         assert find_dataset_json(ref, prob) == folder / "dataset.json"
     assert find_dataset_json(ref, prob, tmp_path / "given.json") == tmp_path / "given.json"
+
+
+def test_one_case_reference_is_found_as_the_scan_finds_it(tmp_path):
+    """case_reference (the Cohort section's case loader) looks at one case only and finds what
+    scan_references finds for it, in every layout; a missing case is one line naming the file or folder."""
+    from AutoSegSensitivity.io.references import case_reference
+
+    labels_ts, with_image, no_image = write_label_layouts(tmp_path, 2)
+    labels = {"Low": 1, "High": 2}
+    for folder, fmt in ((labels_ts, "nnunet"), (with_image, "dataset"), (no_image, "dataset")):
+        found = scan_references(folder, fmt, labels)[0]
+        for case, ref in found.items():
+            one = case_reference(folder, case, "auto", labels)
+            assert (one.name, one.path, one.kind, one.image_path, one.labels_path, one.names) == \
+                (ref.name, ref.path, ref.kind, ref.image_path, ref.labels_path, ref.names)
+    for folder, where in ((labels_ts, labels_ts / "case09.nii.gz"), (no_image, no_image / "case09")):
+        with pytest.raises(InputError) as info:
+            case_reference(folder, "case09", "auto", labels)
+        assert str(info.value).startswith(f"{where}: ") and "\n" not in str(info.value)
+    with pytest.raises(InputError, match="labels"):
+        case_reference(labels_ts, "case00", "nnunet")

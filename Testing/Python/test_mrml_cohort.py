@@ -330,3 +330,156 @@ def test_the_phantom_cohort_of_the_self_test_tunes_below_half(tmp_path):
     np.testing.assert_array_equal(nodes.segment_mask(loaded.segmentation, seg_id, image) > 0,
                                   prob >= np.float32(result.thresholds["Parotid_L"]))
     assert read_thresholds(logic.save(result, tmp_path / "t.json")) == result.thresholds
+
+
+# ---- every layout tune reads: the run, the results and a case for the slider -------------------------------
+def test_the_command_passes_the_layouts_to_tune(tmp_path):
+    """Formats auto-detected by tune unless named; the dataset.json only when given (and then existing)."""
+    logic = CohortTuningLogic(slicer.vtkMRMLScene())
+    (tmp_path / "m").mkdir()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "dataset.json").write_text("{}")
+    cmd = logic.build_command(tmp_path / "m", tmp_path / "c", tmp_path / "o")
+    assert cmd[cmd.index("--format") + 1] == cmd[cmd.index("--ref-format") + 1] == "auto"
+    assert "--dataset-json" not in cmd
+    cmd = logic.build_command(tmp_path / "m", tmp_path / "c", tmp_path / "o", dataset_json=tmp_path / "dataset.json",
+                              fmt="channels", ref_format="nnunet")
+    assert cmd[cmd.index("--dataset-json") + 1] == str(tmp_path / "dataset.json")
+    assert (cmd[cmd.index("--format") + 1], cmd[cmd.index("--ref-format") + 1]) == ("channels", "nnunet")
+    for kwargs, field in (({"dataset_json": tmp_path / "nope.json"}, "dataset.json"), ({"fmt": "npz"}, "format"),
+                          ({"ref_format": "labels"}, "reference format")):
+        with pytest.raises(InputError) as info:
+            logic.build_command(tmp_path / "m", tmp_path / "c", tmp_path / "o", **kwargs)
+        assert f": {field}: expected" in str(info.value) and "\n" not in str(info.value)
+
+
+def _run_and_load(tmp_path, probs, refs, **kwargs):
+    scene = slicer.vtkMRMLScene()
+    logic = CohortTuningLogic(scene)
+    run = logic.start(probs, refs, tmp_path / "run", folds=2, bootstrap=50, extra_env=ONE_THREAD, **kwargs)
+    assert _poll_until(run, lambda: not run.running, 120) and run.returncode == 0, run.log_tail()
+    result = logic.load_results(tmp_path / "run")
+    assert sorted(result.thresholds) == ["High", "Low"] and len(result.cases) == 2 * 4
+    assert result.summary_table.GetNumberOfRows() == 2 and result.chart.GetNumberOfPlotSeriesNodes() == 2
+    return scene, logic, result
+
+
+def _check_loaded(scene, loaded, probability, references, has_image):
+    """The row's map is ``probability[s]`` for every structure, the reference segments are ``references[s]``
+    and the thresholded segment is p >= t, all on the grid of the row's map; the background is the image, or
+    the row's map when the case has none."""
+    grid = nodes.volume_from_node(loaded.maps[loaded.structure])
+    for s in ("Low", "High"):
+        got = nodes.volume_from_node(loaded.maps[s])
+        np.testing.assert_array_equal(got.array, probability[s])
+        assert got.same_grid(grid, atol=1e-6)
+        ref_id = nodes.segment_id_by_name(loaded.reference, s)
+        np.testing.assert_array_equal(nodes.segment_mask(loaded.reference, ref_id, grid) > 0, references[s])
+    for node in (loaded.reference, loaded.segmentation):
+        assert node.GetNodeReference("referenceImageGeometryRef").GetID() == loaded.maps[loaded.structure].GetID()
+    seg_id = nodes.segment_id_by_name(loaded.segmentation, loaded.structure)
+    p = probability[loaded.structure]
+    np.testing.assert_array_equal(nodes.segment_mask(loaded.segmentation, seg_id, grid) > 0,
+                                  p >= p.dtype.type(loaded.threshold))
+    assert loaded.has_image is has_image
+    if has_image:
+        assert loaded.image.GetName() == loaded.case and nodes.volume_from_node(loaded.image).same_grid(grid, atol=1e-3)
+        assert "no image" not in loaded.status
+    else:
+        assert loaded.image is loaded.maps[loaded.structure] and scene.GetFirstNodeByName(loaded.case) is None
+        assert f"no image: its {loaded.structure} probability map is the background" in loaded.status
+    assert loaded.status.startswith(f"{loaded.case}: {loaded.structure} at the cohort's threshold")
+
+
+def test_an_nnunet_label_folder_with_nnunet_npz_maps_loads_a_case_without_an_image(tmp_path):
+    """nnU-Net end to end: ``<case>.npz`` probabilities (dataset.json and plans.json beside them, as
+    nnUNetv2_predict leaves them) tuned against nnU-Net's own label folder (labelsTs/<case>.nii.gz, the
+    dataset.json one level up): no image anywhere, so the map is the background and the .npz, which has no
+    geometry, takes the label file's grid."""
+    from AutoSegSensitivity.io import read_volume
+    from test_io_nnunet import LABELS, write_nnunet_output
+    from test_io_references import label_map, write_label_layouts
+
+    labels_ts, _, _ = write_label_layouts(tmp_path, 4)
+    nn = tmp_path / "nnunet"
+    write_nnunet_output(nn, 4)
+    scene, logic, result = _run_and_load(tmp_path, nn, labels_ts)
+    assert (result.inputs["format"], result.inputs["ref_format"]) == ("nnunet", "nnunet")
+    for row in (result.cases.index(("High", "case03")), result.cases.index(("Low", "case01"))):
+        loaded = logic.load_case(result, row)
+        i = int(loaded.case[-2:])
+        channels = np.load(nn / f"{loaded.case}.npz")["probabilities"]
+        lab = label_map(case_arrays(i)[1])
+        _check_loaded(scene, loaded, {s: channels[LABELS[s]] for s in ("Low", "High")},
+                      {s: lab == LABELS[s] for s in ("Low", "High")}, has_image=False)
+        assert nodes.volume_from_node(loaded.image).same_grid(read_volume(labels_ts / f"{loaded.case}.nii.gz"),
+                                                              atol=1e-4)
+    again = logic.load_case(result, row, threshold=0.3)  # the slider: same nodes, new segment
+    assert again.segmentation is loaded.segmentation and again.image is loaded.image
+    seg_id = nodes.segment_id_by_name(again.segmentation, "Low")
+    grid = nodes.volume_from_node(again.image)
+    np.testing.assert_array_equal(nodes.segment_mask(again.segmentation, seg_id, grid) > 0,
+                                  channels[LABELS["Low"]] >= np.float32(0.3))
+    (labels_ts / "case02.nii.gz").unlink()  # a reference gone since the run: one line naming the file
+    with pytest.raises(InputError) as info:
+        logic.load_case(result, result.cases.index(("Low", "case02")))
+    assert str(labels_ts / "case02.nii.gz") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_segmentation_references_without_images_cropped_by_slicer_load_on_the_maps_grid(tmp_path):
+    """Contours only: ``<case>/segmentation.seg.nrrd`` cropped to its segments (as Slicer may save it), no
+    image. The reference is placed back onto the map's grid by whole voxels, and the map is the background."""
+    from AutoSegSensitivity.io import read_segmentation, write_segmentation
+    from test_io_references import crop
+
+    probs, refs = write_cohort(tmp_path, 4)
+    bare = tmp_path / "bare"
+    for case in sorted(p.name for p in refs.iterdir()):
+        seg = read_segmentation(refs / case / "segmentation.seg.nrrd")
+        cropped = crop(seg, seg.geometry.shape, (1, 2, 3))
+        assert cropped.geometry.shape != seg.geometry.shape
+        write_segmentation(cropped, bare / case / "segmentation.seg.nrrd")
+    scene, logic, result = _run_and_load(tmp_path, probs, bare)
+    assert (result.inputs["format"], result.inputs["ref_format"]) == ("maps", "dataset")
+    loaded = logic.load_case(result, result.cases.index(("High", "case02")))
+    maps, masks = case_arrays(2)
+    _check_loaded(scene, loaded, maps, masks, has_image=False)
+    # the same cohort with its images: the image is the background, the same segments
+    with_image = logic.load_case(_with_inputs(result, ref_dir=str(refs)), result.cases.index(("High", "case02")))
+    _check_loaded(scene, with_image, maps, masks, has_image=True)
+
+
+def _with_inputs(result, **inputs):
+    """The same result as if the run had been given other inputs (e.g. another contours folder)."""
+    from dataclasses import replace
+
+    return replace(result, inputs={**result.inputs, **inputs})
+
+
+def test_channels_maps_with_the_dataset_json_elsewhere_and_image_less_label_references(tmp_path):
+    """One multi-channel image per case (MONAI's SaveImage: a 4D NIfTI, softmax with background), no
+    dataset.json beside it: tune cannot name the channels until the optional dataset.json is given (the
+    Cohort section's field). References: case folders with labels.nii.gz + labels.json, no image."""
+    from test_io_channels import softmax, write_nifti_4d
+    from test_io_references import label_map, write_label_layouts
+    from tune_cohort import ORIGIN, SPACING_XYZ
+    from AutoSegSensitivity.volume import Volume
+
+    _, _, no_image = write_label_layouts(tmp_path, 4)
+    chans = tmp_path / "monai"
+    for i in range(4):
+        maps = case_arrays(i)[0]
+        write_nifti_4d(chans / f"case{i:02d}.nii.gz", softmax(maps), Volume(maps["Low"], SPACING_XYZ, ORIGIN))
+    names = tmp_path / "elsewhere" / "dataset.json"
+    names.parent.mkdir()
+    names.write_text(json.dumps({"labels": {"background": 0, "Low": 1, "High": 2}}))
+    logic = CohortTuningLogic(slicer.vtkMRMLScene())
+    run = logic.start(chans, no_image, tmp_path / "no_names", folds=2, extra_env=ONE_THREAD)
+    assert _poll_until(run, lambda: not run.running, 60) and run.returncode == 2
+    assert "channel names" in run.error_message() and "--dataset-json" in run.error_message()
+    scene, logic, result = _run_and_load(tmp_path, chans, no_image, dataset_json=names)
+    assert (result.inputs["format"], result.inputs["dataset_json"]) == ("channels", str(names))
+    loaded = logic.load_case(result, result.cases.index(("Low", "case01")))
+    maps, masks = case_arrays(1)
+    lab = label_map(masks)
+    _check_loaded(scene, loaded, maps, {"Low": lab == 1, "High": lab == 2}, has_image=False)

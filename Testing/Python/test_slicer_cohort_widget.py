@@ -371,3 +371,59 @@ def test_a_failed_run_is_reported_and_leaves_no_result(module, tmp_path):
     assert widget._cohort is None and not widget.ui.cohortSaveButton.enabled
     widget.onCohortSceneStartClose()  # closing the scene clears the section
     assert widget.ui.cohortSummaryTableView.mrmlTableNode() is None and widget.ui.cohortCaseComboBox.count == 0
+
+
+def test_channels_maps_with_the_dataset_json_field_and_contours_without_images(module, tmp_path, monkeypatch):
+    """Other layouts through the widget: one multi-channel image per case with no dataset.json beside it
+    (the optional dataset.json field names the channels) against contours without images. A chosen case
+    shows its map as the background and says so; the live segment is p >= t on the map's grid."""
+    import json
+
+    import slicer
+
+    from AutoSegSensitivity.mrml import nodes
+    from test_io_channels import softmax, write_vector
+    from tune_cohort import ORIGIN, SPACING_XYZ, case_arrays, write_cohort
+    from AutoSegSensitivity.volume import Volume
+
+    mod, scene, errors, _ = module
+    layers = []
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: layers.append(kw))
+    _, refs = write_cohort(tmp_path, 3)
+    for f in refs.glob("*/image.nrrd"):
+        f.unlink()
+    chans = tmp_path / "monai"
+    for i in range(3):
+        maps = case_arrays(i)[0]
+        write_vector(chans / f"case{i:02d}" / f"case{i:02d}_trans.nrrd", softmax(maps),
+                     Volume(maps["Low"], SPACING_XYZ, ORIGIN))
+    names = tmp_path / "labels" / "dataset.json"
+    names.parent.mkdir()
+    names.write_text(json.dumps({"labels": {"background": 0, "Low": 1, "High": 2}}))
+    widget = mod.AutoSegThresholdWidget()
+    widget.setup()
+    ui, p = widget.ui, widget.binding.node
+    assert p.cohortDatasetJson is None
+    p.cohortMapsDir, p.cohortContoursDir, p.cohortFolds, p.cohortDatasetJson = chans, refs, 2, names
+    widget.updateButtons()
+    ui.cohortRunButton.click()
+    runner = widget._cohortRunner
+    cmd = runner.process.command
+    assert cmd[cmd.index("--dataset-json") + 1] == str(names)
+    assert _tick_until(runner, lambda: not runner.active, 120), runner.process.log_tail()
+    assert not errors, errors
+    result = widget._cohort
+    assert result.inputs["format"] == "channels" and sorted(result.thresholds) == ["High", "Low"]
+    ui.cohortCaseComboBox.currentIndex = result.cases.index(("High", "case01"))
+    assert not errors, errors
+    prob = scene.GetFirstNodeByName("case01_High_prob")
+    assert scene.GetFirstNodeByName("case01") is None and layers[-1]["background"] is prob
+    assert "no image" in ui.cohortStatusLabel.text and "case01: High" in ui.cohortStatusLabel.text
+    grid = nodes.volume_from_node(prob)
+    np.testing.assert_array_equal(grid.array, case_arrays(1)[0]["High"])
+    live = p.liveSegmentation
+    seg_id = nodes.segment_id_by_name(live, "High")
+    np.testing.assert_array_equal(nodes.segment_mask(live, seg_id, grid) > 0, grid.array >= np.float32(p.threshold))
+    ref = widget._references()[0]
+    np.testing.assert_array_equal(nodes.segment_mask(ref, nodes.segment_id_by_name(ref, "High"), grid) > 0,
+                                  case_arrays(1)[1]["High"])

@@ -299,7 +299,8 @@ def test_combo_boxes_bound_to_a_field_have_its_choices(module):
 
 def test_the_cohort_fields_are_read_and_match_the_engine():
     """The Cohort section of AutoSegThreshold: folds bounded as the .ui and as tune needs (>= 2), metric
-    choices = the metrics ``autosegsens tune`` optimises (cohort_logic.METRICS), folders on ctkPathLineEdit."""
+    choices = the metrics ``autosegsens tune`` optimises (cohort_logic.METRICS), folders and the optional
+    dataset.json on ctkPathLineEdit."""
     from AutoSegSensitivity.mrml.cohort_logic import MAX_FOLDS, METRICS, MIN_FOLDS
 
     fields = parameter_fields("AutoSegThreshold")
@@ -308,4 +309,7 @@ def test_the_cohort_fields_are_read_and_match_the_engine():
     widgets = {w.parameter: w for w in bound_widgets("AutoSegThreshold")}
     assert widgets["cohortMetric"].cls == "QComboBox" and widgets["cohortFolds"].cls == "QSpinBox"
     assert widgets["cohortMapsDir"].cls == widgets["cohortContoursDir"].cls == "ctkPathLineEdit"
+    # the optional labels file of nnU-Net / multi-channel maps (tune --dataset-json): a file, empty = None
+    assert fields["cohortDatasetJson"].type == "Optional[Path]" and fields["cohortDatasetJson"].default is None
+    assert widgets["cohortDatasetJson"].cls == "ctkPathLineEdit"
     assert _combo_items("AutoSegThreshold", "cohortMetricComboBox") == list(METRICS)
