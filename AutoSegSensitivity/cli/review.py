@@ -78,5 +78,7 @@ def run(args: argparse.Namespace) -> int:
         serve(app, args.host, args.port)
     except KeyboardInterrupt:
         pass
+    finally:
+        app.close()
     print("review: stopped.")
     return 0

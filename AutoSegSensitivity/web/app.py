@@ -72,7 +72,7 @@ class ReviewApp(TrameApp):
         s.tuned = cohort.threshold_of(s.structure)
         s.tuned_source = cohort.tuned_source.get(s.structure, "not known yet")
         s.rows = []
-        s.table_sort = [{"key": "dice_tuned", "order": "asc"}]
+        s.table_sort = []  # the server's order: worst Dice at the tuned threshold first, unreadable cases last
         s.progress = 0
         s.progress_text = ""
         s.computing = False
@@ -91,6 +91,11 @@ class ReviewApp(TrameApp):
         if background:
             self.ctrl.on_server_ready.add(self._start_background)
         self._build_ui()
+
+    def close(self) -> None:
+        """Release the views' render windows (their X connection) after the server stopped."""
+        for view in self.slicer_app.view_manager.get_views():
+            view.finalize()
 
     # ------------------------------------------------------------------------------------------- table
 
@@ -153,7 +158,7 @@ class ReviewApp(TrameApp):
             return False
         t = self.cohort.threshold_of(structure)
         self._opened = images
-        self.review.show_case(images, t)
+        self.review.show_case(images, t, self._show_ct)
         self._centre_views()
         self.state.current_case = name
         self.state.case_title = f"{name}: {structure}"
@@ -163,12 +168,15 @@ class ReviewApp(TrameApp):
         self._refresh_chart()
         return True
 
+    def _show_ct(self, ct_node: Any) -> None:
+        dm = self.slicer_app.display_manager
+        dm.show_volume_in_slice_background(ct_node)
+        dm.show_volume_in_slice_foreground(None)
+
     def _centre_views(self) -> None:
         import slicer
 
         dm = self.slicer_app.display_manager
-        dm.show_volume_in_slice_background(self.review.ct_node)
-        dm.show_volume_in_slice_foreground(None)
         for view in self.slicer_app.view_manager.get_slice_views():
             view.set_visible_in_3d(True)
         dm.reset_views()
@@ -220,7 +228,7 @@ class ReviewApp(TrameApp):
     # ------------------------------------------------------------------------------------------- page
 
     def _build_ui(self) -> None:
-        with SinglePageWithDrawerLayout(self.server, full_height=True, width=430) as layout:
+        with SinglePageWithDrawerLayout(self.server, full_height=True, width=600) as layout:
             self.ui = layout
             layout.title.set_text("autosegsens review")
             with layout.toolbar:
@@ -240,7 +248,8 @@ class ReviewApp(TrameApp):
                         v3.VBtn("{{ item.case }}", click=(self.open_case, "[item.case]"), size="small",
                                 variant=("item.case === current_case ? 'flat' : 'text'",), color="primary",
                                 raw_attrs=[':data-case="item.case"'], classes="case-button")
-                        html.Div("{{ item.problem }}", v_if="item.problem", classes="text-error text-caption")
+                        v3.VIcon("mdi-alert-circle", v_if="item.problem", color="error", size="small",
+                                 raw_attrs=[':title="item.problem"'], classes="case-problem")
                 html.Img(src=("chart_src",), v_if="chart_src", style="width: 100%", id="chart")
             with layout.content:
                 with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
@@ -253,7 +262,8 @@ class ReviewApp(TrameApp):
                         v3.VBtn("use this threshold for {{ structure }}", click=self.save_threshold,
                                 disabled=("!current_case",), color="primary", size="small", id="save-button")
                     v3.VAlert(v_if="message", text=("message",), type=("message_type",), density="compact",
-                              closable=True, id="message", classes="mx-4")
+                              closable=True, id="message", classes="mx-4 my-1",
+                              style="flex: 0 0 auto; word-break: break-all;")
                     with html.Div(style="flex: 1 1 auto; position: relative; min-height: 400px;"):
                         self.layout_manager.initialize_layout_grid(layout)
 

@@ -11,7 +11,7 @@ surface) regenerated on release. No ``qt``; the scene is any ``vtkMRMLScene`` (a
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
@@ -49,9 +49,10 @@ class ReviewScene:
     def segment_name(self) -> str:
         return self.case.structure if self.case is not None else ""
 
-    def show_case(self, case: CaseImages, threshold: float) -> None:
+    def show_case(self, case: CaseImages, threshold: float, show_ct: Optional[Callable[[Any], None]] = None) -> None:
         """Put ``case`` into the scene (the nodes are reused from case to case) and threshold it at
-        ``threshold``."""
+        ``threshold``. ``show_ct(ct_node)`` is called before the segmentations are made: views that show
+        the CT must have it as background first, or they draw the segments' fill under it, over black."""
         self.case = case
         self.ct_node = nodes.volume_to_node(case.image, self.scene, CT_NODE)
         disp = self.ct_node.GetDisplayNode()
@@ -60,6 +61,8 @@ class ReviewScene:
                 disp.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
             disp.SetAutoWindowLevel(0)
             disp.SetWindowLevel(*CT_WINDOW_LEVEL)
+        if show_ct is not None:
+            show_ct(self.ct_node)
         self.map_node = nodes.volume_to_node(case.probability, self.scene, MAP_NODE)
         if self.map_node.GetDisplayNode() is not None:
             self.map_node.GetDisplayNode().SetVisibility(False)
@@ -75,12 +78,12 @@ class ReviewScene:
 
         self.result_node = self._fresh_segmentation(RESULT_NODE)
         self.result_node.SetReferenceImageGeometryParameterFromVolumeNode(self.ct_node)
-        self.set_threshold(threshold, interactive=False)
-        self.result_node.CreateClosedSurfaceRepresentation()
         d = self.result_node.GetDisplayNode()
         d.SetVisibility2DFill(True)
         d.SetVisibility2DOutline(True)
         d.SetOpacity2DFill(0.35)
+        self.set_threshold(threshold, interactive=False)
+        self.result_node.CreateClosedSurfaceRepresentation()
 
     def _fresh_segmentation(self, name: str) -> Any:
         """An empty segmentation node called ``name`` (the previous case's one is removed)."""

@@ -50,3 +50,17 @@ def write_study(root: Path, cases: int = 3, shape: Sequence[int] = SHAPE, loss: 
 def folders_of(study: Path, loss: str = "bce") -> Tuple[Path, Path]:
     """``(prob_dir, ref_dir)`` of a study written by :func:`write_study` (the layout ``tune`` reads)."""
     return study / "predictions" / loss, study / "data"
+
+
+def break_cases(study: Path, loss: str = "bce") -> Tuple[str, str]:
+    """Add two bad cases to a study written by :func:`write_study` (with at least 5 cases): ``case003``
+    loses its map of Parotid_L, ``case004``'s map of Brain is moved onto another grid. Returns their names."""
+    from AutoSegSensitivity.io import read_volume
+    from AutoSegSensitivity.volume import Volume
+
+    pdir = study / "predictions" / loss
+    (pdir / "case003" / "prob_Parotid_L.nrrd").unlink()
+    vol = read_volume(pdir / "case004" / "prob_Brain.nrrd")
+    moved = Volume(np.ascontiguousarray(vol.array[:, :, :-4]), vol.spacing, vol.origin, vol.direction)
+    write_volume(moved, pdir / "case004" / "prob_Brain.nrrd")
+    return "case003", "case004"
