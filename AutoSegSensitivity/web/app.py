@@ -181,7 +181,9 @@ class ReviewApp(TrameApp):
             view.set_visible_in_3d(True)
         dm.reset_views()
         r, a, s = self.review.slice_ras()
-        slicer.vtkMRMLSliceNode.JumpAllSlices(self.slicer_app.scene, r, a, s, 0)  # 0: offset jumping
+        # Libs/MRML/Core/vtkMRMLSliceNode.h: JumpAllSlices(scene, r, a, s, jumpMode, viewGroup, exclude); offset
+        # jumping moves each slice through the point and keeps the field of view that reset_views fitted
+        slicer.vtkMRMLSliceNode.JumpAllSlices(self.slicer_app.scene, r, a, s, slicer.vtkMRMLSliceNode.OffsetJumpSlice)
         for view in self.slicer_app.view_manager.get_threed_views():
             view.reset_camera()
             view.schedule_render()

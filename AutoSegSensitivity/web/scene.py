@@ -73,7 +73,6 @@ class ReviewScene:
         rd = self.reference_node.GetDisplayNode()
         rd.SetVisibility2DFill(False)
         rd.SetVisibility2DOutline(True)
-        rd.SetSliceIntersectionThickness(2) if hasattr(rd, "SetSliceIntersectionThickness") else None
         rd.SetVisibility3D(False)
 
         self.result_node = self._fresh_segmentation(RESULT_NODE)

@@ -174,6 +174,31 @@ def test_scene_slider_is_the_threshold_logic_and_equals_p_ge_t(study, monkeypatc
     assert scene.result_node.GetDisplayNode().GetVisibility2DFill()
 
 
+def test_slicer_calls_of_the_page_follow_slicer_source(study):
+    """The MRML calls of web/ as Slicer declares them: Libs/MRML/Core/vtkMRMLSliceNode.h (JumpAllSlices with
+    a jump mode: DefaultJumpSlice=-1, CenteredJumpSlice=0, OffsetJumpSlice), vtkMRMLScalarVolumeDisplayNode.h
+    (SetWindowLevel(window, level), SetAutoWindowLevel), vtkMRMLSegmentationDisplayNode.h (Visibility2DFill,
+    Visibility2DOutline, Opacity2DFill), vtkMRMLSegmentationNode.h (CreateClosedSurfaceRepresentation,
+    SetReferenceImageGeometryParameterFromVolumeNode); checked on the slicer-core wheel."""
+    import slicer
+
+    assert (slicer.vtkMRMLSliceNode.DefaultJumpSlice, slicer.vtkMRMLSliceNode.CenteredJumpSlice,
+            slicer.vtkMRMLSliceNode.OffsetJumpSlice) == (-1, 0, 1)
+    scene = slicer.vtkMRMLScene()
+    review = ReviewScene(scene)
+    review.show_case(open_study(study).load_case("case000", "Brain"), 0.3)
+    disp = review.ct_node.GetDisplayNode()
+    assert (disp.GetWindow(), disp.GetLevel(), disp.GetAutoWindowLevel()) == (400.0, 40.0, 0)
+    d = review.result_node.GetDisplayNode()
+    assert d.GetOpacity2DFill() == pytest.approx(0.35) and d.GetVisibility2DOutline()
+    seg = slicer.vtkMRMLSliceNode()
+    scene.AddNode(seg)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, 1.0, 2.0, 3.0, slicer.vtkMRMLSliceNode.OffsetJumpSlice)
+    m = seg.GetSliceToRAS()
+    assert (m.GetElement(0, 3), m.GetElement(1, 3), m.GetElement(2, 3)) == (0.0, 0.0, 3.0)  # offset: along the normal
+    assert review.map_node.GetDisplayNode() is None or not review.map_node.GetDisplayNode().GetVisibility()
+
+
 def test_bad_case_is_an_error_of_that_case(study):
     cohort = open_study(study)
     with pytest.raises(InputError, match="grid"):
@@ -427,3 +452,30 @@ def test_page_in_chromium(study, display, tmp_path, monkeypatch, request):
     shots = os.environ.get("AUTOSEGSENS_REVIEW_SCREENSHOTS")
     if shots:  # to refresh the README's screenshot
         shutil.copy(tmp_path / "page_after.png", Path(shots) / "ReviewPage.png")
+
+
+def test_nnunet_output_reviews_like_the_maps(tmp_path):
+    """`--prob-dir` with nnU-Net's .npz (tune's reader): the same table and the same map as the maps layout."""
+    import slicer
+
+    from test_io_nnunet import write_nnunet_output
+    from tune_cohort import write_cohort
+
+    probs, refs = write_cohort(tmp_path, 3)
+    nn = tmp_path / "nnunet"
+    write_nnunet_output(nn, 3)
+    a, b = open_folders(probs, refs), open_folders(nn, refs)
+    assert b.fmt == "nnunet" and b.structures == ["Low", "High"] and sorted(a.structures) == ["High", "Low"]
+    for c in (a, b):
+        for name in c.cases:
+            c.case_stats(name)
+        c.tune_missing()
+    assert a.tuned == b.tuned
+    for s in ("Low", "High"):
+        assert a.table_rows(s) == b.table_rows(s)
+    ia, ib = a.load_case("case01", "High"), b.load_case("case01", "High")
+    np.testing.assert_array_equal(ia.probability.array, ib.probability.array)
+    assert ib.image.same_grid(ib.probability)
+    scene = ReviewScene(slicer.vtkMRMLScene())
+    scene.show_case(ib, b.tuned["High"])
+    assert np.array_equal(scene.result_mask(), ib.probability.array >= np.float32(b.tuned["High"]))
