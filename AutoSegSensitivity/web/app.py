@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import contextmanager
 from typing import Any, Dict, Optional
 
 from trame.app import TrameApp
@@ -44,6 +45,18 @@ def _layout():
     ])
 
 
+@contextmanager
+def _vtk_warnings_off():
+    from vtkmodules.vtkCommonCore import vtkObject
+
+    old = vtkObject.GetGlobalWarningDisplay()
+    vtkObject.GlobalWarningDisplayOff()
+    try:
+        yield
+    finally:
+        vtkObject.SetGlobalWarningDisplay(old)
+
+
 class ReviewApp(TrameApp):
     """One page per server. ``cohort``: what to review; ``background``: compute the table in the event loop's
     executor once the server is ready (tests call :meth:`compute_table` instead)."""
@@ -57,7 +70,8 @@ class ReviewApp(TrameApp):
         self.slicer_app = SlicerApp()
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
-        self.layout_manager.register_layout(LAYOUT_ID, _layout())
+        with _vtk_warnings_off():  # VTK 9.5's notice about WindowResizeEvent, once per view
+            self.layout_manager.register_layout(LAYOUT_ID, _layout())
         self.layout_manager.set_layout(LAYOUT_ID)
         self.review = ReviewScene(self.slicer_app.scene)
         self._opened: Optional[CaseImages] = None
@@ -88,6 +102,7 @@ class ReviewApp(TrameApp):
         self.ctrl.save_threshold = self.save_threshold
         self.state.change("threshold")(self._on_threshold)
         self.state.change("structure")(self._on_structure)
+        self._background = background
         if background:
             self.ctrl.on_server_ready.add(self._start_background)
         self._build_ui()
@@ -106,7 +121,17 @@ class ReviewApp(TrameApp):
         self._table_done()
 
     def _start_background(self, **_: Any) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.add_done_callback(lambda _t: self._start_background())  # once the running pass ends
+            return
         self._task = asyncio.ensure_future(self._compute_background())
+
+    def _recompute(self) -> None:
+        """Read the cases again (after the tuned threshold changed: its NSD), in the background when served."""
+        if self._background:
+            self._start_background()
+        else:
+            self.compute_table()
 
     async def _compute_background(self) -> None:
         loop = asyncio.get_running_loop()
@@ -226,6 +251,7 @@ class ReviewApp(TrameApp):
         self.state.message_type = "success"
         self._refresh_rows()
         self._refresh_chart()
+        self._recompute()
 
     # ------------------------------------------------------------------------------------------- page
 

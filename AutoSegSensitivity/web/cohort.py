@@ -196,7 +196,7 @@ class Cohort:
                 continue
             rows.append({"case": name, "dice_05": _r(dice_at(st.counts, self.grid, 0.5)),
                          "dice_tuned": _r(dice_at(st.counts, self.grid, t)), "nsd_05": _r(st.nsd_05),
-                         "nsd_tuned": _r(st.nsd_tuned), "problem": ""})
+                         "nsd_tuned": _r(st.nsd_tuned) if abs(st.t_tuned - t) < 1e-9 else None, "problem": ""})
         rows.sort(key=lambda r: (r["dice_tuned"] is None, r["dice_tuned"] if r["dice_tuned"] is not None else 0.0,
                                  r["case"]))
         return rows
@@ -272,11 +272,11 @@ def _nsd_at(prob: np.ndarray, ref: np.ndarray, spacing: Sequence[float], t: floa
 
 
 def dice_at(counts: tune.StructureCounts, grid: np.ndarray, t: float) -> float:
-    """Dice of one case at threshold ``t`` (a point of ``grid``: nearest point within 1e-6, else an
-    :class:`InputError`)."""
+    """Dice of one case at threshold ``t`` (a point of ``grid``, within 1e-6; NaN for a threshold off the
+    grid, whose counts were not taken)."""
     j = int(np.argmin(np.abs(grid - t)))
     if abs(grid[j] - t) > 1e-6:
-        raise InputError("review", "threshold", f"a point of the threshold grid (step {grid[1] - grid[0]:g})", got=t)
+        return float("nan")  # a threshold set off the grid (by hand in a file): not in the counts
     return float(tune._dice(counts.tp[j], counts.npred[j], counts.nref))
 
 

@@ -250,6 +250,8 @@ def test_app_state_case_slider_save_and_apply(study, display, tmp_path, request)
     row = next(r for r in app.state.rows if r["case"] == "case000")
     ref0 = read_segmentation(study / "data" / "case000" / "segmentation.seg.nrrd").mask("Brain")
     assert row["dice_tuned"] == pytest.approx(brute_dice(p0, ref0, 0.55), abs=1e-4)
+    sp0 = read_segmentation(study / "data" / "case000" / "segmentation.seg.nrrd").geometry.spacing_zyx
+    assert row["nsd_tuned"] == pytest.approx(reference_nsd(p0 >= np.float32(0.55), ref0, sp0), abs=1e-3)
 
     # apply reads it: the segmentation it writes is p >= 0.55
     out = tmp_path / "applied"
@@ -369,6 +371,9 @@ def test_page_in_chromium(study, display, tmp_path, monkeypatch, request):
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=browser_exe, headless=True, args=CHROMIUM_FLAGS)
             page = await browser.new_page(viewport={"width": 1500, "height": 950})
+            requests = []
+            page.on("request", lambda req: requests.append(req.url))
+            found["requests"] = requests
             await page.goto(url)
             await page.wait_for_function("document.querySelectorAll('[data-case]').length >= 5", timeout=60000)
             await page.wait_for_function("document.querySelector('#progress-text').innerText.includes('computed')",
@@ -429,6 +434,8 @@ def test_page_in_chromium(study, display, tmp_path, monkeypatch, request):
             await asyncio.wait_for(server, 30)
 
     loop.run_until_complete(main())
+    outside = [u for u in found["requests"] if not u.startswith((url, "data:", "blob:", f"ws://127.0.0.1:{port}/"))]
+    assert found["requests"] and not outside, f"the page fetched from elsewhere: {outside[:5]}"
     assert "grid" in found["bad_message"] and "prob_Brain.nrrd" in found["bad_message"]
     assert found["worst"][0] == found["worst"][1] != "case004"
     t_before, t_after = found["t"]
