@@ -54,18 +54,16 @@ class ReviewScene:
         ``threshold``. ``show_ct(ct_node)`` is called before the segmentations are made: views that show
         the CT must have it as background first, or they draw the segments' fill under it, over black."""
         self.case = case
-        self.ct_node = nodes.volume_to_node(case.image, self.scene, CT_NODE)
+        # display nodes made before the voxels, with a fixed window/level: no automatic window/level (a
+        # histogram of every voxel) is computed when the voxels arrive
+        self.ct_node = nodes.volume_to_node(case.image, self.scene, CT_NODE, node=self._volume_node(CT_NODE))
         disp = self.ct_node.GetDisplayNode()
-        if disp is not None:
-            if disp.GetColorNodeID() is None:
-                disp.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
-            disp.SetAutoWindowLevel(0)
-            disp.SetWindowLevel(*CT_WINDOW_LEVEL)
+        if disp.GetColorNodeID() is None:
+            disp.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
         if show_ct is not None:
             show_ct(self.ct_node)
-        self.map_node = nodes.volume_to_node(case.probability, self.scene, MAP_NODE)
-        if self.map_node.GetDisplayNode() is not None:
-            self.map_node.GetDisplayNode().SetVisibility(False)
+        self.map_node = nodes.volume_to_node(case.probability, self.scene, MAP_NODE, node=self._volume_node(MAP_NODE))
+        self.map_node.GetDisplayNode().SetVisibility(False)
 
         self.reference_node = self._fresh_segmentation(REFERENCE_NODE)
         nodes.write_segment(self.reference_node, f"{case.structure} reference", case.reference, case.image,
@@ -83,6 +81,17 @@ class ReviewScene:
         d.SetOpacity2DFill(0.35)
         self.set_threshold(threshold, interactive=False)
         self.result_node.CreateClosedSurfaceRepresentation()
+
+    def _volume_node(self, name: str) -> Any:
+        """The scalar volume node ``name`` (made on first use) with a display node whose window/level is
+        fixed (:data:`CT_WINDOW_LEVEL`; the map is never shown)."""
+        node = nodes.get_or_create_node(self.scene, "vtkMRMLScalarVolumeNode", name)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        disp = node.GetDisplayNode()
+        disp.SetAutoWindowLevel(0)
+        disp.SetWindowLevel(*CT_WINDOW_LEVEL)
+        return node
 
     def _fresh_segmentation(self, name: str) -> Any:
         """An empty segmentation node called ``name`` (the previous case's one is removed)."""
