@@ -486,3 +486,20 @@ def test_nnunet_output_reviews_like_the_maps(tmp_path):
     scene = ReviewScene(slicer.vtkMRMLScene())
     scene.show_case(ib, b.tuned["High"])
     assert np.array_equal(scene.result_mask(), ib.probability.array >= np.float32(b.tuned["High"]))
+
+
+def test_web_data_side_imports_neither_slicer_nor_trame():
+    """cohort.py and chart.py are engine code (arrays and files); only scene.py (through mrml/) and app.py
+    touch Slicer, only app.py and server.py trame; importing the package needs neither."""
+    import ast
+
+    web = REPO / "AutoSegSensitivity" / "web"
+    for name, banned in (("cohort.py", ("slicer", "trame", "trame_slicer", "vtk", "qt")),
+                         ("chart.py", ("slicer", "trame", "trame_slicer", "vtk", "qt")),
+                         ("__init__.py", ("slicer", "trame", "trame_slicer")),
+                         ("scene.py", ("trame", "trame_slicer", "qt"))):
+        tree = ast.parse((web / name).read_text(encoding="utf-8"))
+        used = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        used |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                 and not n.level}
+        assert not used & set(banned), f"web/{name} imports {used & set(banned)}"
