@@ -38,6 +38,7 @@ SUBCOMMANDS = (
     "localise",
     "ensemble",
     "report",
+    "review",
 )
 
 
