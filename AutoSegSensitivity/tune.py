@@ -61,7 +61,8 @@ __all__ = [
     "THRESHOLDS_JSON", "SUMMARY_CSV", "SWEEPS_DIR", "REPORT_HTML", "FORMAT_TAG",
     "StructureCounts", "CrossValidation", "StructureTuning", "TuneResult",
     "structure_counts", "fold_assignment", "aggregate_curve", "cross_validate",
-    "map_stem", "find_map", "tune_cohort", "write_outputs",
+    "map_stem", "find_map", "tune_cohort", "write_outputs", "CohortCounts", "collect_counts", "tune_from_counts",
+    "calibration_rows", "CALIBRATION_CSV", "temperatures_for",
     "write_thresholds", "read_thresholds_file", "read_thresholds", "thresholds_for",
     "threshold_case", "apply_cohort", "problem_line",
 ]
@@ -70,6 +71,7 @@ THRESHOLDS_JSON = "thresholds.json"
 SUMMARY_CSV = "summary.csv"
 SWEEPS_DIR = "sweeps"
 REPORT_HTML = "report.html"
+CALIBRATION_CSV = "calibration.csv"
 FORMAT_TAG = "autosegsens-thresholds"
 MAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".nhdr")
 DEFAULT_FOLDS = 5
@@ -84,23 +86,27 @@ DEFAULT_BOOTSTRAP = 2000
 @dataclass
 class StructureCounts:
     """One structure of one case over the threshold grid: ``tp[i]`` = |P(t_i) ∩ R|, ``npred[i]`` = |P(t_i)|,
-    ``nref`` = |R|, ``nvox`` = voxels of the map, and ``curve`` = the case's values of a non-Dice metric
-    (None for Dice)."""
+    ``nref`` = |R|, ``nvox`` = voxels of the map, ``curve`` = the case's values of a non-Dice metric
+    (None for Dice) and ``calibration`` = the case's :class:`~AutoSegSensitivity.calibration.CalibrationCounts`
+    (None unless asked for)."""
 
     tp: np.ndarray
     npred: np.ndarray
     nref: int
     nvox: int
     curve: Optional[np.ndarray] = None
+    calibration: Optional[Any] = None  # calibration.CalibrationCounts when tuning with --calibration
 
 
 def structure_counts(prob: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
                      thresholds: Union[np.ndarray, Sequence[float]] = DEFAULT_THRESHOLDS, metric: str = "dice",
                      source: str = "probability map",
-                     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM) -> StructureCounts:
+                     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM,
+                     calibration_margin: Optional[float] = None) -> StructureCounts:
     """Counts (and, for a non-Dice ``metric``, the per-case curve) of one map ``prob`` (z, y, x; values in
     [0, 1]) against its reference mask ``ref`` (same shape), spacing in mm (z, y, x); ``nsd_tolerance`` (mm)
-    is the surface Dice's tolerance when ``metric`` is ``nsd``. NaN or values outside
+    is the surface Dice's tolerance when ``metric`` is ``nsd``; with ``calibration_margin`` (mm) also the
+    calibration histogram (:func:`AutoSegSensitivity.calibration.case_calibration`). NaN or values outside
     [0, 1], or a shape mismatch, are an :class:`InputError` naming ``source``."""
     _check_metric(metric)
     th = parse_thresholds(thresholds)
@@ -116,8 +122,13 @@ def structure_counts(prob: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
         res = sweep_thresholds([p], [r], [sp], th, metrics=(metric,), case_names=["case"], device="numpy",
                                nsd_tolerance=nsd_tolerance)
         curve = np.asarray(res.per_case["case"][metric], dtype=float)
+    cal = None
+    if calibration_margin is not None:
+        from .calibration import case_calibration
+
+        cal = case_calibration(p, r, sp, calibration_margin)
     return StructureCounts(np.asarray(out.tp, dtype=np.int64), np.asarray(out.npred, dtype=np.int64),
-                           int(out.nref), int(p.size), curve)
+                           int(out.nref), int(p.size), curve, cal)
 
 
 def _check_metric(metric: str) -> None:
@@ -333,6 +344,7 @@ class _CaseTask:
     metric: str
     thresholds: np.ndarray
     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM
+    calibration_margin: Optional[float] = None
 
 
 @dataclass
@@ -360,7 +372,8 @@ def _count_case(task: _CaseTask) -> _CaseOut:
             return
         try:
             out.counts[structure] = structure_counts(prob, seg.mask(structure), spacing, task.thresholds,
-                                                     task.metric, source, task.nsd_tolerance)
+                                                     task.metric, source, task.nsd_tolerance,
+                                                     task.calibration_margin)
         except Exception as exc:
             out.problems.append((structure, _reason(exc)))
 
@@ -424,6 +437,7 @@ class StructureTuning:
     loss_at_05: Optional[float]
     prominence: Optional[float]
     cv: Optional[CrossValidation]
+    calibration: Optional[Any] = None  # calibration.StructureCalibration with --calibration
 
 
 @dataclass
@@ -466,16 +480,51 @@ def _prominence_from(ref_dir: PathLike, structures: Sequence[str]) -> Dict[str, 
     return {s: true[s] / total[s] for s in structures if total[s]}
 
 
+@dataclass
+class CohortCounts:
+    """What tune keeps of a cohort before aggregating (all cases, or one shard's): the matched case names
+    of the whole cohort (``names``, sorted), the cases counted here (``cases``), each case's probability path
+    (for problem lines), the problems found before counting, the per-case outputs in name order, the
+    structures asked for, the threshold grid and the inputs/settings (``inputs`` of thresholds.json)."""
+
+    names: List[str]
+    cases: List[str]
+    prob_paths: Dict[str, str]
+    problems: List[Tuple[str, str, str]]
+    outs: List[_CaseOut]
+    wanted: Optional[List[str]]
+    thresholds: np.ndarray
+    inputs: Dict[str, Any]
+
+
 def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", dataset_json: Optional[PathLike] = None,
                 structures: Optional[Sequence[str]] = None, metric: str = "dice", folds: int = DEFAULT_FOLDS,
                 seed: int = 0, train_dir: Optional[PathLike] = None, jobs: int = 1,
                 thresholds: Union[np.ndarray, Sequence[float], str, None] = DEFAULT_THRESHOLDS,
                 n_boot: int = DEFAULT_BOOTSTRAP, on_case: Optional[Callable[[str], None]] = None,
-                nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM) -> TuneResult:
+                nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, calibration: bool = False,
+                calibration_margin: Optional[float] = None) -> TuneResult:
     """Tune every structure over the cases of ``prob_dir`` (maps or nnU-Net output) matched by name with the
     dataset folder ``ref_dir``; see the module docstring. Cases, structures and maps with problems are
     listed in :attr:`TuneResult.problems` and the rest goes on. ``on_case(name)`` is called as each case
-    finishes (progress). ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``."""
+    finishes (progress). ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``.
+    With ``calibration``, also each structure's calibration (:mod:`AutoSegSensitivity.calibration`, region
+    margin ``calibration_margin`` mm, default 10) from the same pass over the maps."""
+    return tune_from_counts(collect_counts(prob_dir, ref_dir, fmt, dataset_json, structures, metric, folds, seed,
+                                           train_dir, jobs, thresholds, n_boot, on_case, nsd_tolerance,
+                                           calibration=calibration, calibration_margin=calibration_margin))
+
+
+def collect_counts(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", dataset_json: Optional[PathLike] = None,
+                   structures: Optional[Sequence[str]] = None, metric: str = "dice", folds: int = DEFAULT_FOLDS,
+                   seed: int = 0, train_dir: Optional[PathLike] = None, jobs: int = 1,
+                   thresholds: Union[np.ndarray, Sequence[float], str, None] = DEFAULT_THRESHOLDS,
+                   n_boot: int = DEFAULT_BOOTSTRAP, on_case: Optional[Callable[[str], None]] = None,
+                   nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, shard: Optional[Tuple[int, int]] = None,
+                   calibration: bool = False, calibration_margin: Optional[float] = None) -> CohortCounts:
+    """Find the cohort's cases and count them (one pass over each case's maps): everything
+    :func:`tune_from_counts` needs. ``shard = (I, N)`` counts only cases I, I+N, ... of the sorted matched
+    names (as ``predict --shard``); the settings are checked and recorded as for a whole run."""
     from .io.dataset import scan_dataset
 
     _check_metric(metric)
@@ -486,6 +535,13 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     for name, value, least in (("jobs", jobs, 1), ("folds", folds, 2), ("bootstrap resamples", n_boot, 1)):
         if int(value) < least:
             raise InputError("tune", name, f"at least {least}", got=value)
+    margin = None
+    if calibration:
+        from .calibration import DEFAULT_MARGIN_MM
+
+        margin = float(DEFAULT_MARGIN_MM if calibration_margin is None else calibration_margin)
+        if not (math.isfinite(margin) and margin >= 0):
+            raise InputError("tune", "calibration margin", "a number of mm >= 0", got=calibration_margin)
     fmt = detect_format(prob_dir, fmt)
     problems: List[Tuple[str, str, str]] = []
     labels = None
@@ -513,19 +569,17 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     if not names:
         raise InputError(prob_dir, "cases", f"cases whose names match the reference cases in {ref_dir}",
                          got="none in common")
-    tasks = [_CaseTask(n, refs[n], probs[n], fmt, wanted, labels, metric, th, float(nsd_tolerance)) for n in names]
+    counted = names
+    if shard is not None:
+        from .predict_shards import shard_names
 
-    per_structure: Dict[str, Dict[str, StructureCounts]] = {}
-    order: List[str] = list(wanted or [])
+        counted = shard_names(names, int(shard[0]), int(shard[1]))
+    tasks = [_CaseTask(n, refs[n], probs[n], fmt, wanted, labels, metric, th, float(nsd_tolerance),
+                       calibration_margin=margin) for n in counted]
+    outs: List[_CaseOut] = []
 
     def take(res: _CaseOut) -> None:
-        for s in res.seen:
-            if s not in order:
-                order.append(s)
-        for s, c in res.counts.items():
-            per_structure.setdefault(s, {})[res.name] = c
-        for s, reason in res.problems:
-            problems.append((res.name, s, reason))
+        outs.append(res)
         if on_case is not None:
             on_case(res.name)
 
@@ -536,6 +590,34 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     else:
         for t in tasks:
             take(_count_case(t))
+    inputs = {"prob_dir": str(prob_dir), "ref_dir": str(ref_dir), "format": fmt,
+              "dataset_json": str(dataset_json) if dataset_json else None, "train_dir": str(train_dir) if train_dir else None,
+              "structures": list(structures) if structures else None, "metric": metric, "folds": int(folds),
+              "seed": int(seed), "bootstrap_resamples": int(n_boot),
+              **({"nsd_tolerance_mm": float(nsd_tolerance)} if metric == "nsd" else {}),
+              **({"calibration": {"margin_mm": margin}} if margin is not None else {}),
+              "thresholds": {"min": float(th[0]), "max": float(th[-1]), "count": int(th.size)}}
+    return CohortCounts(names, list(counted), {n: str(probs[n]) for n in names}, problems, outs, wanted, th, inputs)
+
+
+def tune_from_counts(cc: CohortCounts) -> TuneResult:
+    """Aggregate the counts of a whole cohort (one run, or merged shards) into a :class:`TuneResult`:
+    optimum, cross-validation, prominence and, when counted, calibration of every structure."""
+    inputs = cc.inputs
+    metric, folds, seed, n_boot = inputs["metric"], int(inputs["folds"]), int(inputs["seed"]), int(inputs["bootstrap_resamples"])
+    train_dir, ref_dir, th = inputs.get("train_dir"), inputs["ref_dir"], cc.thresholds
+    names = cc.names
+    problems = list(cc.problems)
+    per_structure: Dict[str, Dict[str, StructureCounts]] = {}
+    order: List[str] = list(cc.wanted or [])
+    for res in cc.outs:
+        for s in res.seen:
+            if s not in order:
+                order.append(s)
+        for s, c in res.counts.items():
+            per_structure.setdefault(s, {})[res.name] = c
+        for s, reason in res.problems:
+            problems.append((res.name, s, reason))
 
     found = [s for s in order if s in per_structure]
     for s in order:
@@ -546,8 +628,8 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     for s in found:
         for n in names:
             if n not in per_structure[s] and not any(p[0] == n and p[1] in (s, "") for p in problems):
-                problems.append((n, s, f"{probs[n]}: structure {s!r}: expected a probability map in this case, "
-                                       "got none (the structure is tuned without this case)"))
+                problems.append((n, s, f"{cc.prob_paths[n]}: structure {s!r}: expected a probability map in this "
+                                       "case, got none (the structure is tuned without this case)"))
     if train_dir is not None:
         prom = _prominence_from(train_dir, found)
         prom_source = f"training references ({train_dir})"
@@ -558,20 +640,20 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
             prom[s] = sum(c.nref for c in cs) / sum(c.nvox for c in cs)
         prom_source = f"tuning references ({ref_dir}); no --train-dir given"
 
+    margin = (inputs.get("calibration") or {}).get("margin_mm")
     tunings: Dict[str, StructureTuning] = {}
     for s in found:
         cases = sorted(per_structure[s])
         counts = [per_structure[s][c] for c in cases]
-        tunings[s] = _tune_structure(s, cases, counts, th, metric, folds, seed, n_boot, prom.get(s))
-        if tunings[s].cv is None:
+        tunings[s] = tu = _tune_structure(s, cases, counts, th, metric, folds, seed, n_boot, prom.get(s))
+        if tu.cv is None:
             problems.append(("", s, f"cross-validation: expected at least 2 cases, got {len(cases)}"))
-    inputs = {"prob_dir": str(prob_dir), "ref_dir": str(ref_dir), "format": fmt,
-              "dataset_json": str(dataset_json) if dataset_json else None, "train_dir": str(train_dir) if train_dir else None,
-              "structures": list(structures) if structures else None, "metric": metric, "folds": int(folds),
-              "seed": int(seed), "bootstrap_resamples": int(n_boot),
-              **({"nsd_tolerance_mm": float(nsd_tolerance)} if metric == "nsd" else {}),
-              "thresholds": {"min": float(th[0]), "max": float(th[-1]), "count": int(th.size)}}
-    return TuneResult(metric, tunings, problems, inputs, names, prom_source)
+        if margin is not None and all(c.calibration is not None for c in counts):
+            from .calibration import calibrate_structure
+
+            tu.calibration = calibrate_structure([c.calibration for c in counts], tu.cv.folds if tu.cv else None,
+                                                 tu.t_opt, tu.cv.fold_thresholds if tu.cv else [], margin)
+    return TuneResult(metric, tunings, problems, dict(inputs), list(names), prom_source)
 
 
 def _tune_structure(s: str, cases: List[str], counts: List[StructureCounts], th: np.ndarray, metric: str,
@@ -629,6 +711,10 @@ def thresholds_document(result: TuneResult) -> Dict[str, Any]:
         entry = {"threshold": tu.t_opt, "fold_thresholds": tu.cv.fold_thresholds if tu.cv else [],
                  "cases": tu.cases, "folds_of_cases": tu.cv.folds if tu.cv else []}
         entry.update({k: v for k, v in row.items() if k not in ("structure", "fold_thresholds")})
+        if tu.calibration is not None:
+            entry["temperature"] = tu.calibration.temperature
+            entry["fold_temperatures"] = tu.calibration.fold_temperatures
+            entry["threshold_calibrated"] = tu.calibration.t_opt_calibrated
         structures[s] = entry
     return {"format": FORMAT_TAG, "version": 1, "metric": result.metric, "structures": structures,
             "prominence_source": result.prominence_source, "cases": result.cases,
@@ -640,14 +726,25 @@ def thresholds_document(result: TuneResult) -> Dict[str, Any]:
                             "aggregate": "Dice pooled over voxels and cases; other metrics: mean of finite "
                                          "per-case values",
                             "cv_gain": "held-out value at the fold thresholds minus at 0.5 (positive = better)",
-                            "ci": "95 % bootstrap over cases, fold thresholds fixed"},
+                            "ci": "95 % bootstrap over cases, fold thresholds fixed",
+                            **({"temperature": "calibrated map p' = sigmoid(logit(p) / T), T minimising the NLL "
+                                               "over the voxels within the margin of the reference or with p >= "
+                                               "0.01; threshold_calibrated = sigmoid(logit(threshold) / T)"}
+                               if any(tu.calibration is not None for tu in result.structures.values()) else {})},
             "version_autosegsens": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def calibration_rows(result: TuneResult) -> List[Dict[str, Any]]:
+    """One row per calibrated structure (the columns of ``calibration.csv``); empty without calibration."""
+    return [{"structure": s, "n_cases": len(tu.cases), **tu.calibration.row()}
+            for s, tu in result.structures.items() if tu.calibration is not None]
+
+
 def write_outputs(result: TuneResult, out: PathLike) -> Path:
     """Write ``thresholds.json``, ``summary.csv``, ``sweeps/<structure>/sweep.csv`` (as ``autosegsens
-    sweep`` writes it) and ``report.html`` into ``out``. Returns ``out``."""
+    sweep`` writes it) and ``report.html`` into ``out``; with calibration also ``calibration.csv`` and
+    ``sweeps/<structure>/reliability.csv``. Returns ``out``."""
     from .report import write_csv, write_json
     from .tune_report import render_tune_html
 
@@ -657,6 +754,15 @@ def write_outputs(result: TuneResult, out: PathLike) -> Path:
         write_csv(tu.result.to_table(), out / SWEEPS_DIR / map_stem(s) / "sweep.csv")
     rows = summary_rows(result)
     write_csv(rows, out / SUMMARY_CSV)
+    cal_rows = calibration_rows(result)
+    if cal_rows:
+        from .calibration import reliability_rows
+
+        write_csv(cal_rows, out / CALIBRATION_CSV)
+        for s, tu in result.structures.items():
+            if tu.calibration is not None:
+                write_csv(reliability_rows(tu.calibration), out / SWEEPS_DIR / map_stem(s) / "reliability.csv",
+                          columns=["which", "bin", "count", "p_low", "p_high", "mean_p", "observed"])
     write_json(thresholds_document(result), out / THRESHOLDS_JSON)
     write_text(out / REPORT_HTML, render_tune_html(result, rows))
     return out
@@ -717,6 +823,23 @@ def read_thresholds_file(path: PathLike) -> Dict[str, Any]:
 def read_thresholds(path: PathLike) -> Dict[str, float]:
     """``{structure: threshold}`` from a ``thresholds.json`` (validated, see :func:`read_thresholds_file`)."""
     return {n: float(e["threshold"]) for n, e in read_thresholds_file(path)["structures"].items()}
+
+
+def temperatures_for(path: PathLike, names: Iterable[str]) -> Dict[str, float]:
+    """The temperatures (``tune --calibration``) of ``names`` from a ``thresholds.json``, matched as
+    :func:`thresholds_for` matches; a structure without a positive finite ``temperature`` is an
+    :class:`InputError` naming the file and the field."""
+    structures = read_thresholds_file(path)["structures"]
+    by_stem = {map_stem(n): n for n in structures}
+    out = {}
+    for n in names:
+        key = n if n in structures else by_stem.get(map_stem(n))
+        v = structures.get(key, {}).get("temperature") if key is not None else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or float(v) <= 0:
+            raise InputError(path, f"structures.{n}.temperature",
+                             "a positive temperature (written by autosegsens tune --calibration)", got=repr(v))
+        out[n] = float(v)
+    return out
 
 
 def thresholds_for(path: PathLike, names: Iterable[str]) -> Dict[str, float]:
