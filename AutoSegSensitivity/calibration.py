@@ -55,7 +55,8 @@ __all__ = [
     "EPS", "LOW_P", "N_FINE", "LOGIT_MAX", "BIN_WIDTH", "DEFAULT_MARGIN_MM", "RELIABILITY_BINS", "T_BOUNDS",
     "ERROR_BOUNDS", "CalibrationCounts", "ReliabilityBin", "CalibrationMetrics", "StructureCalibration",
     "calibration_region", "case_calibration", "fit_temperature", "metrics_at", "calibrate_structure",
-    "calibrate_threshold", "calibrate_array", "logit",
+    "calibrate_threshold", "calibrate_array", "logit", "sum_counts", "reliability_rows", "calibrated_thresholds",
+    "calibrated_volumes", "write_calibrated_maps",
 ]
 
 EPS = 1e-6
@@ -291,6 +292,31 @@ def calibrate_array(prob: np.ndarray, temperature: float) -> np.ndarray:
     :func:`calibrate_threshold`)."""
     p = np.asarray(prob, dtype=np.float64)
     return _sigmoid(logit(p) / float(temperature)).astype(np.float32)
+
+
+def calibrated_thresholds(thresholds: Dict[str, float], temperatures: Dict[str, float]) -> Dict[str, Dict[str, float]]:
+    """``{structure: {"threshold": t', "threshold_uncalibrated": t, "temperature_applied": T}}``: the
+    thresholds of calibrated maps (a ``thresholds.json`` table; the maps in it are already calibrated)."""
+    return {s: {"threshold": calibrate_threshold(t, temperatures[s]), "threshold_uncalibrated": float(t),
+                "temperature_applied": float(temperatures[s])} for s, t in thresholds.items() if s in temperatures}
+
+
+def calibrated_volumes(maps: Dict[str, Any], temperatures: Dict[str, float]) -> Dict[str, Any]:
+    """Calibrated copies (:func:`calibrate_array`, float32, same geometry) of the Volumes ``maps``."""
+    return {s: v.with_array(calibrate_array(v.array, temperatures[s])) for s, v in maps.items()}
+
+
+def write_calibrated_maps(maps: Dict[str, Any], temperatures: Dict[str, float], case_dir: Any,
+                          fmt: str = "nrrd") -> List[Any]:
+    """Write ``case_dir/prob_<structure>.<fmt>`` calibrated (the layout ``predict`` writes and ``tune``
+    reads); returns the paths."""
+    from pathlib import Path
+
+    from .io import write_volume
+    from .tune import map_stem
+
+    return [write_volume(v, Path(case_dir) / f"prob_{map_stem(s)}.{fmt}")
+            for s, v in calibrated_volumes(maps, temperatures).items()]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -107,12 +107,15 @@ class ShardResult:
 def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int = 0, count: int = 1,
                   fmt: str = "nrrd", thresholds: Any = None, batch_size: Optional[int] = None,
                   channels_last: Optional[bool] = None, progress: Optional[bool] = None,
-                  on_failure: Optional[Callable[[BatchFailure], None]] = None, redo: bool = False) -> ShardResult:
+                  on_failure: Optional[Callable[[BatchFailure], None]] = None, redo: bool = False,
+                  temperatures: Optional[Mapping[str, float]] = None) -> ShardResult:
     """Predict shard ``index`` of ``count`` of the dataset folder ``data_dir`` into ``out_dir`` (see the
     module docstring). ``model``: a :class:`~AutoSegSensitivity.inference.LoadedModel`; ``thresholds``: a
     number or ``{structure: t}`` to also write ``segmentation.seg.nrrd`` (``None``: maps only);
     ``batch_size`` / ``channels_last`` go to :func:`~AutoSegSensitivity.inference.predict_volume`. A case is
-    skipped when its marker lists the same files, model and thresholds, unless ``redo``. Writes the
+    skipped when its marker lists the same files, model and thresholds, unless ``redo``. ``temperatures``
+    (``{structure: T}``): the maps are written calibrated (:func:`~AutoSegSensitivity.calibration.
+    calibrated_volumes`; the segmentation still thresholds the uncalibrated maps). Writes the
     shard summary ``out_dir/shard-<index>-of-<count>.json``."""
     from .inference import predict_volume, threshold_maps
     from .io import load_case, scan_dataset, write_segmentation, write_volume
@@ -124,6 +127,9 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
     out_dir = Path(out_dir)
     files = output_names(model.class_names, fmt, thresholds is not None)
     settings = run_settings(model, thresholds)
+    # None when uncalibrated: markers written before calibration existed (no such key) stay valid
+    settings["temperatures"] = ({str(k): float(v) for k, v in sorted(temperatures.items())}
+                                if temperatures is not None else None)
     result = ShardResult(index, count, assigned)
     todo = []
     for name in assigned:
@@ -139,7 +145,12 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
         probs = predict_volume(model, image, batch_size=batch_size, channels_last=channels_last)
         case_dir = out_dir / case.name
         (case_dir / MARKER).unlink(missing_ok=True)
-        for vol, fname in zip(probs.values(), files):
+        shown = probs
+        if temperatures is not None:
+            from .calibration import calibrated_volumes
+
+            shown = calibrated_volumes(probs, temperatures)
+        for vol, fname in zip(shown.values(), files):
             write_volume(vol, case_dir / fname)
         if thresholds is not None:
             write_segmentation(threshold_maps(probs, thresholds), case_dir / SEGMENTATION)

@@ -935,15 +935,20 @@ def _case_maps_for_apply(case: str, path: Path, fmt: str, table: Mapping[str, fl
 
 def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, fmt: str = "auto",
                  dataset_json: Optional[PathLike] = None, ref_dir: Optional[PathLike] = None,
-                 on_case: Optional[Callable[[str], None]] = None) -> Tuple[List[Path], List[Tuple[str, str, str]]]:
+                 on_case: Optional[Callable[[str], None]] = None,
+                 calibrated: bool = False) -> Tuple[List[Path], List[Tuple[str, str, str]]]:
     """Write ``out/<case>/segmentation.seg.nrrd`` (``p >= t`` per structure of the thresholds file, on the
     maps' grid) for every case of ``prob_dir``, one case at a time. nnU-Net output takes its geometry from
     the segmentation nnU-Net wrote beside each ``.npz`` or, with ``ref_dir``, from the reference case's
-    image. Returns the files written and the problems ``(case, structure, reason)``; bad cases are left out
-    and the rest goes on."""
+    image. With ``calibrated`` also the calibrated maps ``out/<case>/prob_<structure>.nrrd`` (``sigmoid(
+    logit(p) / T)``, T of the file's ``temperature``, see :mod:`AutoSegSensitivity.calibration`; the
+    segmentation is unchanged: ``p >= t`` is ``p' >= t'``) and ``out/thresholds_calibrated.json`` with
+    ``t' = sigmoid(logit(t) / T)`` for them. Returns the files written and the problems ``(case,
+    structure, reason)``; bad cases are left out and the rest goes on."""
     from .io.segnrrd import write_segmentation
 
     table = read_thresholds(thresholds_path)
+    temps = temperatures_for(thresholds_path, list(table)) if calibrated else {}
     fmt = detect_format(prob_dir, fmt)
     labels, ending = None, ".nii.gz"
     if fmt == "nnunet":
@@ -962,9 +967,19 @@ def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, f
                 problems.append((case, "", "no structure of the thresholds file could be applied"))
                 continue
             seg = threshold_case(maps, table)
+            if calibrated:
+                from .calibration import write_calibrated_maps
+
+                write_calibrated_maps(maps, temps, Path(out) / case)
             written.append(write_segmentation(seg, Path(out) / case / "segmentation.seg.nrrd"))
         except Exception as exc:  # one bad case never stops the cohort
             problems.append((case, "", _reason(exc)))
         if on_case is not None:
             on_case(case)
+    if calibrated and written:
+        from .calibration import calibrated_thresholds
+
+        write_thresholds(Path(out) / "thresholds_calibrated.json", calibrated_thresholds(table, temps),
+                         metric=read_thresholds_file(thresholds_path).get("metric", "dice"),
+                         source=f"{thresholds_path} with each threshold moved onto the calibrated maps")
     return written, problems

@@ -1,7 +1,9 @@
 """The cohort-tuning page (``report.html`` of ``autosegsens tune``), in the style of the study page.
 
 Per structure: the cohort curve of the tuned metric with the optimum, 0.5 and the fold thresholds marked,
-and the held-out (cross-validated) gain with its bootstrap CI; gains whose CI holds 0 are flagged. The
+and the held-out (cross-validated) gain with its bootstrap CI; gains whose CI holds 0 are flagged. With
+calibration (``tune --calibration``): a table of temperatures and NLL / ECE / Brier before and after, and
+per structure the reliability diagram before and after temperature scaling (held out). The
 page reuses :mod:`AutoSegSensitivity.html_report`'s CSS, tables, number formats and figure encoding.
 """
 
@@ -14,7 +16,7 @@ from typing import Any, Dict, List, Sequence
 from .html_report import _CSS, _e, _img, _png_data_uri, _pyplot, _table, fmt_num, fmt_pct
 from .sweep import UNITS
 
-__all__ = ["render_tune_html", "figure_structure"]
+__all__ = ["render_tune_html", "figure_structure", "figure_reliability"]
 
 
 def figure_structure(tu: Any, metric: str) -> str:
@@ -39,6 +41,58 @@ def figure_structure(tu: Any, metric: str) -> str:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _png_data_uri(fig)
+
+
+def figure_reliability(cal: Any, structure: str) -> str:
+    """Reliability diagram of one structure's ``calibration.StructureCalibration``: observed frequency
+    against mean predicted probability per equal-mass bin, before (T = 1) and after temperature scaling
+    (held out when cross-validated), with the diagonal and the voxel count of each bin; a PNG data URI."""
+    plt = _pyplot()
+    after, label = (cal.cv_after, "after, held out") if cal.cv_after is not None else (cal.after, "after")
+    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.6), sharey=True)
+    for ax, (name, m) in zip(axes, ((f"before (T = 1)", cal.before), (f"{label} (T = {cal.temperature:.3g})", after))):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+        if m.bins:
+            x = [b.mean_p for b in m.bins]
+            y = [b.observed for b in m.bins]
+            ax.plot(x, y, "o-", color="tab:blue", ms=3.5)
+            for b in m.bins:
+                ax.annotate(str(b.count), (b.mean_p, b.observed), fontsize=5.5, xytext=(2, -7),
+                            textcoords="offset points", color="0.35")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean predicted probability")
+        ax.set_title(f"{name}\nECE {m.ece:.4f}, NLL {m.nll:.4f}", fontsize=8)
+    axes[0].set_ylabel("observed frequency (reference)")
+    fig.suptitle(structure, fontsize=9)
+    fig.tight_layout()
+    return _png_data_uri(fig)
+
+
+def _calibration_section(result: Any) -> List[str]:
+    cals = [(s, tu.calibration) for s, tu in result.structures.items() if getattr(tu, "calibration", None) is not None]
+    if not cals:
+        return []
+    margin = cals[0][1].margin_mm
+    parts = ["<h2>Calibration</h2>",
+             f'<p class="small">Voxels within {margin:g} mm of the reference or with p &ge; 0.01 (probabilities '
+             "clipped to [1e-6, 1 - 1e-6]). Temperature scaling p' = sigmoid(logit(p) / T), T minimising the "
+             "NLL; the held-out numbers pool every case at the temperature fitted on the other folds (the "
+             "folds of the thresholds). Reliability: equal-mass bins, counts beside the points. The optimum "
+             "threshold t of the maps is t' = sigmoid(logit(t) / T) on the calibrated maps.</p>"]
+    table = []
+    for s, c in cals:
+        r = c.row()
+        table.append([s, r["n_voxels"], f"{c.temperature:.3g}" + (" (bound)" if r["temperature_at_bound"] else ""),
+                      r["fold_temperatures"], fmt_num(r["cv_nll_before"]), fmt_num(r["cv_nll_after"]),
+                      fmt_num(r["cv_ece_before"]), fmt_num(r["cv_ece_after"]), fmt_num(r["cv_brier_before"]),
+                      fmt_num(r["cv_brier_after"]), f"{c.t_opt:.2f}", f"{c.t_opt_calibrated:.3f}"])
+    parts.append(_table(["structure", "voxels", "T", "fold T", "NLL before", "NLL after (held out)", "ECE before",
+                         "ECE after (held out)", "Brier before", "Brier after (held out)", "t_opt",
+                         "t_opt on calibrated maps"], table))
+    for s, c in cals:
+        parts.append(_img(figure_reliability(c, s), f"{s}: reliability before and after temperature scaling"))
+    return parts
 
 
 def render_tune_html(result: Any, rows: Sequence[Dict[str, Any]]) -> str:
@@ -95,8 +149,12 @@ def render_tune_html(result: Any, rows: Sequence[Dict[str, Any]]) -> str:
                 folds.setdefault(f, []).append(c)
             parts.append(_table(["fold", "threshold (tuned on the other folds)", "cases"],
                                 [[k, f"{tu.cv.fold_thresholds[k]:.2f}", ", ".join(v)] for k, v in sorted(folds.items())], 1))
+    parts.extend(_calibration_section(result))
     parts.append("<h2>Inputs</h2>")
     parts.append(f"<pre>{_e(json.dumps(result.inputs, indent=2, sort_keys=True))}</pre>")
     parts.append('<p class="small">Tables behind this page: summary.csv, thresholds.json, '
-                 "sweeps/&lt;structure&gt;/sweep.csv.</p></body></html>")
+                 "sweeps/&lt;structure&gt;/sweep.csv" + (", calibration.csv, sweeps/&lt;structure&gt;/reliability.csv"
+                                                         if any(getattr(tu, "calibration", None) is not None
+                                                                for tu in result.structures.values()) else "")
+                 + ".</p></body></html>")
     return "\n".join(parts) + "\n"
