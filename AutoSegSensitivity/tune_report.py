@@ -46,27 +46,40 @@ def figure_structure(tu: Any, metric: str) -> str:
 def figure_reliability(cal: Any, structure: str) -> str:
     """Reliability diagram of one structure's ``calibration.StructureCalibration``: observed frequency
     against mean predicted probability per equal-mass bin, before (T = 1) and after temperature scaling
-    (held out when cross-validated), with the diagonal and the voxel count of each bin; a PNG data URI."""
+    (held out when cross-validated), with the diagonal; a PNG data URI (the bins' counts are in the page's
+    table beside it and in reliability.csv)."""
     plt = _pyplot()
     after, label = (cal.cv_after, "after, held out") if cal.cv_after is not None else (cal.after, "after")
-    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.6), sharey=True)
-    for ax, (name, m) in zip(axes, ((f"before (T = 1)", cal.before), (f"{label} (T = {cal.temperature:.3g})", after))):
-        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="perfect calibration")
+    for (name, m), style in zip(((f"before (T = 1): ECE {cal.before.ece:.4f}", cal.before),
+                                 (f"{label} (T = {cal.temperature:.3g}): ECE {after.ece:.4f}", after)),
+                                (dict(color="tab:red", marker="o"), dict(color="tab:blue", marker="s"))):
         if m.bins:
-            x = [b.mean_p for b in m.bins]
-            y = [b.observed for b in m.bins]
-            ax.plot(x, y, "o-", color="tab:blue", ms=3.5)
-            for b in m.bins:
-                ax.annotate(str(b.count), (b.mean_p, b.observed), fontsize=5.5, xytext=(2, -7),
-                            textcoords="offset points", color="0.35")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("mean predicted probability")
-        ax.set_title(f"{name}\nECE {m.ece:.4f}, NLL {m.nll:.4f}", fontsize=8)
-    axes[0].set_ylabel("observed frequency (reference)")
-    fig.suptitle(structure, fontsize=9)
+            ax.plot([b.mean_p for b in m.bins], [b.observed for b in m.bins], ms=3.5, lw=1.0, label=name, **style)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability (equal-mass bins)")
+    ax.set_ylabel("observed frequency (reference)")
+    ax.set_title(structure, fontsize=9)
+    ax.legend(fontsize=6.5, loc="upper left")
     fig.tight_layout()
     return _png_data_uri(fig)
+
+
+def _bins_table(cal: Any) -> str:
+    after = cal.cv_after if cal.cv_after is not None else cal.after
+    n = max(len(cal.before.bins), len(after.bins))
+    rows = []
+    for i in range(n):
+        row: List[Any] = [i]
+        for m in (cal.before, after):
+            b = m.bins[i] if i < len(m.bins) else None
+            row += ([b.count, f"{b.mean_p:.4f}", f"{b.observed:.4f}"] if b is not None else ["", "", ""])
+        rows.append(row)
+    return ("<details><summary>reliability bins (counts)</summary>" + _table(
+        ["bin", "voxels before", "mean p before", "observed before", "voxels after", "mean p after",
+         "observed after"], rows, 1) + "</details>")
 
 
 def _calibration_section(result: Any) -> List[str]:
@@ -92,6 +105,7 @@ def _calibration_section(result: Any) -> List[str]:
                          "t_opt on calibrated maps"], table))
     for s, c in cals:
         parts.append(_img(figure_reliability(c, s), f"{s}: reliability before and after temperature scaling"))
+        parts.append(_bins_table(c))
     return parts
 
 
