@@ -113,36 +113,31 @@ def sum_counts(items: Sequence[CalibrationCounts]) -> CalibrationCounts:
     return out
 
 
-def _box_of(mask: np.ndarray) -> Optional[List[slice]]:
-    if not mask.any():
-        return None
-    out = []
-    for ax in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != ax)
-        hit = np.flatnonzero(mask.any(axis=other))
-        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return out
+def _region_indices(prob: np.ndarray, ref: np.ndarray, spacing: Sequence[float], margin_mm: float) -> np.ndarray:
+    """Sorted flat indices of :func:`calibration_region` (a few passes over the volume; the distance
+    transform only over the reference's bounding box padded by the margin)."""
+    from scipy import ndimage
+
+    p = np.asarray(prob)
+    region = p >= np.asarray(LOW_P, dtype=p.dtype)
+    ref_idx = np.flatnonzero(ref.ravel())
+    if ref_idx.size:
+        coords = np.unravel_index(ref_idx, ref.shape)
+        sp = np.asarray(spacing, dtype=float)
+        pad = np.floor(float(margin_mm) / sp).astype(int)
+        box = tuple(slice(max(int(c.min()) - k, 0), min(int(c.max()) + 1 + k, n))
+                    for c, k, n in zip(coords, pad, ref.shape))
+        sub = ref[box]
+        region[box] |= ndimage.distance_transform_edt(~sub, sampling=sp) <= float(margin_mm) if float(margin_mm) > 0 else sub
+    return np.flatnonzero(region)
 
 
 def calibration_region(prob: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
                        margin_mm: float = DEFAULT_MARGIN_MM) -> np.ndarray:
     """The voxels calibration is measured on (bool, the shape of ``prob``): ``p >= 0.01`` or within
     ``margin_mm`` (Euclidean, between voxel centres, ``spacing`` in mm per axis z, y, x) of the reference."""
-    from scipy import ndimage
-
-    region = np.asarray(prob) >= np.asarray(LOW_P, dtype=np.asarray(prob).dtype)
-    box = _box_of(ref)
-    if box is None:
-        return region
-    sp = np.asarray(spacing, dtype=float)
-    pad = np.floor(float(margin_mm) / sp).astype(int)
-    big = tuple(slice(max(b.start - k, 0), min(b.stop + k, n)) for b, k, n in zip(box, pad, ref.shape))
-    sub = ref[big]
-    if float(margin_mm) > 0:
-        dist = ndimage.distance_transform_edt(~sub, sampling=sp)
-        region[big] |= dist <= float(margin_mm)
-    else:
-        region[big] |= sub
+    region = np.zeros(np.asarray(prob).shape, bool)
+    region.ravel()[_region_indices(prob, np.asarray(ref, dtype=bool), spacing, margin_mm)] = True
     return region
 
 
@@ -152,16 +147,14 @@ def case_calibration(prob: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
     its reference mask ``ref`` over :func:`calibration_region`."""
     p = np.asarray(prob)
     r = np.asarray(ref, dtype=bool)
-    region = calibration_region(p, r, spacing, margin_mm)
-    pv = np.clip(p[region].astype(np.float64), EPS, 1.0 - EPS)
-    yv = r[region]
-    z = np.log(pv) - np.log1p(-pv)
-    idx = np.clip(((z + LOGIT_MAX) / BIN_WIDTH).astype(np.int64), 0, N_FINE - 1)
-    out = CalibrationCounts.empty()
-    for y, sel in ((0, ~yv), (1, yv)):
-        out.n[y] = np.bincount(idx[sel], minlength=N_FINE)
-        out.s[y] = np.bincount(idx[sel], weights=z[sel], minlength=N_FINE)
-    return out
+    idx = _region_indices(p, r, spacing, margin_mm)
+    pv = np.clip(p.ravel()[idx].astype(np.float64), EPS, 1.0 - EPS)
+    yv = r.ravel()[idx]
+    z = np.log(pv / (1.0 - pv))
+    cell = np.clip(((z + LOGIT_MAX) / BIN_WIDTH).astype(np.int64), 0, N_FINE - 1) + N_FINE * yv
+    n = np.bincount(cell, minlength=2 * N_FINE).reshape(2, N_FINE)
+    s = np.bincount(cell, weights=z, minlength=2 * N_FINE).reshape(2, N_FINE)
+    return CalibrationCounts(n.astype(np.int64), s)
 
 
 # --------------------------------------------------------------------------------------------------------
