@@ -31,7 +31,13 @@ takes the 2.5th and 97.5th percentiles (``numpy.percentile``, linear). A CI that
 **thresholds.json** (:func:`write_thresholds`, :func:`read_thresholds`): ``{"format":
 "autosegsens-thresholds", "version": 1, "metric": "dice", "structures": {name: {"threshold": t,
 "fold_thresholds": [...], ...}}, "inputs": {...}}``; read by ``apply``, ``predict --thresholds`` and the
-AutoSegThreshold module.
+AutoSegThreshold module. With calibration (:mod:`AutoSegSensitivity.calibration`, counted in the same pass)
+each structure also holds ``"temperature"``, ``"fold_temperatures"`` and ``"threshold_calibrated"``; readers
+that do not know them ignore them.
+
+**Shards**: :func:`collect_counts` (discovery + counting, optionally of one shard's cases) and
+:func:`tune_from_counts` (aggregation) are the two halves of :func:`tune_cohort`;
+:mod:`AutoSegSensitivity.tune_shards` writes a shard's counts and merges them.
 """
 
 from __future__ import annotations

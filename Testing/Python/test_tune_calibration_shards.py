@@ -126,7 +126,8 @@ def test_sharded_tune_and_merge_equal_one_run(tmp_path, capsys, extra):
     common = ["--prob-dir", str(probs), "--ref-dir", str(refs), "--folds", "3", "--bootstrap", "40", *extra]
     assert main(["tune", *common, "--out", str(tmp_path / "one")]) == 0
     for i in range(3):
-        assert main(["tune", *common, "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/3"]) == 0
+        jobs = ["--jobs", "2"] if i == 0 else []  # worker processes count the same
+        assert main(["tune", *common, *jobs, "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/3"]) == 0
         assert [p.name for p in (tmp_path / f"s{i}").iterdir()] == [f"counts-{i}-of-3.npz"]
     meta, arrays = load_counts(tmp_path / "s1" / "counts-1-of-3.npz")  # allow_pickle=False
     assert meta["cases"] == ["case01", "case04"] and all(a.dtype != object for a in arrays.values())
