@@ -123,6 +123,8 @@ def _outputs(folder: Path) -> dict:
 @pytest.mark.parametrize("extra", [["--calibration"], ["--metric", "msd", "--structures", "Low"]])
 def test_sharded_tune_and_merge_equal_one_run(tmp_path, capsys, extra):
     probs, refs = write_cohort(tmp_path, 7)
+    (probs / "case03" / "prob_Low.nrrd").unlink()  # problems found while counting and before it are kept
+    (probs / "case99").mkdir()
     common = ["--prob-dir", str(probs), "--ref-dir", str(refs), "--folds", "3", "--bootstrap", "40", *extra]
     assert main(["tune", *common, "--out", str(tmp_path / "one")]) == 0
     for i in range(3):
@@ -135,6 +137,8 @@ def test_sharded_tune_and_merge_equal_one_run(tmp_path, capsys, extra):
                  "--out", str(tmp_path / "merged")]) == 0
     one, merged = _outputs(tmp_path / "one"), _outputs(tmp_path / "merged")
     assert sorted(one) == sorted(merged) and ("calibration.csv" in one) == ("--calibration" in extra)
+    problems = json.loads(one["thresholds.json"])["problems"]
+    assert any("case99" in p for p in problems) and any("case03" in p and "Low" in p for p in problems)
     for name in one:
         assert one[name] == merged[name], name
 
