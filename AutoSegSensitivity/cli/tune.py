@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     for p in result.problems:
         print(f"note: {problem_line(p)}", file=sys.stderr)
     if not result.structures:
-        raise InputError(args.prob_dir, "structures", "at least one structure with maps and references",
+        raise InputError(args.prob_dir or "tune --merge", "structures", "at least one structure with maps and references",
                          got="none (see the notes above)")
     write_outputs(result, out)
     m = result.metric
