@@ -41,6 +41,12 @@ bin the voxel count, the mean predicted probability and the observed frequency o
 every case at its fold's temperature (before = ``T = 1``, which needs no fit). A threshold ``t`` on the
 maps is the threshold ``t' = sigmoid(logit(t) / T)`` on the calibrated maps (the map is transformed
 monotonically), so where the Dice optimum of the calibrated maps lies needs no second pass.
+
+**What a temperature cannot do**: ``sigmoid(logit(0.5) / T) = 0.5`` for every ``T``, so temperature scaling
+moves an optimum toward 0.5 only when ``T > 1`` (over-confident maps) and never across 0.5. Maps whose
+optimum lies far below 0.5 with a fitted ``T < 1`` are shifted, not merely too soft (the demo's BCE maps of
+Lens_L: ``T`` about 0.2 to 0.5 and the optimum moves further from 0.5); fixing that needs a bias on the
+logit (Platt scaling, ``sigmoid(a logit(p) + b)``), which is not fitted here.
 """
 
 from __future__ import annotations

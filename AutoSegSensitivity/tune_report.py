@@ -92,7 +92,9 @@ def _calibration_section(result: Any) -> List[str]:
              "clipped to [1e-6, 1 - 1e-6]). Temperature scaling p' = sigmoid(logit(p) / T), T minimising the "
              "NLL; the held-out numbers pool every case at the temperature fitted on the other folds (the "
              "folds of the thresholds). Reliability: equal-mass bins, counts beside the points. The optimum "
-             "threshold t of the maps is t' = sigmoid(logit(t) / T) on the calibrated maps.</p>"]
+             "threshold t of the maps is t' = sigmoid(logit(t) / T) on the calibrated maps; as 0.5 stays 0.5, it moves "
+             "toward 0.5 only when T &gt; 1 and never across it (a map biased low needs a shift of the logit, "
+             "which a temperature is not).</p>"]
     table = []
     for s, c in cals:
         r = c.row()
