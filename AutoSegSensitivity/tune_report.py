@@ -44,27 +44,46 @@ def figure_structure(tu: Any, metric: str) -> str:
 
 
 def figure_reliability(cal: Any, structure: str) -> str:
-    """Reliability diagram of one structure's ``calibration.StructureCalibration``: observed frequency
-    against mean predicted probability per equal-mass bin, before (T = 1) and after temperature scaling
-    (held out when cross-validated), with the diagonal; a PNG data URI (the bins' counts are in the page's
-    table beside it and in reliability.csv)."""
-    plt = _pyplot()
+    """Reliability diagram of one structure's ``calibration.StructureCalibration`` as inline SVG (cheap: no
+    figure rendering): observed frequency against mean predicted probability per equal-mass bin, before
+    (T = 1) and after temperature scaling (held out when cross-validated), with the diagonal. The bins'
+    counts are in the table beside it and in reliability.csv."""
     after, label = (cal.cv_after, "after, held out") if cal.cv_after is not None else (cal.after, "after")
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
-    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="perfect calibration")
-    for (name, m), style in zip(((f"before (T = 1): ECE {cal.before.ece:.4f}", cal.before),
-                                 (f"{label} (T = {cal.temperature:.3g}): ECE {after.ece:.4f}", after)),
-                                (dict(color="tab:red", marker="o"), dict(color="tab:blue", marker="s"))):
-        if m.bins:
-            ax.plot([b.mean_p for b in m.bins], [b.observed for b in m.bins], ms=3.5, lw=1.0, label=name, **style)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("mean predicted probability (equal-mass bins)")
-    ax.set_ylabel("observed frequency (reference)")
-    ax.set_title(structure, fontsize=9)
-    ax.legend(fontsize=6.5, loc="upper left")
-    fig.tight_layout()
-    return _png_data_uri(fig)
+    w, h, left, right, top, bottom = 380, 330, 48, 12, 56, 40
+    pw, ph = w - left - right, h - top - bottom
+
+    def xy(px: float, py: float) -> str:
+        return f"{left + px * pw:.1f},{top + (1 - py) * ph:.1f}"
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+           f'font-family="sans-serif" font-size="10" role="img" aria-label="{_e(structure)}: reliability">',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>',
+           f'<polyline points="{xy(0, 0)} {xy(1, 1)}" fill="none" stroke="#999" stroke-dasharray="4 3"/>']
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x, y = left + v * pw, top + (1 - v) * ph
+        out.append(f'<line x1="{x:.1f}" y1="{top + ph}" x2="{x:.1f}" y2="{top + ph + 4}" stroke="#444"/>'
+                   f'<text x="{x:.1f}" y="{top + ph + 15}" text-anchor="middle">{v:g}</text>'
+                   f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#444"/>'
+                   f'<text x="{left - 6}" y="{y + 3:.1f}" text-anchor="end">{v:g}</text>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="{h - 6}" text-anchor="middle">mean predicted probability '
+               "(equal-mass bins)</text>")
+    out.append(f'<text x="12" y="{top + ph / 2:.1f}" text-anchor="middle" transform="rotate(-90 12 '
+               f'{top + ph / 2:.1f})">observed frequency</text>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="12" text-anchor="middle" font-weight="bold">{_e(structure)}</text>')
+    series = ((f"before (T = 1): ECE {cal.before.ece:.4f}", cal.before, "#d62728"),
+              (f"{label} (T = {cal.temperature:.3g}): ECE {after.ece:.4f}", after, "#1f77b4"))
+    legend: List[str] = []  # between the title and the plot: it never hides a point
+    for i, (name, m, colour) in enumerate(series):
+        pts = [(b.mean_p, b.observed) for b in m.bins]
+        if pts:
+            out.append(f'<polyline points="{" ".join(xy(px, py) for px, py in pts)}" fill="none" stroke="{colour}"/>')
+            out.extend(f'<circle cx="{xy(px, py).split(",")[0]}" cy="{xy(px, py).split(",")[1]}" r="2.5" '
+                       f'fill="{colour}"/>' for px, py in pts)
+        legend.append(f'<rect x="{left + 4}" y="{21 + 14 * i}" width="10" height="3" fill="{colour}"/>'
+                      f'<text x="{left + 18}" y="{25 + 14 * i}">{_e(name)}</text>')
+    out.extend(legend)
+    out.append("</svg>")
+    return "".join(out)
 
 
 def _bins_table(cal: Any) -> str:
@@ -106,7 +125,7 @@ def _calibration_section(result: Any) -> List[str]:
                          "ECE after (held out)", "Brier before", "Brier after (held out)", "t_opt",
                          "t_opt on calibrated maps"], table))
     for s, c in cals:
-        parts.append(_img(figure_reliability(c, s), f"{s}: reliability before and after temperature scaling"))
+        parts.append(f'<div>{figure_reliability(c, s)}</div>')
         parts.append(_bins_table(c))
     return parts
 

@@ -58,7 +58,7 @@ def test_tune_calibration_recovers_known_temperatures(miscal, capsys):
     assert {r["which"] for r in rel} == {"before", "after_cv"}
     assert sum(int(r["count"]) for r in rel if r["which"] == "before") == int(rows["Under"]["n_voxels"])
     html = (out / "report.html").read_text()
-    assert "<h2>Calibration</h2>" in html and "reliability before and after" in html
+    assert "<h2>Calibration</h2>" in html and "aria-label=\"Under: reliability\"" in html and html.count("<svg") == 2
     assert doc["inputs"]["calibration"] == {"margin_mm": 10.0}
 
 
