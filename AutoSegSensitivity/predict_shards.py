@@ -127,6 +127,7 @@ def provenance(model: Any) -> Dict[str, Any]:
 REDO_REASONS = {
     "model": "redone, model changed (other weights than those that made its maps)",
     "thresholds": "redone, thresholds changed",
+    "temperatures": "redone, calibration temperatures changed",
     "files": "redone, other outputs asked (format, structures or segmentation)",
     "missing": "redone, files its prediction.json lists are missing",
     "old": (f"redone, its {MARKER} does not record the model's weights (written by an older version), so "
@@ -138,7 +139,8 @@ def case_state(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapp
     """``None`` when ``case_dir`` is complete for this run (see :func:`case_complete`), else why not:
     ``"unfinished"`` (no readable marker), ``"files"`` (the marker lists other files), ``"missing"`` (a
     listed file is gone), ``"old"`` (the marker has no ``model_sha256``), ``"model"`` (another model made
-    it) or ``"thresholds"`` (other thresholds); the last three only when ``settings`` is given."""
+    it), ``"thresholds"`` (other thresholds) or ``"temperatures"`` (other calibration); the last four only
+    when ``settings`` is given."""
     marker = Path(case_dir) / MARKER
     try:
         data = json.loads(marker.read_text(encoding="utf-8"))
@@ -152,9 +154,9 @@ def case_state(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapp
         wanted = json.loads(json.dumps(dict(settings)))
         if "model_sha256" in wanted and "model_sha256" not in data:
             return "old"
-        for key in ("model_sha256", "thresholds"):
+        for key in ("model_sha256", "thresholds", "temperatures"):
             if key in wanted and data.get(key) != wanted[key]:
-                return "model" if key == "model_sha256" else "thresholds"
+                return "model" if key == "model_sha256" else key
         if any(data.get(k) != v for k, v in wanted.items()):
             return "model"
     if not all((Path(case_dir) / f).is_file() for f in files):
@@ -261,7 +263,8 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
                   channels_last: Optional[bool] = None, progress: Optional[bool] = None,
                   on_failure: Optional[Callable[[BatchFailure], None]] = None, redo: bool = False,
                   cases: Optional[Sequence[str]] = None, device: Any = None,
-                  notify: Optional[Callable[[str], None]] = None) -> ShardResult:
+                  notify: Optional[Callable[[str], None]] = None,
+                  temperatures: Optional[Mapping[str, float]] = None) -> ShardResult:
     """Predict shard ``index`` of ``count`` of the dataset folder ``data_dir`` into ``out_dir`` (see the
     module docstring): ``out_dir/<case>/prob_<Structure>.<fmt>`` (float32 probabilities in [0, 1] on the
     case's CT grid), then ``out_dir/<case>/prediction.json``; last ``out_dir/shard-<index>-of-<count>.json``.
@@ -274,7 +277,10 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
     :func:`~AutoSegSensitivity.inference.predict_volume`. A case is skipped when its marker lists the same
     files, model weights (:func:`model_sha256`, computed once per call) and thresholds, unless ``redo``; a
     case with a marker that does not match is predicted again and ``notify`` (e.g. ``print``) gets one line
-    per reason naming those cases (:func:`redo_lines`) before prediction starts.
+    per reason naming those cases (:func:`redo_lines`) before prediction starts. ``temperatures``
+    (``{structure: T}``): the maps are written calibrated (:func:`~AutoSegSensitivity.calibration.
+    calibrated_volumes`; the segmentation still thresholds the uncalibrated maps, and a case made with other
+    temperatures is redone).
     ``result.batch.done[case]`` is ``{structure: map path}``.
     Ctrl-C / :class:`~AutoSegSensitivity.errors.CancelledError`: the shard json is written (the finished
     cases, the others as not started), then the same exception is raised again with :func:`kept_message`."""
@@ -296,6 +302,9 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
     class_names = [n for m in models for n in m.class_names]
     files = output_names(class_names, fmt, thresholds is not None)
     settings = run_settings(models, thresholds)
+    # None when uncalibrated: markers written before calibration existed (no such key) stay valid
+    settings["temperatures"] = ({str(k): float(v) for k, v in sorted(temperatures.items())}
+                                if temperatures is not None else None)
     options = {"batch_size": batch_size, "channels_last": channels_last, "device": str(device) if device else None}
     marker_extra = {**provenance(models), "options": options}
     result = ShardResult(index, count, assigned)
@@ -321,7 +330,12 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
             probs.update(predict_volume(m, image, device=device, batch_size=batch_size, channels_last=channels_last))
         case_dir = out_dir / case.name
         (case_dir / MARKER).unlink(missing_ok=True)
-        written = {s: write_volume(probs[s], case_dir / fname) for s, fname in zip(class_names, files)}
+        shown = probs
+        if temperatures is not None:
+            from .calibration import calibrated_volumes
+
+            shown = calibrated_volumes(probs, temperatures)
+        written = {s: write_volume(shown[s], case_dir / fname) for s, fname in zip(class_names, files)}
         if thresholds is not None:
             write_segmentation(threshold_maps(probs, thresholds), case_dir / SEGMENTATION)
         write_text(case_dir / MARKER, json.dumps({"case": case.name, "files": files, **settings, **marker_extra},

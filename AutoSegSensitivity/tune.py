@@ -31,7 +31,13 @@ takes the 2.5th and 97.5th percentiles (``numpy.percentile``, linear). A CI that
 **thresholds.json** (:func:`write_thresholds`, :func:`read_thresholds`): ``{"format":
 "autosegsens-thresholds", "version": 1, "metric": "dice", "structures": {name: {"threshold": t,
 "fold_thresholds": [...], ...}}, "inputs": {...}}``; read by ``apply``, ``predict --thresholds`` and the
-AutoSegThreshold module.
+AutoSegThreshold module. With calibration (:mod:`AutoSegSensitivity.calibration`, counted in the same pass)
+each structure also holds ``"temperature"``, ``"fold_temperatures"`` and ``"threshold_calibrated"``; readers
+that do not know them ignore them.
+
+**Shards**: :func:`collect_counts` (discovery + counting, optionally of one shard's cases) and
+:func:`tune_from_counts` (aggregation) are the two halves of :func:`tune_cohort`;
+:mod:`AutoSegSensitivity.tune_shards` writes a shard's counts and merges them.
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ __all__ = [
     "THRESHOLDS_JSON", "SUMMARY_CSV", "SWEEPS_DIR", "REPORT_HTML", "FORMAT_TAG",
     "StructureCounts", "CrossValidation", "StructureTuning", "TuneResult",
     "structure_counts", "fold_assignment", "aggregate_curve", "cross_validate",
-    "map_stem", "find_map", "tune_cohort", "write_outputs",
+    "map_stem", "find_map", "tune_cohort", "write_outputs", "CohortCounts", "collect_counts", "tune_from_counts",
+    "calibration_rows", "CALIBRATION_CSV", "temperatures_for",
     "write_thresholds", "read_thresholds_file", "read_thresholds", "thresholds_for",
     "threshold_case", "apply_cohort", "problem_line", "no_usable_case_error", "detect_format", "list_prob_cases",
 ]
@@ -71,6 +78,7 @@ SUMMARY_CSV = "summary.csv"
 CASES_CSV = "cases.csv"
 SWEEPS_DIR = "sweeps"
 REPORT_HTML = "report.html"
+CALIBRATION_CSV = "calibration.csv"
 FORMAT_TAG = "autosegsens-thresholds"
 MAP_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".nhdr")
 PROB_FORMATS = ("auto", "maps", "nnunet", "channels")
@@ -86,23 +94,27 @@ DEFAULT_BOOTSTRAP = 2000
 @dataclass
 class StructureCounts:
     """One structure of one case over the threshold grid: ``tp[i]`` = |P(t_i) ∩ R|, ``npred[i]`` = |P(t_i)|,
-    ``nref`` = |R|, ``nvox`` = voxels of the map, and ``curve`` = the case's values of a non-Dice metric
-    (None for Dice)."""
+    ``nref`` = |R|, ``nvox`` = voxels of the map, ``curve`` = the case's values of a non-Dice metric
+    (None for Dice) and ``calibration`` = the case's :class:`~AutoSegSensitivity.calibration.CalibrationCounts`
+    (None unless asked for)."""
 
     tp: np.ndarray
     npred: np.ndarray
     nref: int
     nvox: int
     curve: Optional[np.ndarray] = None
+    calibration: Optional[Any] = None  # calibration.CalibrationCounts when tuning with --calibration
 
 
 def structure_counts(prob: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
                      thresholds: Union[np.ndarray, Sequence[float]] = DEFAULT_THRESHOLDS, metric: str = "dice",
                      source: str = "probability map",
-                     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM) -> StructureCounts:
+                     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM,
+                     calibration_margin: Optional[float] = None) -> StructureCounts:
     """Counts (and, for a non-Dice ``metric``, the per-case curve) of one map ``prob`` (z, y, x; values in
     [0, 1]) against its reference mask ``ref`` (same shape), spacing in mm (z, y, x); ``nsd_tolerance`` (mm)
-    is the surface Dice's tolerance when ``metric`` is ``nsd``. NaN or values outside
+    is the surface Dice's tolerance when ``metric`` is ``nsd``; with ``calibration_margin`` (mm) also the
+    calibration histogram (:func:`AutoSegSensitivity.calibration.case_calibration`). NaN or values outside
     [0, 1], or a shape mismatch, are an :class:`InputError` naming ``source``."""
     _check_metric(metric)
     th = parse_thresholds(thresholds)
@@ -118,8 +130,13 @@ def structure_counts(prob: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
         res = sweep_thresholds([p], [r], [sp], th, metrics=(metric,), case_names=["case"], device="numpy",
                                nsd_tolerance=nsd_tolerance)
         curve = np.asarray(res.per_case["case"][metric], dtype=float)
+    cal = None
+    if calibration_margin is not None:
+        from .calibration import case_calibration
+
+        cal = case_calibration(p, r, sp, calibration_margin)
     return StructureCounts(np.asarray(out.tp, dtype=np.int64), np.asarray(out.npred, dtype=np.int64),
-                           int(out.nref), int(p.size), curve)
+                           int(out.nref), int(p.size), curve, cal)
 
 
 def _check_metric(metric: str) -> None:
@@ -404,6 +421,7 @@ class _CaseTask:
     metric: str
     thresholds: np.ndarray
     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM
+    calibration_margin: Optional[float] = None
 
 
 @dataclass
@@ -433,7 +451,8 @@ def _count_case(task: _CaseTask) -> _CaseOut:
             return
         try:
             out.counts[structure] = structure_counts(prob, seg.mask(structure), spacing, task.thresholds,
-                                                     task.metric, source, task.nsd_tolerance)
+                                                     task.metric, source, task.nsd_tolerance,
+                                                     task.calibration_margin)
         except Exception as exc:
             out.problems.append((structure, _reason(exc)))
 
@@ -514,6 +533,7 @@ class StructureTuning:
     loss_at_05: Optional[float]
     prominence: Optional[float]
     cv: Optional[CrossValidation]
+    calibration: Optional[Any] = None  # calibration.StructureCalibration with --calibration
 
 
 @dataclass
@@ -559,24 +579,63 @@ def _prominence_from(ref_dir: PathLike, structures: Sequence[str],
     return {s: true[s] / total[s] for s in structures if total[s]}
 
 
+@dataclass
+class CohortCounts:
+    """What tune keeps of a cohort before aggregating (all cases, or one shard's): the matched case names
+    of the whole cohort (``names``, sorted), the cases counted here (``cases``), each case's probability path
+    (for problem lines), the problems found before counting, the per-case outputs in name order, the
+    structures asked for, the threshold grid and the inputs/settings (``inputs`` of thresholds.json)."""
+
+    names: List[str]
+    cases: List[str]
+    prob_paths: Dict[str, str]
+    problems: List[Tuple[str, str, str]]
+    outs: List[_CaseOut]
+    wanted: Optional[List[str]]
+    thresholds: np.ndarray
+    inputs: Dict[str, Any]
+
+
 def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", dataset_json: Optional[PathLike] = None,
                 structures: Optional[Sequence[str]] = None, metric: str = "dice", folds: int = DEFAULT_FOLDS,
                 seed: int = 0, train_dir: Optional[PathLike] = None, jobs: int = 1,
                 thresholds: Union[np.ndarray, Sequence[float], str, None] = DEFAULT_THRESHOLDS,
                 n_boot: int = DEFAULT_BOOTSTRAP, on_case: Optional[Callable[[str], None]] = None,
                 nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, ref_format: str = "auto",
-                allow_incomplete: bool = False,
-                on_start: Optional[Callable[[List[str]], None]] = None) -> TuneResult:
+                allow_incomplete: bool = False, on_start: Optional[Callable[[List[str]], None]] = None,
+                calibration: bool = False, calibration_margin: Optional[float] = None) -> TuneResult:
     """Tune every structure over the cases of ``prob_dir`` (``fmt``: maps, nnU-Net output or one
     multi-channel image per case) matched by name with the references in ``ref_dir`` (``ref_format``: a
     dataset folder or nnU-Net's label folder, :mod:`AutoSegSensitivity.io.references`; images are not
     needed); see the module docstring. Cases, structures and maps with problems are listed in
     :attr:`TuneResult.problems` and the rest goes on; when no case can be used, an :class:`InputError`
     lists the first cases' reasons (:func:`no_usable_case_error`). ``on_case(name)`` is called as each case
-    finishes (progress); ``on_start(names)`` once, with the cases matched, before the first is read. ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``.
+    finishes (progress); ``on_start(names)`` once, with the cases to be read, before the first is read.
+    ``nsd_tolerance`` (mm): the surface Dice's tolerance when ``metric`` is ``nsd``.
     A maps folder written by ``predict`` whose cases lack a finished ``prediction.json`` is refused with an
     :class:`InputError` (:func:`~AutoSegSensitivity.predict_shards.check_finished`); ``allow_incomplete``
-    leaves those cases out instead and lists them in the problems and ``inputs["incomplete_cases_left_out"]``."""
+    leaves those cases out instead and lists them in the problems and ``inputs["incomplete_cases_left_out"]``.
+    With ``calibration``, also each structure's calibration (:mod:`AutoSegSensitivity.calibration`, region
+    margin ``calibration_margin`` mm, default 10) from the same pass over the maps."""
+    return tune_from_counts(collect_counts(prob_dir, ref_dir, fmt, dataset_json, structures, metric, folds, seed,
+                                           train_dir, jobs, thresholds, n_boot, on_case, nsd_tolerance,
+                                           ref_format=ref_format, allow_incomplete=allow_incomplete,
+                                           on_start=on_start, calibration=calibration,
+                                           calibration_margin=calibration_margin))
+
+
+def collect_counts(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", dataset_json: Optional[PathLike] = None,
+                   structures: Optional[Sequence[str]] = None, metric: str = "dice", folds: int = DEFAULT_FOLDS,
+                   seed: int = 0, train_dir: Optional[PathLike] = None, jobs: int = 1,
+                   thresholds: Union[np.ndarray, Sequence[float], str, None] = DEFAULT_THRESHOLDS,
+                   n_boot: int = DEFAULT_BOOTSTRAP, on_case: Optional[Callable[[str], None]] = None,
+                   nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, shard: Optional[Tuple[int, int]] = None,
+                   calibration: bool = False, calibration_margin: Optional[float] = None,
+                   ref_format: str = "auto", allow_incomplete: bool = False,
+                   on_start: Optional[Callable[[List[str]], None]] = None) -> CohortCounts:
+    """Find the cohort's cases and count them (one pass over each case's maps): everything
+    :func:`tune_from_counts` needs. ``shard = (I, N)`` counts only cases I, I+N, ... of the sorted matched
+    names (as ``predict --shard``); the settings are checked and recorded as for a whole run."""
     from .io.references import missing_reference_reason, scan_references
     from .predict_shards import check_finished
 
@@ -588,6 +647,13 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     for name, value, least in (("jobs", jobs, 1), ("folds", folds, 2), ("bootstrap resamples", n_boot, 1)):
         if int(value) < least:
             raise InputError("tune", name, f"at least {least}", got=value)
+    margin = None
+    if calibration:
+        from .calibration import DEFAULT_MARGIN_MM
+
+        margin = float(DEFAULT_MARGIN_MM if calibration_margin is None else calibration_margin)
+        if not (math.isfinite(margin) and margin >= 0):
+            raise InputError("tune", "calibration margin", "a number of mm >= 0", got=calibration_margin)
     fmt = detect_format(prob_dir, fmt)
     problems: List[Tuple[str, str, str]] = []
     wanted = list(structures) if structures else None
@@ -615,21 +681,19 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     names = sorted(set(probs) & set(refs))
     if not names:
         raise no_usable_case_error(prob_dir, sorted(problems, key=lambda p: p[0]))
-    tasks = [_CaseTask(n, refs[n], probs[n], fmt, wanted, labels, metric, th, float(nsd_tolerance)) for n in names]
-    if on_start is not None:
-        on_start(list(names))
+    counted = names
+    if shard is not None:
+        from .predict_shards import shard_names
 
-    per_structure: Dict[str, Dict[str, StructureCounts]] = {}
-    order: List[str] = list(wanted or [])
+        counted = shard_names(names, int(shard[0]), int(shard[1]))
+    tasks = [_CaseTask(n, refs[n], probs[n], fmt, wanted, labels, metric, th, float(nsd_tolerance),
+                       calibration_margin=margin) for n in counted]
+    if on_start is not None:
+        on_start(list(counted))
+    outs: List[_CaseOut] = []
 
     def take(res: _CaseOut) -> None:
-        for s in res.seen:
-            if s not in order:
-                order.append(s)
-        for s, c in res.counts.items():
-            per_structure.setdefault(s, {})[res.name] = c
-        for s, reason in res.problems:
-            problems.append((res.name, s, reason))
+        outs.append(res)
         if on_case is not None:
             on_case(res.name)
 
@@ -640,9 +704,38 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     else:
         for t in tasks:
             take(_count_case(t))
+    inputs = {"prob_dir": str(prob_dir), "ref_dir": str(ref_dir), "format": fmt, "ref_format": ref_fmt,
+              "dataset_json": str(dataset_json) if dataset_json else None, "train_dir": str(train_dir) if train_dir else None,
+              "structures": list(structures) if structures else None, "metric": metric, "folds": int(folds),
+              "seed": int(seed), "bootstrap_resamples": int(n_boot),
+              **({"nsd_tolerance_mm": float(nsd_tolerance)} if metric == "nsd" else {}),
+              **({"incomplete_cases_left_out": left_out} if left_out else {}),
+              **({"calibration": {"margin_mm": margin}} if margin is not None else {}),
+              "thresholds": {"min": float(th[0]), "max": float(th[-1]), "count": int(th.size)}}
+    return CohortCounts(names, list(counted), {n: str(probs[n]) for n in names}, problems, outs, wanted, th, inputs)
+
+
+def tune_from_counts(cc: CohortCounts) -> TuneResult:
+    """Aggregate the counts of a whole cohort (one run, or merged shards) into a :class:`TuneResult`:
+    optimum, cross-validation, prominence and, when counted, calibration of every structure."""
+    inputs = cc.inputs
+    metric, folds, seed, n_boot = inputs["metric"], int(inputs["folds"]), int(inputs["seed"]), int(inputs["bootstrap_resamples"])
+    train_dir, ref_dir, th = inputs.get("train_dir"), inputs["ref_dir"], cc.thresholds
+    names = cc.names
+    problems = list(cc.problems)
+    per_structure: Dict[str, Dict[str, StructureCounts]] = {}
+    order: List[str] = list(cc.wanted or [])
+    for res in cc.outs:
+        for s in res.seen:
+            if s not in order:
+                order.append(s)
+        for s, c in res.counts.items():
+            per_structure.setdefault(s, {})[res.name] = c
+        for s, reason in res.problems:
+            problems.append((res.name, s, reason))
 
     if not per_structure:
-        raise no_usable_case_error(prob_dir, problems)
+        raise no_usable_case_error(inputs["prob_dir"], problems)
     found = [s for s in order if s in per_structure]
     for s in order:
         if s not in per_structure:
@@ -652,10 +745,10 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
     for s in found:
         for n in names:
             if n not in per_structure[s] and not any(p[0] == n and p[1] in (s, "") for p in problems):
-                problems.append((n, s, f"{probs[n]}: structure {s!r}: expected a probability map in this case, "
-                                       "got none (the structure is tuned without this case)"))
+                problems.append((n, s, f"{cc.prob_paths[n]}: structure {s!r}: expected a probability map in this "
+                                       "case, got none (the structure is tuned without this case)"))
     if train_dir is not None:
-        prom = _prominence_from(train_dir, found, dataset_json)
+        prom = _prominence_from(train_dir, found, inputs.get("dataset_json"))
         prom_source = f"training references ({train_dir})"
     else:
         prom = {}
@@ -664,21 +757,20 @@ def tune_cohort(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", datase
             prom[s] = sum(c.nref for c in cs) / sum(c.nvox for c in cs)
         prom_source = f"tuning references ({ref_dir}); no --train-dir given"
 
+    margin = (inputs.get("calibration") or {}).get("margin_mm")
     tunings: Dict[str, StructureTuning] = {}
     for s in found:
         cases = sorted(per_structure[s])
         counts = [per_structure[s][c] for c in cases]
-        tunings[s] = _tune_structure(s, cases, counts, th, metric, folds, seed, n_boot, prom.get(s))
-        if tunings[s].cv is None:
+        tunings[s] = tu = _tune_structure(s, cases, counts, th, metric, folds, seed, n_boot, prom.get(s))
+        if tu.cv is None:
             problems.append(("", s, f"cross-validation: expected at least 2 cases, got {len(cases)}"))
-    inputs = {"prob_dir": str(prob_dir), "ref_dir": str(ref_dir), "format": fmt, "ref_format": ref_fmt,
-              "dataset_json": str(dataset_json) if dataset_json else None, "train_dir": str(train_dir) if train_dir else None,
-              "structures": list(structures) if structures else None, "metric": metric, "folds": int(folds),
-              "seed": int(seed), "bootstrap_resamples": int(n_boot),
-              **({"nsd_tolerance_mm": float(nsd_tolerance)} if metric == "nsd" else {}),
-              **({"incomplete_cases_left_out": left_out} if left_out else {}),
-              "thresholds": {"min": float(th[0]), "max": float(th[-1]), "count": int(th.size)}}
-    return TuneResult(metric, tunings, problems, inputs, names, prom_source)
+        if margin is not None and all(c.calibration is not None for c in counts):
+            from .calibration import calibrate_structure
+
+            tu.calibration = calibrate_structure([c.calibration for c in counts], tu.cv.folds if tu.cv else None,
+                                                 tu.t_opt, tu.cv.fold_thresholds if tu.cv else [], margin)
+    return TuneResult(metric, tunings, problems, dict(inputs), list(names), prom_source)
 
 
 def _tune_structure(s: str, cases: List[str], counts: List[StructureCounts], th: np.ndarray, metric: str,
@@ -758,6 +850,10 @@ def thresholds_document(result: TuneResult) -> Dict[str, Any]:
         entry = {"threshold": tu.t_opt, "fold_thresholds": tu.cv.fold_thresholds if tu.cv else [],
                  "cases": tu.cases, "folds_of_cases": tu.cv.folds if tu.cv else []}
         entry.update({k: v for k, v in row.items() if k not in ("structure", "fold_thresholds")})
+        if tu.calibration is not None:
+            entry["temperature"] = tu.calibration.temperature
+            entry["fold_temperatures"] = tu.calibration.fold_temperatures
+            entry["threshold_calibrated"] = tu.calibration.t_opt_calibrated
         structures[s] = entry
     return {"format": FORMAT_TAG, "version": 1, "metric": result.metric, "structures": structures,
             "prominence_source": result.prominence_source, "cases": result.cases,
@@ -769,14 +865,25 @@ def thresholds_document(result: TuneResult) -> Dict[str, Any]:
                             "aggregate": "Dice pooled over voxels and cases; other metrics: mean of finite "
                                          "per-case values",
                             "cv_gain": "held-out value at the fold thresholds minus at 0.5 (positive = better)",
-                            "ci": "95 % bootstrap over cases, fold thresholds fixed"},
+                            "ci": "95 % bootstrap over cases, fold thresholds fixed",
+                            **({"temperature": "calibrated map p' = sigmoid(logit(p) / T), T minimising the NLL "
+                                               "over the voxels within the margin of the reference or with p >= "
+                                               "0.01; threshold_calibrated = sigmoid(logit(threshold) / T)"}
+                               if any(tu.calibration is not None for tu in result.structures.values()) else {})},
             "version_autosegsens": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def calibration_rows(result: TuneResult) -> List[Dict[str, Any]]:
+    """One row per calibrated structure (the columns of ``calibration.csv``); empty without calibration."""
+    return [{"structure": s, "n_cases": len(tu.cases), **tu.calibration.row()}
+            for s, tu in result.structures.items() if tu.calibration is not None]
+
+
 def write_outputs(result: TuneResult, out: PathLike) -> Path:
-    """Write ``thresholds.json``, ``summary.csv``, ``cases.csv`` (:func:`case_rows`), ``sweeps/<structure>/sweep.csv`` (as ``autosegsens
-    sweep`` writes it) and ``report.html`` into ``out``. Returns ``out``."""
+    """Write ``thresholds.json``, ``summary.csv``, ``cases.csv`` (:func:`case_rows`),
+    ``sweeps/<structure>/sweep.csv`` (as ``autosegsens sweep`` writes it) and ``report.html`` into ``out``;
+    with calibration also ``calibration.csv`` and ``sweeps/<structure>/reliability.csv``. Returns ``out``."""
     from .report import write_csv, write_json
     from .tune_report import render_tune_html
 
@@ -787,6 +894,15 @@ def write_outputs(result: TuneResult, out: PathLike) -> Path:
     rows = summary_rows(result)
     write_csv(rows, out / SUMMARY_CSV)
     write_csv(case_rows(result), out / CASES_CSV)
+    cal_rows = calibration_rows(result)
+    if cal_rows:
+        from .calibration import reliability_rows
+
+        write_csv(cal_rows, out / CALIBRATION_CSV)
+        for s, tu in result.structures.items():
+            if tu.calibration is not None:
+                write_csv(reliability_rows(tu.calibration), out / SWEEPS_DIR / map_stem(s) / "reliability.csv",
+                          columns=["which", "bin", "count", "p_low", "p_high", "mean_p", "observed"])
     write_json(thresholds_document(result), out / THRESHOLDS_JSON)
     write_text(out / REPORT_HTML, render_tune_html(result, rows))
     return out
@@ -847,6 +963,23 @@ def read_thresholds_file(path: PathLike) -> Dict[str, Any]:
 def read_thresholds(path: PathLike) -> Dict[str, float]:
     """``{structure: threshold}`` from a ``thresholds.json`` (validated, see :func:`read_thresholds_file`)."""
     return {n: float(e["threshold"]) for n, e in read_thresholds_file(path)["structures"].items()}
+
+
+def temperatures_for(path: PathLike, names: Iterable[str]) -> Dict[str, float]:
+    """The temperatures (``tune --calibration``) of ``names`` from a ``thresholds.json``, matched as
+    :func:`thresholds_for` matches; a structure without a positive finite ``temperature`` is an
+    :class:`InputError` naming the file and the field."""
+    structures = read_thresholds_file(path)["structures"]
+    by_stem = {map_stem(n): n for n in structures}
+    out = {}
+    for n in names:
+        key = n if n in structures else by_stem.get(map_stem(n))
+        v = structures.get(key, {}).get("temperature") if key is not None else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or float(v) <= 0:
+            raise InputError(path, f"structures.{n}.temperature",
+                             "a positive temperature (written by autosegsens tune --calibration)", got=repr(v))
+        out[n] = float(v)
+    return out
 
 
 def thresholds_for(path: PathLike, names: Iterable[str]) -> Dict[str, float]:
@@ -981,17 +1114,21 @@ def read_case_maps(prob_dir: PathLike, case: str, structures: Sequence[str], fmt
 def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, fmt: str = "auto",
                  dataset_json: Optional[PathLike] = None, ref_dir: Optional[PathLike] = None,
                  on_case: Optional[Callable[[str], None]] = None,
-                 ref_format: str = "auto") -> Tuple[List[Path], List[Tuple[str, str, str]]]:
+                 ref_format: str = "auto", calibrated: bool = False) -> Tuple[List[Path], List[Tuple[str, str, str]]]:
     """Write ``out/<case>/segmentation.seg.nrrd`` (``p >= t`` per structure of the thresholds file, on the
     maps' grid) for every case of ``prob_dir`` (read as ``tune`` reads it), one case at a time. nnU-Net
     output takes its geometry from the segmentation nnU-Net wrote beside each ``.npz`` or, with
     ``ref_dir`` (any reference layout of :mod:`AutoSegSensitivity.io.references`), from the reference
-    case (its image when it has one, else its label file). Returns the files written and the problems
-    ``(case, structure, reason)``; bad cases are left out and the rest goes on."""
+    case (its image when it has one, else its label file). With ``calibrated`` also the calibrated maps
+    ``out/<case>/prob_<structure>.nrrd`` (``sigmoid(logit(p) / T)``, T of the file's ``temperature``, see
+    :mod:`AutoSegSensitivity.calibration`; the segmentation is unchanged: ``p >= t`` is ``p' >= t'``) and
+    ``out/thresholds_calibrated.json`` with ``t' = sigmoid(logit(t) / T)`` for them. Returns the files
+    written and the problems ``(case, structure, reason)``; bad cases are left out and the rest goes on."""
     from .io.references import missing_reference_reason, scan_references
     from .io.segnrrd import write_segmentation
 
     table = read_thresholds(thresholds_path)
+    temps = temperatures_for(thresholds_path, list(table)) if calibrated else {}
     fmt = detect_format(prob_dir, fmt)
     labels, ending, labels_file = _prob_labels(prob_dir, fmt, dataset_json)
     written: List[Path] = []
@@ -1014,10 +1151,20 @@ def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, f
                 problems.append((case, "", "no structure of the thresholds file could be applied"))
                 continue
             seg = threshold_case(maps, table)
+            if calibrated:
+                from .calibration import write_calibrated_maps
+
+                write_calibrated_maps(maps, temps, Path(out) / case)
             written.append(write_segmentation(seg, Path(out) / case / "segmentation.seg.nrrd"))
         except Exception as exc:  # one bad case never stops the cohort
             problems.append((case, "", _reason(exc)))
         finally:
             if on_case is not None:
                 on_case(case)
+    if calibrated and written:
+        from .calibration import calibrated_thresholds
+
+        write_thresholds(Path(out) / "thresholds_calibrated.json", calibrated_thresholds(table, temps),
+                         metric=read_thresholds_file(thresholds_path).get("metric", "dice"),
+                         source=f"{thresholds_path} with each threshold moved onto the calibrated maps")
     return written, problems

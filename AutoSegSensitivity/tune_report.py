@@ -1,7 +1,9 @@
 """The cohort-tuning page (``report.html`` of ``autosegsens tune``), in the style of the study page.
 
 Per structure: the cohort curve of the tuned metric with the optimum, 0.5 and the fold thresholds marked,
-and the held-out (cross-validated) gain with its bootstrap CI; gains whose CI holds 0 are flagged. The
+and the held-out (cross-validated) gain with its bootstrap CI; gains whose CI holds 0 are flagged. With
+calibration (``tune --calibration``): a table of temperatures and NLL / ECE / Brier before and after, and
+per structure the reliability diagram before and after temperature scaling (held out). The
 page reuses :mod:`AutoSegSensitivity.html_report`'s CSS, tables, number formats and figure encoding.
 """
 
@@ -14,7 +16,7 @@ from typing import Any, Dict, List, Sequence
 from .html_report import _CSS, _e, _img, _png_data_uri, _pyplot, _table, fmt_num, fmt_pct
 from .sweep import UNITS
 
-__all__ = ["render_tune_html", "figure_structure"]
+__all__ = ["render_tune_html", "figure_structure", "figure_reliability"]
 
 
 def figure_structure(tu: Any, metric: str) -> str:
@@ -39,6 +41,93 @@ def figure_structure(tu: Any, metric: str) -> str:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _png_data_uri(fig)
+
+
+def figure_reliability(cal: Any, structure: str) -> str:
+    """Reliability diagram of one structure's ``calibration.StructureCalibration`` as inline SVG (cheap: no
+    figure rendering): observed frequency against mean predicted probability per equal-mass bin, before
+    (T = 1) and after temperature scaling (held out when cross-validated), with the diagonal. The bins'
+    counts are in the table beside it and in reliability.csv."""
+    after, label = (cal.cv_after, "after, held out") if cal.cv_after is not None else (cal.after, "after")
+    w, h, left, right, top, bottom = 380, 330, 48, 12, 56, 40
+    pw, ph = w - left - right, h - top - bottom
+
+    def xy(px: float, py: float) -> str:
+        return f"{left + px * pw:.1f},{top + (1 - py) * ph:.1f}"
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+           f'font-family="sans-serif" font-size="10" role="img" aria-label="{_e(structure)}: reliability">',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>',
+           f'<polyline points="{xy(0, 0)} {xy(1, 1)}" fill="none" stroke="#999" stroke-dasharray="4 3"/>']
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x, y = left + v * pw, top + (1 - v) * ph
+        out.append(f'<line x1="{x:.1f}" y1="{top + ph}" x2="{x:.1f}" y2="{top + ph + 4}" stroke="#444"/>'
+                   f'<text x="{x:.1f}" y="{top + ph + 15}" text-anchor="middle">{v:g}</text>'
+                   f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#444"/>'
+                   f'<text x="{left - 6}" y="{y + 3:.1f}" text-anchor="end">{v:g}</text>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="{h - 6}" text-anchor="middle">mean predicted probability '
+               "(equal-mass bins)</text>")
+    out.append(f'<text x="12" y="{top + ph / 2:.1f}" text-anchor="middle" transform="rotate(-90 12 '
+               f'{top + ph / 2:.1f})">observed frequency</text>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="12" text-anchor="middle" font-weight="bold">{_e(structure)}</text>')
+    series = ((f"before (T = 1): ECE {cal.before.ece:.4f}", cal.before, "#d62728"),
+              (f"{label} (T = {cal.temperature:.3g}): ECE {after.ece:.4f}", after, "#1f77b4"))
+    legend: List[str] = []  # between the title and the plot: it never hides a point
+    for i, (name, m, colour) in enumerate(series):
+        pts = [(b.mean_p, b.observed) for b in m.bins]
+        if pts:
+            out.append(f'<polyline points="{" ".join(xy(px, py) for px, py in pts)}" fill="none" stroke="{colour}"/>')
+            out.extend(f'<circle cx="{xy(px, py).split(",")[0]}" cy="{xy(px, py).split(",")[1]}" r="2.5" '
+                       f'fill="{colour}"/>' for px, py in pts)
+        legend.append(f'<rect x="{left + 4}" y="{21 + 14 * i}" width="10" height="3" fill="{colour}"/>'
+                      f'<text x="{left + 18}" y="{25 + 14 * i}">{_e(name)}</text>')
+    out.extend(legend)
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _bins_table(cal: Any) -> str:
+    after = cal.cv_after if cal.cv_after is not None else cal.after
+    n = max(len(cal.before.bins), len(after.bins))
+    rows = []
+    for i in range(n):
+        row: List[Any] = [i]
+        for m in (cal.before, after):
+            b = m.bins[i] if i < len(m.bins) else None
+            row += ([b.count, f"{b.mean_p:.4f}", f"{b.observed:.4f}"] if b is not None else ["", "", ""])
+        rows.append(row)
+    return ("<details><summary>reliability bins (counts)</summary>" + _table(
+        ["bin", "voxels before", "mean p before", "observed before", "voxels after", "mean p after",
+         "observed after"], rows, 1) + "</details>")
+
+
+def _calibration_section(result: Any) -> List[str]:
+    cals = [(s, tu.calibration) for s, tu in result.structures.items() if getattr(tu, "calibration", None) is not None]
+    if not cals:
+        return []
+    margin = cals[0][1].margin_mm
+    parts = ["<h2>Calibration</h2>",
+             f'<p class="small">Voxels within {margin:g} mm of the reference or with p &ge; 0.01 (probabilities '
+             "clipped to [1e-6, 1 - 1e-6]). Temperature scaling p' = sigmoid(logit(p) / T), T minimising the "
+             "NLL; the held-out numbers pool every case at the temperature fitted on the other folds (the "
+             "folds of the thresholds). Reliability: equal-mass bins, counts beside the points. The optimum "
+             "threshold t of the maps is t' = sigmoid(logit(t) / T) on the calibrated maps; as 0.5 stays 0.5, it moves "
+             "toward 0.5 only when T &gt; 1 and never across it (a map biased low needs a shift of the logit, "
+             "which a temperature is not).</p>"]
+    table = []
+    for s, c in cals:
+        r = c.row()
+        table.append([s, r["n_voxels"], f"{c.temperature:.3g}" + (" (bound)" if r["temperature_at_bound"] else ""),
+                      r["fold_temperatures"], fmt_num(r["cv_nll_before"]), fmt_num(r["cv_nll_after"]),
+                      fmt_num(r["cv_ece_before"]), fmt_num(r["cv_ece_after"]), fmt_num(r["cv_brier_before"]),
+                      fmt_num(r["cv_brier_after"]), f"{c.t_opt:.2f}", f"{c.t_opt_calibrated:.3f}"])
+    parts.append(_table(["structure", "voxels", "T", "fold T", "NLL before", "NLL after (held out)", "ECE before",
+                         "ECE after (held out)", "Brier before", "Brier after (held out)", "t_opt",
+                         "t_opt on calibrated maps"], table))
+    for s, c in cals:
+        parts.append(f'<div>{figure_reliability(c, s)}</div>')
+        parts.append(_bins_table(c))
+    return parts
 
 
 def render_tune_html(result: Any, rows: Sequence[Dict[str, Any]]) -> str:
@@ -95,8 +184,12 @@ def render_tune_html(result: Any, rows: Sequence[Dict[str, Any]]) -> str:
                 folds.setdefault(f, []).append(c)
             parts.append(_table(["fold", "threshold (tuned on the other folds)", "cases"],
                                 [[k, f"{tu.cv.fold_thresholds[k]:.2f}", ", ".join(v)] for k, v in sorted(folds.items())], 1))
+    parts.extend(_calibration_section(result))
     parts.append("<h2>Inputs</h2>")
     parts.append(f"<pre>{_e(json.dumps(result.inputs, indent=2, sort_keys=True))}</pre>")
     parts.append('<p class="small">Tables behind this page: summary.csv, thresholds.json, '
-                 "sweeps/&lt;structure&gt;/sweep.csv.</p></body></html>")
+                 "sweeps/&lt;structure&gt;/sweep.csv" + (", calibration.csv, sweeps/&lt;structure&gt;/reliability.csv"
+                                                         if any(getattr(tu, "calibration", None) is not None
+                                                                for tu in result.structures.values()) else "")
+                 + ".</p></body></html>")
     return "\n".join(parts) + "\n"

@@ -10,7 +10,13 @@ Prints, in one run:
    ``dice,msd,hd,hd95``. The loop gives only the in-sample optimum; tune adds the cross-validation and the
    bootstrap CI;
 3. tune's peak resident memory (goal < 2 GB) with half of the cases and with all of them, each measured in
-   a fresh process: streaming cases keeps it independent of the number of cases.
+   a fresh process: streaming cases keeps it independent of the number of cases;
+4. ``tune --calibration`` / tune (goal <= 1.3): the calibration statistics come from the same pass over the
+   maps (a fine logit histogram per case and structure over the reference dilated by 10 mm and p >= 0.01),
+   then a temperature fit per fold; printed with and without writing the outputs (the report gains a
+   reliability figure per structure). tune and tune --calibration run alternately ``--repeats`` times
+   (default 3) and the medians are compared, of wall time and of CPU time (this process and its workers:
+   on a shared machine the load moves wall times, CPU time much less).
 
 The cohort is written once under ``--work`` (default: a temporary folder, removed at the end):
 ``refs/<case>/{image.nrrd, segmentation.seg.nrrd}`` and ``maps/<case>/prob_<S>.nrrd``, 20 cases x 6
@@ -112,21 +118,25 @@ def child(argv) -> None:
     """Run one job in this fresh process; print its time and peak RSS as JSON."""
     job, root, extra = argv[0], Path(argv[1]), argv[2:]
     t0 = time.perf_counter()
+    c0 = time.process_time()
     extra_out = {}
     if job == "read":
         read_only(root)
     elif job == "tune":
         from AutoSegSensitivity.tune import tune_cohort, write_outputs
 
-        res = tune_cohort(root / extra[0], root / "refs", jobs=int(extra[1]))
+        calibration = len(extra) > 2 and extra[2] == "calibration"
+        res = tune_cohort(root / extra[0], root / "refs", jobs=int(extra[1]), calibration=calibration)
         t_out = time.perf_counter()
-        write_outputs(res, root / f"tuned_{extra[0]}")
+        write_outputs(res, root / f"tuned_{extra[0]}{'_cal' if calibration else ''}")
         extra_out = {"outputs_seconds": time.perf_counter() - t_out}
     elif job == "sweep":
         loop_sweep(root, root / "sweeps", extra[0])
     dt = time.perf_counter() - t0
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = time.process_time() - c0 + kids.ru_utime + kids.ru_stime  # tune --jobs N: the workers' CPU too
     workers = job == "tune" and int(extra[1]) > 1  # tune --jobs N: the workers' peaks count too
-    print(json.dumps({"seconds": dt, "peak_mib": peak_mib(workers), **extra_out}))
+    print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "peak_mib": peak_mib(workers), **extra_out}))
 
 
 def peak_mib(children: bool) -> float:
@@ -163,6 +173,7 @@ def main() -> None:
     ap.add_argument("--sweep-metrics", default="dice",
                     help="--metrics of the looped sweep (dice: the same work as tune; dice,msd,hd,hd95: its default)")
     ap.add_argument("--work", type=Path, default=None, help="keep the cohort here (reused if present)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of tune --calibration (and of tune) for the ratio")
     args = ap.parse_args()
     cases = args.cases or (6 if args.small else 20)
     shape = tuple(args.shape or ((60, 256, 256) if args.small else (120, 512, 512)))
@@ -178,6 +189,11 @@ def main() -> None:
                 (half / p.name).symlink_to(p)
         read = run_child("read", root)
         tune = run_child("tune", root, "maps", args.jobs)
+        plain, cal = [tune], []
+        for i in range(args.repeats):
+            cal.append(run_child("tune", root, "maps", args.jobs, "calibration"))
+            if i + 1 < args.repeats:
+                plain.append(run_child("tune", root, "maps", args.jobs))
         tune_half = run_child("tune", root, "maps_half", args.jobs)
         sweep = run_child("sweep", root, args.sweep_metrics)
         print(f"cohort: {cases} cases x {len(STRUCTURES)} structures at {shape[0]} x {shape[1]} x {shape[2]} "
@@ -191,6 +207,14 @@ def main() -> None:
               f"{sweep['seconds'] / tune['seconds']:.1f}x (goal >= 5x)")
         print(f"tune peak memory: {tune_half['peak_mib']:.0f} MiB with {max(2, cases // 2)} cases, "
               f"{tune['peak_mib']:.0f} MiB with {cases} cases (goal < 2048 MiB, independent of the case count)")
+        med = lambda runs, key: float(np.median([r["seconds"] - (r["outputs_seconds"] if key else 0) for r in runs]))
+        print(f"tune --calibration (median of {len(cal)}, tune: of {len(plain)}): {med(cal, False):.1f} s vs "
+              f"{med(plain, False):.1f} s -> / tune = {med(cal, False) / med(plain, False):.2f} (goal <= 1.3); "
+              f"without writing the outputs: {med(cal, True):.1f} s vs {med(plain, True):.1f} s = "
+              f"{med(cal, True) / med(plain, True):.2f}; peak memory {max(r['peak_mib'] for r in cal):.0f} MiB")
+        cpu = lambda runs: float(np.median([r["cpu_seconds"] for r in runs]))
+        print(f"tune --calibration CPU time: {cpu(cal):.1f} s vs {cpu(plain):.1f} s -> / tune = "
+              f"{cpu(cal) / cpu(plain):.2f} (goal <= 1.3)")
     finally:
         if args.work is None:
             shutil.rmtree(root, ignore_errors=True)

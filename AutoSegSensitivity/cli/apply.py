@@ -6,6 +6,11 @@ one multi-channel image per case, its grid in the file; nnunet: P/<case>.npz wit
 from the segmentation nnU-Net wrote beside each .npz, or from --ref-dir: a dataset folder or nnU-Net's
 label folder, no image needed). A case or structure with a problem is listed on stderr and the rest goes on.
 
+With --calibrated (a thresholds.json of `tune --calibration`, which holds a temperature T per structure)
+also OUT/<case>/prob_<structure>.nrrd calibrated, p' = sigmoid(logit(p) / T), and
+OUT/thresholds_calibrated.json with t' = sigmoid(logit(t) / T) for them; the segmentation is the same
+(p >= t is p' >= t').
+
 Example:
   autosegsens apply --thresholds tuned/thresholds.json --prob-dir preds --out segs
 """
@@ -29,17 +34,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref-dir", type=Path,
                         help="nnunet: take each case's grid from these references (dataset or nnU-Net label folder)")
     add_ref_format_argument(parser)
+    parser.add_argument("--calibrated", action="store_true",
+                        help="also write the maps calibrated with the file's temperatures (tune --calibration)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..tune import apply_cohort, problem_line, read_thresholds
+    from ..tune import apply_cohort, problem_line, read_thresholds, temperatures_for
 
-    read_thresholds(args.thresholds)  # a bad file fails before anything is written
+    table = read_thresholds(args.thresholds)  # a bad file fails before anything is written
+    if args.calibrated:
+        temperatures_for(args.thresholds, list(table))
     out = prepare_out_dir(args.out, args.overwrite)
     written, problems = apply_cohort(args.thresholds, args.prob_dir, out, fmt=args.format,
                                      dataset_json=args.dataset_json, ref_dir=args.ref_dir,
-                                     ref_format=args.ref_format)
+                                     ref_format=args.ref_format, calibrated=args.calibrated)
     for p in problems:
         print(f"note: {problem_line(p)}", file=sys.stderr)
     if not written:

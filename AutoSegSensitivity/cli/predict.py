@@ -4,7 +4,9 @@ With --image: writes OUT/prob_<structure>.nrrd (float32 probabilities on the inp
 thresholded). With --threshold T (one threshold for all structures), --tuned (the thresholds stored in
 the checkpoint by threshold tuning) or --thresholds FILE (a thresholds.json from `autosegsens tune`, one
 threshold per structure) also OUT/segmentation.seg.nrrd. The image is a volume file (.nrrd, .nii.gz, ...)
-or a folder holding one DICOM CT series.
+or a folder holding one DICOM CT series. With --thresholds FILE --calibrated (FILE from `tune
+--calibration`) the maps written are calibrated, p' = sigmoid(logit(p) / T) with each structure's
+temperature T; the segmentation is the same (p >= t is p' >= t' = sigmoid(logit(t) / T)).
 
 With --data DATASET (one sub-folder per case): writes OUT/<case>/prob_<structure>.nrrd for every case,
 or with --shard I/N (0 <= I < N) for cases I, I+N, I+2N, ... of the names sorted (one task of a job
@@ -49,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tuned", action="store_true", help="write segmentation.seg.nrrd at the checkpoint's tuned thresholds")
     group.add_argument("--thresholds", type=Path, default=None,
                        help="write segmentation.seg.nrrd at the thresholds of this thresholds.json (autosegsens tune)")
+    parser.add_argument("--calibrated", action="store_true",
+                        help="with --thresholds: write the maps calibrated with the file's temperatures")
     parser.add_argument("--format", choices=("nrrd", "nii.gz"), default="nrrd", help="probability map file format")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=None, help="slices (2D) or windows (3D) per pass")
@@ -70,12 +74,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.model, "thresholds", "tuned thresholds (run threshold tuning first, or use --threshold)",
                          got="only the 0.5 default")
     per_structure = None
+    temperatures = None
+    if args.calibrated and args.thresholds is None:
+        raise InputError("--calibrated", None, "--thresholds FILE (a thresholds.json of tune --calibration)",
+                         got="no --thresholds")
     if args.thresholds is not None:
-        from ..tune import thresholds_for
+        from ..tune import temperatures_for, thresholds_for
 
         per_structure = thresholds_for(args.thresholds, model.class_names)
+        if args.calibrated:
+            temperatures = temperatures_for(args.thresholds, model.class_names)
     if args.data is not None:
-        return _run_dataset(args, model, per_structure)
+        return _run_dataset(args, model, per_structure, temperatures)
     names = [f"prob_{safe_name(n)}.{args.format}" for n in model.class_names]
     seg_name = "segmentation.seg.nrrd"
     want_seg = args.threshold is not None or args.tuned or per_structure is not None
@@ -84,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.image, None, "an existing image file or DICOM folder", got="no such file")
     volume = read_dicom_series(args.image).volume if args.image.is_dir() else read_volume(args.image)
     probs = predict_volume(model, volume, batch_size=args.batch_size, channels_last=args.channels_last)
-    for (name, vol), fname in zip(probs.items(), names):
+    shown = probs
+    if temperatures is not None:
+        from ..calibration import calibrated_volumes
+
+        shown = calibrated_volumes(probs, temperatures)
+    for (name, vol), fname in zip(shown.items(), names):
         write_volume(vol, args.out / fname)
     if want_seg:
         chosen = (per_structure if per_structure is not None else model.thresholds if args.tuned
@@ -96,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_dataset(args: argparse.Namespace, model: object, per_structure: Optional[Dict[str, float]]) -> int:
+def _run_dataset(args: argparse.Namespace, model: object, per_structure: Optional[Dict[str, float]],
+                 temperatures: Optional[Dict[str, float]] = None) -> int:
     """--data [--shard I/N]: every case (of the shard); finished cases skipped; failures summarised."""
     from ..predict_shards import parse_shard, predict_shard
 
@@ -104,6 +120,7 @@ def _run_dataset(args: argparse.Namespace, model: object, per_structure: Optiona
     thresholds = per_structure if per_structure is not None else model.thresholds if args.tuned else args.threshold
     result = predict_shard(model, args.data, args.out, index, count, fmt=args.format, thresholds=thresholds,
                            batch_size=args.batch_size, channels_last=args.channels_last, redo=args.overwrite,
+                           temperatures=temperatures,
                            on_failure=lambda f: print(f"warning: {f.name} failed: {f.reason}", file=sys.stderr),
                            notify=lambda line: print(line, file=sys.stderr))
     for line in result.summary():

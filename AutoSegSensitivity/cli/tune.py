@@ -43,8 +43,25 @@ Writes to --out DIR:
   sweeps/<structure>/sweep.csv   the cohort sweep, as `autosegsens sweep` writes it
   report.html       the page: curves, fold thresholds, held-out gains (a CI holding 0 is flagged)
 
-Example:
-  autosegsens tune --prob-dir preds --ref-dir data --out tuned --folds 5 --seed 0
+With --calibration (from the same pass over the maps), per structure also the calibration: reliability
+(equal-mass bins), ECE, Brier and NLL on the voxels within --calibration-margin mm of the reference or
+with p >= 0.01, and the temperature T of p' = sigmoid(logit(p) / T) minimising the NLL, cross-validated
+like the thresholds (T of each fold fitted on the other folds; numbers after scaling are held out):
+  calibration.csv   a row per structure: temperature, fold temperatures, NLL / ECE / Brier before and
+                    after (in-sample and held out), t_opt and t_opt_calibrated = sigmoid(logit(t_opt) / T)
+  thresholds.json   gains "temperature" (and "threshold_calibrated") per structure; old readers ignore it
+  sweeps/<structure>/reliability.csv   the reliability bins before and after (held out)
+`autosegsens apply --calibrated` and `predict --thresholds FILE --calibrated` write calibrated maps.
+
+Cohorts beyond one machine: --shard I/N counts only cases I, I+N, ... of the sorted matched names (as
+`predict --shard`) and writes only OUT/counts-I-of-N.npz; `tune --merge OUT_0 ... OUT_N-1 --out M` then
+writes the same outputs as one run over all cases (settings come from the shards, which must agree).
+See examples/slurm/tune_array.sbatch and tune_merge.sbatch.
+
+Examples:
+  autosegsens tune --prob-dir preds --ref-dir data --out tuned --folds 5 --seed 0 --calibration
+  autosegsens tune --prob-dir preds --ref-dir data --out part1 --shard 1/4
+  autosegsens tune --merge part0 part1 part2 part3 --out tuned
 """
 
 from __future__ import annotations
@@ -58,6 +75,7 @@ from .common import add_out_argument, prepare_out_dir
 NAME = "tune"
 HELP = "tune per-structure thresholds on a cohort, cross-validated against 0.5 (thresholds.json)"
 OUTPUTS = ("thresholds.json", "summary.csv", "cases.csv", "report.html", "sweeps", "events.jsonl")
+CALIBRATION_OUTPUTS = ("calibration.csv",)
 
 
 def add_prob_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,14 +118,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tune without the cases whose prediction (by `predict --data`) did not finish, "
                              "listing them, instead of stopping (folders without any prediction.json are "
                              "never checked)")
+    parser.add_argument("--calibration", action="store_true",
+                        help="also measure calibration and fit a temperature per structure (calibration.csv)")
+    parser.add_argument("--calibration-margin", type=float, default=None, metavar="MM",
+                        help="calibration voxels: within this distance of the reference (mm, default 10) or p >= 0.01")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="count only cases I, I+N, ... of the sorted names into OUT/counts-I-of-N.npz")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="SHARD_OUT",
+                        help="aggregate the counts-I-of-N.npz of these shard outputs (instead of --prob-dir)")
+    for action in parser._actions:  # --prob-dir / --ref-dir are not needed with --merge (checked in run)
+        if action.dest in ("prob_dir", "ref_dir"):
+            action.required = False
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..progress import ProgressWriter
-    from ..tune import problem_line, summary_rows, tune_cohort, write_outputs
+    from ..tune import calibration_rows, problem_line, summary_rows, write_outputs
 
-    out = prepare_out_dir(args.out, args.overwrite, will_write=OUTPUTS)
+    if args.merge:
+        if args.prob_dir is not None or args.ref_dir is not None or args.shard is not None:
+            raise InputError("--merge", None, "only shard outputs and --out (the settings come from the shards)",
+                             got="--prob-dir, --ref-dir or --shard as well")
+        from ..tune import tune_from_counts
+        from ..tune_shards import merge_counts
+
+        counts = merge_counts(args.merge)
+        out = prepare_out_dir(args.out, args.overwrite, will_write=OUTPUTS + CALIBRATION_OUTPUTS)
+        result = tune_from_counts(counts)
+        for p in result.problems:
+            print(f"note: {problem_line(p)}", file=sys.stderr)
+        if not result.structures:
+            raise InputError("tune --merge", "structures", "at least one structure with maps and references",
+                             got="none (see the notes above)")
+        write_outputs(result, out)
+    else:
+        for flag, value in (("--prob-dir", args.prob_dir), ("--ref-dir", args.ref_dir)):
+            if value is None:
+                raise InputError(flag, None, "a folder (or --merge SHARD_OUT ...)", got="none")
+        if args.shard is not None:
+            return _run_shard(args)
+        out = prepare_out_dir(args.out, args.overwrite,
+                              will_write=OUTPUTS + (CALIBRATION_OUTPUTS if args.calibration else ()))
+        result = _run_whole(args, out)
+    m = result.metric
+    for r in summary_rows(result):
+        cv = (f"held-out gain {r['cv_gain']:+.4f} (95 % CI {r['cv_gain_ci_low']:+.4f} .. {r['cv_gain_ci_high']:+.4f})"
+              + (" CI holds 0" if r["ci_holds_zero"] else "")) if r["cv_gain"] is not None else "not cross-validated"
+        print(f"{r['structure']}: t={r['t_opt']:.2f} {m} {r[f'{m}_at_opt']:.4f} (at 0.5 {r[f'{m}_at_0.5']:.4f}); {cv}")
+    for r in calibration_rows(result):
+        held = (f"held out NLL {r['cv_nll_before']:.4f} -> {r['cv_nll_after']:.4f}, ECE {r['cv_ece_before']:.4f} -> "
+                f"{r['cv_ece_after']:.4f}" if r["cv_nll_after"] is not None else
+                f"NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f} (in-sample)")
+        print(f"{r['structure']}: temperature {r['temperature']:.3f}; {held}; optimum t={r['t_opt']:.2f} is "
+              f"t'={r['t_opt_calibrated']:.3f} on the calibrated maps")
+    print(f"wrote {out}")
+    return 0
+
+
+def _run_whole(args: argparse.Namespace, out: Path):
+    """Tune the whole cohort into ``out``, with progress events in ``out/events.jsonl`` (start, case, done,
+    error: what the Slicer cohort section reads)."""
+    from ..errors import InputError
+    from ..progress import ProgressWriter
+    from ..tune import problem_line, tune_cohort, write_outputs
+
     (out / "events.jsonl").unlink(missing_ok=True)
     with ProgressWriter(out / "events.jsonl") as progress:
         state = {"done": 0, "total": 0}
@@ -126,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
                                      structures=args.structures, metric=args.metric, folds=args.folds,
                                      seed=args.seed, nsd_tolerance=args.nsd_tolerance, ref_format=args.ref_format,
                                      allow_incomplete=args.allow_incomplete, train_dir=args.train_dir,
-                                     jobs=args.jobs, n_boot=args.bootstrap, on_start=on_start, on_case=on_case)
+                                     jobs=args.jobs, n_boot=args.bootstrap, on_start=on_start, on_case=on_case,
+                                     calibration=args.calibration, calibration_margin=args.calibration_margin)
             except InputError as exc:  # no usable case: every reason as a note, then the error's summary
                 for p in getattr(exc, "problems", []):
                     print(f"note: {problem_line(p)}", file=sys.stderr)
@@ -141,10 +216,26 @@ def run(args: argparse.Namespace) -> int:
             progress.emit("error", message=str(exc))
             raise
         progress.emit("done", structures=list(result.structures), out=str(out))
-    m = result.metric
-    for r in summary_rows(result):
-        cv = (f"held-out gain {r['cv_gain']:+.4f} (95 % CI {r['cv_gain_ci_low']:+.4f} .. {r['cv_gain_ci_high']:+.4f})"
-              + (" CI holds 0" if r["ci_holds_zero"] else "")) if r["cv_gain"] is not None else "not cross-validated"
-        print(f"{r['structure']}: t={r['t_opt']:.2f} {m} {r[f'{m}_at_opt']:.4f} (at 0.5 {r[f'{m}_at_0.5']:.4f}); {cv}")
-    print(f"wrote {out}")
+    return result
+
+
+def _run_shard(args: argparse.Namespace) -> int:
+    """--shard I/N: count this shard's cases and write OUT/counts-I-of-N.npz only."""
+    from ..predict_shards import parse_shard
+    from ..tune import collect_counts, problem_line
+    from ..tune_shards import counts_name, save_counts
+
+    index, count = parse_shard(args.shard)
+    out = prepare_out_dir(args.out, args.overwrite, will_write=(counts_name(index, count),))
+    counts = collect_counts(args.prob_dir, args.ref_dir, fmt=args.format, dataset_json=args.dataset_json,
+                            structures=args.structures, metric=args.metric, folds=args.folds, seed=args.seed,
+                            nsd_tolerance=args.nsd_tolerance, train_dir=args.train_dir, jobs=args.jobs,
+                            n_boot=args.bootstrap, shard=(index, count), calibration=args.calibration,
+                            calibration_margin=args.calibration_margin, ref_format=args.ref_format,
+                            allow_incomplete=args.allow_incomplete)
+    for res in counts.outs:
+        for s, reason in res.problems:
+            print(f"note: {problem_line((res.name, s, reason))}", file=sys.stderr)
+    path = save_counts(counts, (index, count), out)
+    print(f"wrote the counts of {len(counts.cases)} of {len(counts.names)} case(s) to {path}")
     return 0

@@ -125,10 +125,18 @@ class ThresholdTuningLogic:
     def add_threshold(cls, path: Union[str, Path], structure: str, threshold: float, metric: str = "dice",
                       source: str = "AutoSegThreshold") -> Path:
         """Store one structure's tuned threshold in the ``thresholds.json`` at ``path``: the other structures
-        of an existing file are kept (a file that is not a valid thresholds.json is an error, never
+        of an existing file are kept, with each structure's calibration temperature (``tune --calibration``;
+        it does not depend on the threshold) (a file that is not a valid thresholds.json is an error, never
         overwritten); a new file is created otherwise. Atomic."""
-        table = cls.load_thresholds(path) if Path(path).exists() else {}
-        table[str(structure)] = float(threshold)
+        from ..tune import read_thresholds_file
+
+        table: Dict[str, Any] = {}
+        if Path(path).exists():
+            for name, entry in read_thresholds_file(path)["structures"].items():
+                table[name] = {"threshold": float(entry["threshold"])}
+                if "temperature" in entry:
+                    table[name]["temperature"] = entry["temperature"]
+        table.setdefault(str(structure), {})["threshold"] = float(threshold)
         return cls.save_thresholds(path, table, metric=metric, source=source)
 
     @staticmethod

@@ -133,7 +133,30 @@ def test_predict_layout_feeds_tune_and_predict_thresholds(tmp_path, capsys):
         for s, t in (("Brain", 0.05), ("SpinalCord", 0.9)):
             prob = read_volume(tmp_path / "all" / case / f"prob_{s}.nrrd").array
             np.testing.assert_array_equal(seg.mask(s), prob >= np.float32(t))
+    # --calibrated: the maps written are sigmoid(logit(p) / T) of the raw maps, the segmentation is p >= t
+    from AutoSegSensitivity.calibration import calibrate_array
+
+    temps = {"Brain": 0.5, "SpinalCord": 2.0}
+    tuned = write_thresholds(tmp_path / "tc.json", {s: {"threshold": t, "temperature": temps[s]}
+                                                    for s, t in (("Brain", 0.05), ("SpinalCord", 0.9))})
+    assert main(["predict", "--model", model, "--image", str(tmp_path / "data" / cases[0] / "image.nrrd"),
+                 "--out", str(tmp_path / "pc"), "--device", "cpu", "--thresholds", str(tuned), "--calibrated"]) == 0
+    assert main(["predict", "--model", model, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "all"),
+                 "--device", "cpu", "--thresholds", str(tuned), "--calibrated"]) == 0  # other settings: redone
+    for got in (tmp_path / "pc", tmp_path / "all" / cases[0]):
+        seg = read_segmentation(got / "segmentation.seg.nrrd")
+        for s, t in (("Brain", 0.05), ("SpinalCord", 0.9)):
+            raw = read_volume(tmp_path / "pred" / cases[0] / f"prob_{s}.nrrd").array
+            np.testing.assert_array_equal(read_volume(got / f"prob_{s}.nrrd").array, calibrate_array(raw, temps[s]))
+            np.testing.assert_array_equal(seg.mask(s), raw >= np.float32(t))
+    assert main(["predict", "--model", model, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "all"),
+                 "--device", "cpu", "--thresholds", str(tuned)]) == 0  # back to raw maps: redone, not skipped
+    np.testing.assert_array_equal(read_volume(tmp_path / "all" / cases[0] / "prob_Brain.nrrd").array,
+                                  read_volume(tmp_path / "pred" / cases[0] / "prob_Brain.nrrd").array)
     capsys.readouterr()
+    assert main(["predict", "--model", model, "--image", str(tmp_path / "data" / cases[0] / "image.nrrd"),
+                 "--out", str(tmp_path / "pd"), "--device", "cpu", "--thresholds", str(table), "--calibrated"]) == 2
+    assert "temperature" in capsys.readouterr().err
     partial = write_thresholds(tmp_path / "u.json", {"Brain": 0.3})
     assert main(["predict", "--model", model, "--image", str(tmp_path / "data" / cases[0] / "image.nrrd"),
                  "--out", str(tmp_path / "q"), "--device", "cpu", "--thresholds", str(partial)]) == 2

@@ -292,6 +292,11 @@ def test_threshold_logic_adds_one_structure_keeping_the_others(tmp_path):
     ThresholdTuningLogic.add_threshold(path, "Lens_L", 0.11)
     ThresholdTuningLogic.add_threshold(path, "Brain", 0.47)
     assert read_thresholds(path) == {"Brain": 0.47, "Lens_L": 0.11}
+    # a file of tune --calibration keeps its temperatures (they do not depend on the threshold)
+    write_thresholds(path, {"Brain": {"threshold": 0.4, "temperature": 1.7}, "Lens_L": {"threshold": 0.1, "temperature": 0.6}})
+    ThresholdTuningLogic.add_threshold(path, "Brain", 0.45)
+    assert read_thresholds(path) == {"Brain": 0.45, "Lens_L": 0.1}
+    assert {s: e["temperature"] for s, e in read_thresholds_file(path)["structures"].items()} == {"Brain": 1.7, "Lens_L": 0.6}
     other = tmp_path / "notes.json"
     other.write_text('{"hello": 1}')
     with pytest.raises(InputError):

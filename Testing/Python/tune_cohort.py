@@ -113,3 +113,34 @@ def brute_cv(counts: np.ndarray, folds: int, seed: int, n_boot: int, th=TH):
 
 def close(a: float, b: float, tol: float = 1e-12) -> bool:
     return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+
+
+def miscalibrated_arrays(i: int, T0: float, shape=(12, 32, 30), spacing_zyx=(2.0, 0.9, 1.3)):
+    """Case ``i`` of a cohort made miscalibrated on purpose: calibrated maps ``q`` (a soft ellipsoid, clipped
+    to [1e-3, 1 - 1e-3]) whose reference is drawn voxel by voxel as ``Bernoulli(q)``, then
+    ``p = sigmoid(logit(q) * T0)`` so that temperature ``T0`` calibrates them again. ``(p float32, ref bool)``."""
+    rng = np.random.default_rng(500 + i)
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    c = np.array(shape) / 2 + rng.normal(0, 0.5, 3)
+    r = np.sqrt(sum(((a - ca) * s) ** 2 for a, ca, s in zip((z, y, x), c, spacing_zyx)))
+    q = np.clip(1.0 / (1.0 + np.exp((r - 8.0 - rng.uniform(-1, 1)) / 2.0)), 1e-3, 1 - 1e-3)
+    ref = rng.random(shape) < q
+    p = 1.0 / (1.0 + np.exp(-np.log(q / (1 - q)) * T0))
+    return p.astype(np.float32), ref
+
+
+def write_miscalibrated_cohort(root: Path, n: int = 6, temperatures=(("Under", 0.5), ("Over", 2.0)),
+                               shape=(12, 32, 30)) -> Tuple[Path, Path]:
+    """``root/probs`` and ``root/refs`` (as :func:`write_cohort`) of structures miscalibrated with known
+    temperatures (:func:`miscalibrated_arrays`); spacing (x, y, z) = (1.3, 0.9, 2.0) mm."""
+    probs, refs = root / "probs", root / "refs"
+    for i in range(n):
+        name = f"case{i:02d}"
+        image = Volume(np.zeros(shape, np.int16), (1.3, 0.9, 2.0), ORIGIN)
+        seg = Segmentation.on_grid(image)
+        for k, (s, t0) in enumerate(temperatures):
+            p, ref = miscalibrated_arrays(10 * i + k, t0, shape)
+            seg.add(s, ref)
+            write_volume(image.with_array(p), probs / name / f"prob_{s}.nrrd")
+        write_case(refs / name, image, seg)
+    return probs, refs
