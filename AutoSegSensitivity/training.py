@@ -800,8 +800,10 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
         ctx.barrier()
         done = int(read_checkpoint(last_path)["epoch"])
         writer.emit("stop", reason="cancelled", epoch=done, message=str(exc))
-        raise CancelledError(f"{exc}: training stopped; {last_path} holds epoch {done} "
-                             f"(continue with --resume)") from None
+        err = CancelledError(f"{exc}: training stopped; {last_path} holds epoch {done} "
+                             f"(continue with --resume)")
+        err.signal = watch.signalled  # type: ignore[attr-defined] - SIGTERM -> exit code 143 in the CLI
+        raise err from None
     finally:
         if bar is not None:
             bar.close()

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import prepare_out_dir
+from .common import check_out_dir, output_folder
 from .tune import add_prob_arguments
 
 NAME = "apply"
@@ -33,12 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from ..tune import apply_cohort, problem_line, read_thresholds
 
     read_thresholds(args.thresholds)  # a bad file fails before anything is written
-    out = prepare_out_dir(args.out, args.overwrite)
-    written, problems = apply_cohort(args.thresholds, args.prob_dir, out, fmt=args.format,
-                                     dataset_json=args.dataset_json, ref_dir=args.ref_dir)
-    for p in problems:
-        print(f"note: {problem_line(p)}", file=sys.stderr)
-    if not written:
-        raise InputError(args.prob_dir, "cases", "at least one case that could be thresholded", got="none")
+    out = check_out_dir(args.out, args.overwrite)
+    with output_folder(out, args.overwrite) as stage:  # OUT appears (or is replaced) only when complete
+        written, problems = apply_cohort(args.thresholds, args.prob_dir, stage, fmt=args.format,
+                                         dataset_json=args.dataset_json, ref_dir=args.ref_dir)
+        for p in problems:
+            print(f"note: {problem_line(p)}", file=sys.stderr)
+        if not written:
+            raise InputError(args.prob_dir, "cases", "at least one case that could be thresholded", got="none")
     print(f"wrote {len(written)} segmentation(s) to {out}")
     return 0

@@ -20,6 +20,9 @@ Writes to --out DIR:
                     loss_at_0.5, cv_dice_at_0.5, cv_dice_at_tuned, cv_gain, cv_gain_ci_low/high
   sweeps/<structure>/sweep.csv   the cohort sweep, as `autosegsens sweep` writes it
   report.html       the page: curves, fold thresholds, held-out gains (a CI holding 0 is flagged)
+The outputs are written into a temporary folder beside OUT and appear in OUT only when all are complete
+(thresholds.json last): a failed, cancelled or killed run leaves OUT as it was. --overwrite replaces all
+four (sweeps/ as a whole: no sweeps of structures the new run did not tune).
 
 Example:
   autosegsens tune --prob-dir preds --ref-dir data --out tuned --folds 5 --seed 0
@@ -31,7 +34,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_out_argument, prepare_out_dir
+from .common import add_out_argument, check_out_dir, output_folder
 
 NAME = "tune"
 HELP = "tune per-structure thresholds on a cohort, cross-validated against 0.5 (thresholds.json)"
@@ -64,11 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="processes over cases")
 
 
+def kept(args: argparse.Namespace) -> str:
+    """What an interrupted or failed run left: nothing (the outputs appear only when complete)."""
+    return f"nothing written: {args.out} is as it was (run the same command again)"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..tune import problem_line, summary_rows, tune_cohort, write_outputs
 
-    out = prepare_out_dir(args.out, args.overwrite, will_write=OUTPUTS)
+    out = check_out_dir(args.out, args.overwrite, will_write=OUTPUTS)  # refused before the work, not after
     result = tune_cohort(args.prob_dir, args.ref_dir, fmt=args.format, dataset_json=args.dataset_json,
                          structures=args.structures, metric=args.metric, folds=args.folds, seed=args.seed,
                          nsd_tolerance=args.nsd_tolerance,
@@ -78,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if not result.structures:
         raise InputError(args.prob_dir, "structures", "at least one structure with maps and references",
                          got="none (see the notes above)")
-    write_outputs(result, out)
+    with output_folder(out, args.overwrite, will_write=OUTPUTS, last=("thresholds.json",)) as stage:
+        write_outputs(result, stage)
     m = result.metric
     for r in summary_rows(result):
         cv = (f"held-out gain {r['cv_gain']:+.4f} (95 % CI {r['cv_gain_ci_low']:+.4f} .. {r['cv_gain_ci_high']:+.4f})"
