@@ -65,7 +65,8 @@ def fault_point(point: str, path: Optional[PathLike] = None) -> Optional[str]:
 
     Points: ``atomic.write`` (a file is about to be written; path = target), ``atomic.replace`` (the
     temporary file is complete, before the rename), ``commit`` (before each rename that moves a staged
-    folder's outputs into place).
+    folder's outputs into place), ``train.epoch`` (training starts an epoch; epoch 0 is saved by then),
+    ``train.cancel`` (training handles a cancel request).
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -335,6 +336,10 @@ def temp_sibling(path: PathLike, create: bool = True) -> Path:
     made = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".{_owner_tag()}.tmp", dir=path.parent))
     if not create:
         made.rmdir()
+    else:  # mkdtemp makes owner-only folders; the output gets the usual umask permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(made, 0o777 & ~umask)
     return made
 
 
@@ -419,6 +424,20 @@ def staged_folder(out: PathLike, overwrite: bool = False,
     try:
         yield staging
         _commit(staging, out, owned_fn, overwrite, list(last))
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        renamed = _in_place_of(exc, staging, out)
+        if renamed is exc:
+            raise
+        raise renamed from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _in_place_of(exc: OSError, staging: Path, out: Path) -> OSError:
+    """``exc`` naming the final path (under ``out``) of a file it names under ``staging``."""
+    name = exc.filename if isinstance(exc.filename, str) else None
+    if exc.errno is None or name is None or not (name == str(staging) or name.startswith(str(staging) + os.sep)):
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(out) + name[len(str(staging)):])

@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..tune import apply_cohort, problem_line, read_thresholds
 
-    read_thresholds(args.thresholds)  # a bad file fails before anything is written
     out = check_out_dir(args.out, args.overwrite)
+    read_thresholds(args.thresholds)  # a bad file fails before anything is written
     with output_folder(out, args.overwrite) as stage:  # OUT appears (or is replaced) only when complete
         written, problems = apply_cohort(args.thresholds, args.prob_dir, stage, fmt=args.format,
                                          dataset_json=args.dataset_json, ref_dir=args.ref_dir)

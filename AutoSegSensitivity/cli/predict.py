@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import load_checkpoint, predict_volume, threshold_maps
     from ..io import read_dicom_series, read_volume, write_segmentation, write_volume
 
+    check_out_path(args.out)  # a bad --out is one line before the model is loaded
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise InputError("--threshold", None, "a number in [0, 1]", got=args.threshold)
     if args.shard is not None and args.data is None:

@@ -75,13 +75,13 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import describe_epoch
     from ..training import TrainConfig, TrainingOutOfMemory, train
 
+    check_out_path(args.out)  # a bad --out is one line before anything is read
     cfg = TrainConfig.from_file(args.config)
     if args.overrides:
         cfg = cfg.with_overrides(args.overrides)
     main_rank = not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
     if main_rank:
         if args.resume:
-            check_out_path(args.out)
             clean_stale_temps(args.out)
         else:
             prepare_out_dir(args.out, args.overwrite, will_write=("last.pt", "best.pt", "events.jsonl"),
