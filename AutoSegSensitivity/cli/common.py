@@ -34,6 +34,15 @@ def check_out_path(out: Path) -> None:
             break
 
 
+def check_out_file(path: Path) -> None:
+    """Raise :class:`InputError` (exit code 2) when ``path`` cannot be an output file: it is a folder, or a
+    file stands where one of its parent folders should be."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, None, "a file path", got="an existing folder")
+    check_out_path(path.parent)
+
+
 def check_out_dir(out: Path, overwrite: bool, will_write: tuple = ()) -> Path:
     """Check ``out`` (:func:`check_out_path`) and refuse (``FileExistsError``, exit code 2 with a hint
     to use ``--overwrite``) when any of ``will_write`` (names inside ``out``) exists and ``overwrite`` is

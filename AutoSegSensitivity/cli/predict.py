@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from ..predict_shards import safe_name  # noqa: F401 - the file-name rule, importable from here as before
-from .common import add_out_argument, check_out_path, output_folder, prepare_out_dir  # noqa: F401
+from .common import add_out_argument, check_out_path, output_folder
 
 NAME = "predict"
 HELP = "probability maps (and optionally a thresholded segmentation) from a checkpoint"

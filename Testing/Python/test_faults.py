@@ -30,6 +30,7 @@ from tune_cohort import write_cohort
 
 FAULT = "AUTOSEGSENS_FAULT"
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(atomic.__file__).resolve().parents[1]  # the code under test (for new processes too)
 CONFIG = {"model": "unet2d", "model_kwargs": {"base_features": 4}, "structures": ["Brain"], "epochs": 1,
           "batch_size": 4, "samples_per_epoch": 4, "lr": 0.003, "crop": [48, 48], "resize": [32, 32],
           "num_threads": 1}
@@ -55,7 +56,7 @@ def _fresh_fault_counts(monkeypatch):
 def cli(args: List[str], fault: Optional[str] = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """``python -m AutoSegSensitivity ARGS`` in a new process (for kills), with the fault hook set."""
     env = {k: v for k, v in os.environ.items() if k != FAULT}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
     if fault:
         env[FAULT] = fault
@@ -432,3 +433,21 @@ def test_staged_output_has_the_usual_permissions(cohort, tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "t").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("name, suffix", [("transform", ".nrrd"), ("compare", ".csv"), ("report", ".html")])
+def test_file_output_under_a_file_or_onto_a_folder_is_one_line_exit_2(name, suffix, trained, tmp_path, capsys):
+    image = trained / "data" / "case000" / "image.nrrd"
+    seg = trained / "data" / "case000" / "segmentation.seg.nrrd"
+    afile = tmp_path / "somefile"
+    afile.write_text("x")
+    (tmp_path / "study").mkdir()
+    folder = tmp_path / f"folder{suffix}"
+    folder.mkdir()
+    for out, words in ((afile / "sub" / f"o{suffix}", "is a file"), (folder, "existing folder")):
+        args = {"transform": ["transform", "--preset", "SLF1", str(image), str(out)],
+                "compare": ["compare", str(seg), str(seg), "--out", str(out)],
+                "report": ["report", "--study", str(tmp_path / "study"), "--out", str(out)]}[name]
+        assert main(args + ["--overwrite"]) == 2
+        line = one_line(capsys.readouterr().err)
+        assert words in line and "--overwrite" not in line
