@@ -112,13 +112,20 @@ class _Signals:
                 signal.signal(sig, old)
 
     @staticmethod
-    def ignore_more() -> None:
-        """Ignore further SIGINT/SIGTERM while the final message is printed (a third Ctrl-C must not cut
-        the line that says what was kept)."""
+    @contextlib.contextmanager
+    def ignored() -> Iterator[None]:
+        """Ignore SIGINT/SIGTERM while the final message is written (a third Ctrl-C must not cut the line
+        that says what was kept); the handlers are restored afterwards."""
+        old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(ValueError, OSError):
-                    signal.signal(sig, signal.SIG_IGN)
+                    old[sig] = signal.signal(sig, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def _kept(module: Any, args: argparse.Namespace) -> str:
@@ -157,10 +164,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{prog}: error: {describe_os_error(exc) if exc.errno else exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, CancelledError) as exc:
-        signals.ignore_more()
-        name = getattr(exc, "signal", None) or signals.received or "SIGINT"
-        text = str(exc) or _kept(module, args)
-        print(f"{prog}: cancelled ({name}). {text}".rstrip(), file=sys.stderr)
+        with signals.ignored():
+            name = getattr(exc, "signal", None) or signals.received or "SIGINT"
+            text = str(exc) or _kept(module, args)
+            print(f"{prog}: cancelled ({name}). {text}".rstrip(), file=sys.stderr)
         return EXIT_SIGNALLED.get(name, 130)
     except OSError as exc:
         from ..atomic import describe_os_error

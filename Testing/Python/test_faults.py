@@ -451,3 +451,12 @@ def test_file_output_under_a_file_or_onto_a_folder_is_one_line_exit_2(name, suff
         assert main(args + ["--overwrite"]) == 2
         line = one_line(capsys.readouterr().err)
         assert words in line and "--overwrite" not in line
+
+
+def test_signal_handlers_are_restored_after_a_cancel(trained, tmp_path, monkeypatch):
+    import signal
+
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    monkeypatch.setenv(FAULT, "train.epoch:term:1")
+    assert main(train_args(trained, tmp_path / "run")) == 143
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
