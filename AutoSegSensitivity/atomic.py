@@ -374,7 +374,8 @@ def _commit(staging: Path, out: Path, owned: Callable[[str], bool], overwrite: b
     existing = [p for p in out.iterdir() if not is_temp_name(p.name)]
     replaced = [p for p in existing if p.name in new_names or (overwrite and owned(p.name))]
     foreign = [p for p in existing if p not in replaced]
-    if not foreign and not out.is_symlink() and not os.path.ismount(out):
+    swappable = staging.parent == out.parent and not out.is_symlink() and not os.path.ismount(out)
+    if not foreign and swappable:
         # The folder holds only what is replaced: swap the folders (out is absent for an instant, never
         # a mixture of old and new).
         trash = temp_sibling(out, create=False)
@@ -420,7 +421,12 @@ def staged_folder(out: PathLike, overwrite: bool = False,
     owned_fn = owned if callable(owned) else (lambda n: n in owned)  # type: ignore[operator]
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out)
-    staging = temp_sibling(out)
+    try:
+        staging = temp_sibling(out)
+    except PermissionError:
+        if not out.is_dir():
+            raise
+        staging = temp_sibling(out / "staging")  # a folder we may write in, in a parent we may not
     try:
         yield staging
         _commit(staging, out, owned_fn, overwrite, list(last))

@@ -3,7 +3,8 @@
 Writes OUT/<case>/segmentation.seg.nrrd on the maps' grid: segment <structure> = voxels where
 p >= t(structure). --prob-dir is laid out as for `tune` (maps: P/<case>/prob_<Structure>.nrrd; nnunet:
 P/<case>.npz with dataset.json, geometry from the segmentation nnU-Net wrote beside each .npz, or from
---ref-dir). A case or structure with a problem is listed on stderr and the rest goes on.
+--ref-dir). A case or structure with a problem is listed on stderr and the rest goes on. OUT appears (or,
+with --overwrite, is replaced as a whole) only when every case is written.
 
 Example:
   autosegsens apply --thresholds tuned/thresholds.json --prob-dir preds --out segs

@@ -4,7 +4,8 @@ With --image: writes OUT/prob_<structure>.nrrd (float32 probabilities on the inp
 thresholded). With --threshold T (one threshold for all structures), --tuned (the thresholds stored in
 the checkpoint by threshold tuning) or --thresholds FILE (a thresholds.json from `autosegsens tune`, one
 threshold per structure) also OUT/segmentation.seg.nrrd. The image is a volume file (.nrrd, .nii.gz, ...)
-or a folder holding one DICOM CT series.
+or a folder holding one DICOM CT series. The files appear in OUT only when all are written; --overwrite
+replaces every prob_* map and the segmentation of an earlier run.
 
 With --data DATASET (one sub-folder per case): writes OUT/<case>/prob_<structure>.nrrd for every case,
 or with --shard I/N (0 <= I < N) for cases I, I+N, I+2N, ... of the names sorted (one task of a job

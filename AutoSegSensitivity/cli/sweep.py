@@ -17,6 +17,7 @@ evaluated; a voxel is foreground when p >= t. Writes to --out DIR:
   summary.json         optimum threshold and value per metric (ties toward 0.5), value and relative loss at
                        0.5, perturbation losses at t_opt +-0.02/0.05/0.1, the inputs it came from
   sweep.png, sweep_<metric>.png, perturbation_losses.png   figures
+They appear in DIR only when all are written (summary.json last).
 
 Example:
   autosegsens sweep --prob p01.nrrd --prob p02.nrrd --ref case01/segmentation.seg.nrrd \\

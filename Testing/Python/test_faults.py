@@ -460,3 +460,26 @@ def test_signal_handlers_are_restored_after_a_cancel(trained, tmp_path, monkeypa
     monkeypatch.setenv(FAULT, "train.epoch:term:1")
     assert main(train_args(trained, tmp_path / "run")) == 143
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_staging_inside_the_output_folder_when_its_parent_is_not_writable(tmp_path, monkeypatch):
+    """A folder one may write in, inside one one may not (a scratch folder made by the admins): the
+    outputs are staged inside it and moved in one by one (root ignores permissions, so the refusal is
+    simulated)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    (out / "a.txt").write_text("old")
+    real = atomic.temp_sibling
+
+    def refuse_beside(path, create=True):
+        if Path(path).parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(tmp_path))
+        return real(path, create)
+
+    monkeypatch.setattr(atomic, "temp_sibling", refuse_beside)
+    with atomic.staged_folder(out, overwrite=True, owned=("a.txt",)) as stage:
+        assert stage.parent == out
+        (stage / "a.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "mine.txt"]
+    assert (out / "a.txt").read_text() == "new"
