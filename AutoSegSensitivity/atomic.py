@@ -21,12 +21,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno as errno_mod
 import os
 import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 import zlib
@@ -363,6 +365,22 @@ def remove_outputs(folder: PathLike, names: Union[Container[str], Callable[[str]
     return gone
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or the
+    file system cannot (then the caller renames twice)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
 def _commit(staging: Path, out: Path, owned: Callable[[str], bool], overwrite: bool, last: Sequence[str]) -> None:
     """Move the finished outputs in ``staging`` to ``out`` (see :func:`staged_folder`)."""
     if not out.exists():
@@ -378,8 +396,12 @@ def _commit(staging: Path, out: Path, owned: Callable[[str], bool], overwrite: b
     if not foreign and swappable:
         # The folder holds only what is replaced: swap the folders (out is absent for an instant, never
         # a mixture of old and new).
-        trash = temp_sibling(out, create=False)
         fault_point("commit", out)
+        if _exchange(staging, out):  # one atomic step: out is old, then new (staging now holds the old)
+            fsync_path(out.parent)
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        trash = temp_sibling(out, create=False)
         os.rename(out, trash)
         try:
             fault_point("commit", out)

@@ -355,7 +355,7 @@ def test_slurm_examples_signal_before_the_time_limit():
 
 
 @pytest.mark.parametrize("fault, old", [("atomic.replace:kill:2", False), ("commit:kill:1", False),
-                                        ("commit:kill:1", True), ("commit:kill:2", True)])
+                                        ("commit:kill:1", True)])
 def test_kill_during_tune_leaves_nothing_that_looks_complete(fault, old, cohort, tmp_path):
     probs, refs = cohort
     out = tmp_path / "tuned"
@@ -483,3 +483,35 @@ def test_staging_inside_the_output_folder_when_its_parent_is_not_writable(tmp_pa
         (stage / "a.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "mine.txt"]
     assert (out / "a.txt").read_text() == "new"
+
+
+def test_overwrite_swaps_the_folders_in_one_step(tmp_path, monkeypatch):
+    """On Linux the old and the new folder are exchanged atomically (renameat2): the output folder never
+    disappears, not even for an instant."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is Linux's")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_text("old")
+    real_rename = os.rename
+
+    def watched(src, dst, *a, **k):
+        assert Path(src) != out, "the output folder was moved away (a moment without it)"
+        return real_rename(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "rename", watched)
+    with atomic.staged_folder(out, overwrite=True, owned=("a.txt",)) as stage:
+        (stage / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "new" and temps(out) == []
+
+
+def test_without_an_atomic_swap_a_failed_second_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_text("old")
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    monkeypatch.setenv(FAULT, "commit:eio:2")  # the rename of the new folder into place fails
+    with pytest.raises(OSError):
+        with atomic.staged_folder(out, overwrite=True, owned=("a.txt",)) as stage:
+            (stage / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "old" and temps(out) == []
