@@ -311,6 +311,10 @@ def test_sigterm_in_train_keeps_the_last_epoch(trained, tmp_path, capsys, monkey
     last = error_lines(capsys.readouterr().err)[-1]
     assert "cancelled (SIGTERM)" in last and "holds epoch 0" in last and "--resume" in last
     assert (out / "INCOMPLETE").exists() and not (out / "best.pt").exists()
+    # a checkpoint of the unfinished run still predicts, with a note saying where it comes from
+    assert main(["predict", "--model", str(out / "last.pt"), "--image", str(trained / "data" / "case000" / "image.nrrd"),
+                 "--out", str(tmp_path / "pred")]) == 0
+    assert "has not finished" in capsys.readouterr().err
 
 
 def test_second_ctrl_c_while_cancelling_still_says_what_was_kept(trained, tmp_path, capsys, monkeypatch):
