@@ -86,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
     outputs = ([f"prob_{s}.nrrd" for s in structures] + [f"entropy_mean_{s}.nrrd" for s in structures]
                + ["entropy.nrrd", "vvc.csv", "weights.json"])
     out = args.out
-    owned = lambda n: n in ("entropy.nrrd", "vvc.csv", "weights.json") or n.startswith(("prob_", "entropy_mean_"))  # noqa: E731
+
+    def owned(n: str) -> bool:  # this command's files (--overwrite replaces all of them)
+        return n in ("entropy.nrrd", "vvc.csv", "weights.json") or n.startswith(("prob_", "entropy_mean_"))
+
     with output_folder(out, args.overwrite, tuple(outputs), owned=owned, last=("weights.json",)) as stage:
         for s in structures:
             write_volume(result.fused[s], stage / f"prob_{s}.nrrd")

@@ -107,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
     }
     from ..atomic import write_text
 
-    owned = lambda n: n in ("roi.mrk.json", "localisation.json") or (n.startswith("prob_") and n.endswith(".nrrd"))  # noqa: E731
+
+    def owned(n: str) -> bool:  # this command's files (--overwrite replaces all of them)
+        return n in ("roi.mrk.json", "localisation.json") or (n.startswith("prob_") and n.endswith(".nrrd"))
+
     with output_folder(out, args.overwrite, tuple(names), owned=owned, last=("localisation.json",)) as stage:
         write_text(stage / "localisation.json", json.dumps(info, indent=2) + "\n")
         if result.found:

@@ -312,8 +312,9 @@ def test_sigterm_in_train_keeps_the_last_epoch(trained, tmp_path, capsys, monkey
     assert "cancelled (SIGTERM)" in last and "holds epoch 0" in last and "--resume" in last
     assert (out / "INCOMPLETE").exists() and not (out / "best.pt").exists()
     # a checkpoint of the unfinished run still predicts, with a note saying where it comes from
-    assert main(["predict", "--model", str(out / "last.pt"), "--image", str(trained / "data" / "case000" / "image.nrrd"),
-                 "--out", str(tmp_path / "pred")]) == 0
+    image = trained / "data" / "case000" / "image.nrrd"
+    pred = tmp_path / "pred"
+    assert main(["predict", "--model", str(out / "last.pt"), "--image", str(image), "--out", str(pred)]) == 0
     assert "has not finished" in capsys.readouterr().err
 
 

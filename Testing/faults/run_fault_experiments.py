@@ -186,7 +186,8 @@ class Lab:
                     if "last.pt" in names:
                         ok = ok and "INCOMPLETE" in names
                         read_checkpoint(out / "last.pt")  # complete and readable
-                    resume = run(self.train_args(out, "--resume") if "last.pt" in names else self.train_args(out, "--overwrite"))
+                    again = ("--resume",) if "last.pt" in names else ("--overwrite",)
+                    resume = run(self.train_args(out, *again))
                     ok = ok and resume.returncode == 0 and not temps(out) and not (out / "INCOMPLETE").exists()
                     self.record(f"kill train{' --overwrite' if over else ''} at {point}#{n}", ok,
                                 "" if ok else f"rc {proc.returncode}, files {names}, resume {resume.returncode} "
