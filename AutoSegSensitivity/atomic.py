@@ -68,7 +68,8 @@ def fault_point(point: str, path: Optional[PathLike] = None) -> Optional[str]:
     Points: ``atomic.write`` (a file is about to be written; path = target), ``atomic.replace`` (the
     temporary file is complete, before the rename), ``commit`` (before each rename that moves a staged
     folder's outputs into place), ``train.epoch`` (training starts an epoch; epoch 0 is saved by then),
-    ``train.cancel`` (training handles a cancel request).
+    ``train.cancel`` (training handles a cancel request), ``cli.start`` (the command line starts, before
+    the subcommands' modules load).
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:

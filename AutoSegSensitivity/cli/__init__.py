@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 class _Signals:
     """While a command runs: SIGTERM is raised as ``KeyboardInterrupt`` (so every Ctrl-C path handles it),
-    and the last signal received is remembered for the exit code and the message."""
+    as SIGINT is, and the last signal received is remembered for the exit code and the message."""
 
     def __init__(self) -> None:
         self.received: Optional[str] = None
@@ -102,7 +102,9 @@ class _Signals:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        for sig in (signal.SIGTERM,):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if sig == signal.SIGINT and signal.getsignal(sig) is not signal.default_int_handler:
+                continue  # ignored (a background job of a shell) or handled by the caller: left as it is
             with contextlib.suppress(ValueError, OSError):
                 self._old[sig] = signal.signal(sig, self._handler)
         try:
@@ -140,17 +142,24 @@ def _kept(module: Any, args: argparse.Namespace) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the command line; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help(sys.stderr)
-        return 2
-    module = sys.modules.get(getattr(args._run, "__module__", ""), None)
+    """Run the command line; returns the exit code. SIGTERM is handled from the first line on (a signal
+    while the modules load ends with exit code 143 and one line, not a traceback); run as a program
+    (``argv`` None), a signal after the command finished is ignored (it must not turn a finished run into
+    a killed one while the interpreter shuts down)."""
     signals = _Signals()
-    prog = f"autosegsens {args.command}"
+    prog, args, module = "autosegsens", None, None
     try:
         with signals.installed():
+            from ..atomic import fault_point
+
+            fault_point("cli.start")  # test hook: a signal while the modules load
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "_run", None):
+                parser.print_help(sys.stderr)
+                return 2
+            module = sys.modules.get(getattr(args._run, "__module__", ""), None)
+            prog = f"autosegsens {args.command}"
             return int(args._run(args) or 0)
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
@@ -163,19 +172,43 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         print(f"{prog}: error: {describe_os_error(exc) if exc.errno else exc}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, CancelledError) as exc:
-        with signals.ignored():
-            name = getattr(exc, "signal", None) or signals.received or "SIGINT"
-            text = str(exc) or _kept(module, args)
-            print(f"{prog}: cancelled ({name}). {text}".rstrip(), file=sys.stderr)
-        return EXIT_SIGNALLED.get(name, 130)
     except OSError as exc:
         from ..atomic import describe_os_error
 
         where = "" if exc.filename is not None else f" (writing under {getattr(args, 'out', None) or '.'})"
-        kept = _kept(module, args)
+        kept = _kept(module, args) if args is not None else ""
         print(f"{prog}: error: {describe_os_error(exc)}{where}" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, CancelledError, Exception) as exc:
+        if not isinstance(exc, (KeyboardInterrupt, CancelledError)) and signals.received is None:
+            raise
+        # a signal, or what it became where it struck (an extension module that was loading reports an
+        # interrupted initialisation as ImportError)
+        with signals.ignored():
+            name = getattr(exc, "signal", None) or signals.received or "SIGINT"
+            text = (str(exc) if isinstance(exc, (KeyboardInterrupt, CancelledError)) else "") or (
+                _kept(module, args) if args is not None else "nothing started")
+            print(f"{prog}: cancelled ({name}). {text}".rstrip(), file=sys.stderr)
+        return EXIT_SIGNALLED.get(name, 130)
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(sig, signal.SIG_IGN)
+            _forget_handled_interrupt()
+
+
+def _forget_handled_interrupt() -> None:
+    """CPython remembers a KeyboardInterrupt that passed through code run by ``PyRun_*`` (some extension
+    modules do so while they load) and then ends the process by SIGINT at exit, whatever exit code was
+    asked for. Running an empty statement the same way clears that record, so the exit code stays ours
+    (130 / 143). A no-op on other interpreters."""
+    try:
+        import ctypes
+
+        ctypes.pythonapi.PyRun_SimpleString(b"pass")
+    except Exception:  # noqa: BLE001 - not CPython, or no C API
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -520,3 +520,14 @@ def test_without_an_atomic_swap_a_failed_second_rename_puts_the_old_folder_back(
         with atomic.staged_folder(out, overwrite=True, owned=("a.txt",)) as stage:
             (stage / "a.txt").write_text("new")
     assert (out / "a.txt").read_text() == "old" and temps(out) == []
+
+
+@pytest.mark.parametrize("action, code, name", [("term", 143, "SIGTERM"), ("int", 130, "SIGINT")])
+def test_a_signal_while_the_command_starts_is_one_line(action, code, name, cohort, tmp_path):
+    """A signal while the modules load (seconds on a busy node) was a KeyboardInterrupt traceback, or the
+    process died by the signal: now one line and the exit code."""
+    probs, refs = cohort
+    proc = cli(["tune", "--prob-dir", probs, "--ref-dir", refs, "--out", tmp_path / "t"], fault=f"cli.start:{action}")
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert one_line(proc.stderr) == f"autosegsens: cancelled ({name}). nothing started"
+    assert not (tmp_path / "t").exists()

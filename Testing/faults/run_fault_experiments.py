@@ -18,7 +18,8 @@ script after a seeded random delay. Full file systems are tmpfs mounts (root onl
 
   python Testing/faults/run_fault_experiments.py [--quick] [--seed 0] [--keep DIR]
 
-About 5-15 minutes on 2 cores (--quick: the first 3 N of each point, 3 signal delays).
+About an hour on 2 cores; --quick (tune, phantom and predict --image kills, N <= 2; 3 signal moments per
+command and signal) about 15 minutes; --only picks parts.
 """
 
 from __future__ import annotations
@@ -132,8 +133,10 @@ class Lab:
 
     # ---- kill matrix -----------------------------------------------------------------------------------
     def kill_matrix(self) -> None:
-        max_n = 3 if self.quick else 12
+        max_n = 2 if self.quick else 12
         for name, make in self.commands().items():
+            if self.quick and name not in ("tune", "phantom", "predict-image"):
+                continue
             for over in (False, True):
                 old = self.work / f"old-{name}-{over}"
                 before: Dict[str, bytes] = {}
@@ -168,7 +171,7 @@ class Lab:
     def kill_train(self) -> None:
         from AutoSegSensitivity.checkpoint import read_checkpoint
 
-        max_n = 3 if self.quick else 8
+        max_n = 2 if self.quick else 8
         for over in (False, True):
             for point in ("atomic.replace", "train.epoch"):
                 for n in range(1, max_n + 1):
@@ -216,14 +219,24 @@ class Lab:
     # ---- signals from outside ---------------------------------------------------------------------------
     def signals(self) -> None:
         rng = random.Random(self.seed)
-        delays = [rng.uniform(2.0, 12.0) for _ in range(3 if self.quick else 8)]
+        fractions = [rng.uniform(0.3, 0.95) for _ in range(3 if self.quick else 8)]
+
+        def make(name: str, out: Path) -> List[str]:
+            return {"train": self.train_args(out, "--set", "epochs=6"),
+                    "predict": ["predict", "--model", self.model, "--data", self.data, "--out", out],
+                    "tune": self.tune_args(out)}[name]
+
+        full_s = {}
+        for name in ("train", "predict", "tune"):  # how long each runs uninterrupted (signals come during it)
+            t0 = time.monotonic()
+            run(make(name, self.work / f"s-{name}-full"))
+            full_s[name] = time.monotonic() - t0
         for sig in (signal.SIGTERM, signal.SIGINT):
-            for i, delay in enumerate(delays):
+            for i, fraction in enumerate(fractions):
                 for name in ("train", "predict", "tune"):
                     out = self.work / f"s-{name}-{sig.name}-{i}"
-                    args = {"train": self.train_args(out, "--set", "epochs=6"),
-                            "predict": ["predict", "--model", self.model, "--data", self.data, "--out", out],
-                            "tune": self.tune_args(out)}[name]
+                    args = make(name, out)
+                    delay = fraction * full_s[name]
                     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
                     env.pop(FAULT, None)
                     p = subprocess.Popen([sys.executable, "-m", "AutoSegSensitivity", *map(str, args)],
