@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .atomic import write_text
+from .atomic import fault_point, write_text
 # Checkpoint helpers and TrainConfig live in their own modules; their names stay importable from here.
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, amp_dtype, library_versions,  # noqa: F401
                          needs_grad_scaler, plain_state_dict, read_checkpoint, resolve_device,
@@ -743,6 +743,7 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
     stop_reason = "epochs"
     try:
         for epoch in range(first_epoch, cfg.epochs + 1):
+            fault_point("train.epoch")  # test hook (AutoSegSensitivity.atomic.fault_point)
             t0 = time.monotonic()
             torch.manual_seed(_epoch_seed(cfg.seed, epoch) + ctx.rank)  # dropout: own masks per rank
             keys.epoch = epoch
@@ -797,11 +798,14 @@ def _run(cfg: TrainConfig, data_dir: Path, out_dir: Path, dev: Any, state: Optio
             if stop:
                 break
     except CancelledError as exc:
+        fault_point("train.cancel")  # test hook: e.g. a second Ctrl-C while cancelling
         ctx.barrier()
         done = int(read_checkpoint(last_path)["epoch"])
         writer.emit("stop", reason="cancelled", epoch=done, message=str(exc))
-        raise CancelledError(f"{exc}: training stopped; {last_path} holds epoch {done} "
-                             f"(continue with --resume)") from None
+        err = CancelledError(f"{exc}: training stopped; {last_path} holds epoch {done} "
+                             f"(continue with --resume)")
+        err.signal = watch.signalled  # type: ignore[attr-defined] - SIGTERM -> exit code 143 in the CLI
+        raise err from None
     finally:
         if bar is not None:
             bar.close()

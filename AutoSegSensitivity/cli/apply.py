@@ -5,6 +5,7 @@ p >= t(structure). --prob-dir is laid out as for `tune` (maps: P/<case>/prob_<St
 one multi-channel image per case, its grid in the file; nnunet: P/<case>.npz with dataset.json, geometry
 from the segmentation nnU-Net wrote beside each .npz, or from --ref-dir: a dataset folder or nnU-Net's
 label folder, no image needed). A case or structure with a problem is listed on stderr and the rest goes on.
+OUT appears (or, with --overwrite, is replaced as a whole) only when every case is written.
 
 With --calibrated (a thresholds.json of `tune --calibration`, which holds a temperature T per structure)
 also OUT/<case>/prob_<structure>.nrrd calibrated, p' = sigmoid(logit(p) / T), and
@@ -21,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import prepare_out_dir
+from .common import check_out_dir, output_folder
 from .tune import add_prob_arguments, add_ref_format_argument
 
 NAME = "apply"
@@ -42,16 +43,17 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..tune import apply_cohort, problem_line, read_thresholds, temperatures_for
 
+    out = check_out_dir(args.out, args.overwrite)
     table = read_thresholds(args.thresholds)  # a bad file fails before anything is written
     if args.calibrated:
         temperatures_for(args.thresholds, list(table))
-    out = prepare_out_dir(args.out, args.overwrite)
-    written, problems = apply_cohort(args.thresholds, args.prob_dir, out, fmt=args.format,
-                                     dataset_json=args.dataset_json, ref_dir=args.ref_dir,
-                                     ref_format=args.ref_format, calibrated=args.calibrated)
-    for p in problems:
-        print(f"note: {problem_line(p)}", file=sys.stderr)
-    if not written:
-        raise InputError(args.prob_dir, "cases", "at least one case that could be thresholded", got="none")
+    with output_folder(out, args.overwrite) as stage:  # OUT appears (or is replaced) only when complete
+        written, problems = apply_cohort(args.thresholds, args.prob_dir, stage, fmt=args.format,
+                                         dataset_json=args.dataset_json, ref_dir=args.ref_dir,
+                                         ref_format=args.ref_format, calibrated=args.calibrated)
+        for p in problems:
+            print(f"note: {problem_line(p)}", file=sys.stderr)
+        if not written:
+            raise InputError(args.prob_dir, "cases", "at least one case that could be thresholded", got="none")
     print(f"wrote {len(written)} segmentation(s) to {out}")
     return 0

@@ -105,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics import compare_segmentations, mean_finite
     from ..report import write_csv
 
+    if args.out is not None:
+        from .common import check_out_file
+
+        check_out_file(args.out)
     if args.out is not None and Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists")
     names = load_names(args.names)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import add_out_argument, prepare_out_dir
+from .common import add_out_argument, output_folder
 
 NAME = "convert"
 HELP = "DICOM CT (+ RTSTRUCT) or image + label volume -> image.nrrd + segmentation.seg.nrrd"
@@ -78,12 +78,14 @@ def run(args: argparse.Namespace) -> int:
                                  got=seg.geometry.grid_difference(image, atol=1e-3))
             seg.geometry = image.with_array(np.broadcast_to(np.zeros((), np.uint8), image.shape))
     names = ["image.nrrd"] + (["segmentation.seg.nrrd"] if seg is not None else [])
-    out = prepare_out_dir(args.out, args.overwrite, tuple(names))
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    write_volume(image, out / "image.nrrd")
-    if seg is not None:
-        write_segmentation(seg, out / "segmentation.seg.nrrd")
+    out = args.out
+    with output_folder(out, args.overwrite, tuple(names), owned=("image.nrrd", "segmentation.seg.nrrd"),
+                       last=("image.nrrd",)) as stage:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        write_volume(image, stage / "image.nrrd")
+        if seg is not None:
+            write_segmentation(seg, stage / "segmentation.seg.nrrd")
     sx, sy, sz = image.spacing
     print(f"wrote {out / 'image.nrrd'} ({image.shape[2]}x{image.shape[1]}x{image.shape[0]} voxels, "
           f"{sx:.3g} x {sy:.3g} x {sz:.3g} mm)")

@@ -30,7 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_out_argument, prepare_out_dir
+from .common import add_out_argument, output_folder
 
 NAME = "ensemble"
 HELP = "rank-weighted ensemble of probability maps, vote entropy and volume variation coefficient"
@@ -85,13 +85,18 @@ def run(args: argparse.Namespace) -> int:
     structures = list(result.fused)
     outputs = ([f"prob_{s}.nrrd" for s in structures] + [f"entropy_mean_{s}.nrrd" for s in structures]
                + ["entropy.nrrd", "vvc.csv", "weights.json"])
-    out = prepare_out_dir(args.out, args.overwrite, tuple(outputs))
-    for s in structures:
-        write_volume(result.fused[s], out / f"prob_{s}.nrrd")
-        write_volume(result.mean_entropy[s], out / f"entropy_mean_{s}.nrrd")
-    write_volume(result.vote_entropy, out / "entropy.nrrd")
-    write_text(out / "vvc.csv", result.vvc_csv())
-    write_text(out / "weights.json", json.dumps({"models": result.models, "threshold": args.threshold,
-                                                 "weights": result.weights}, indent=2) + "\n")
+    out = args.out
+
+    def owned(n: str) -> bool:  # this command's files (--overwrite replaces all of them)
+        return n in ("entropy.nrrd", "vvc.csv", "weights.json") or n.startswith(("prob_", "entropy_mean_"))
+
+    with output_folder(out, args.overwrite, tuple(outputs), owned=owned, last=("weights.json",)) as stage:
+        for s in structures:
+            write_volume(result.fused[s], stage / f"prob_{s}.nrrd")
+            write_volume(result.mean_entropy[s], stage / f"entropy_mean_{s}.nrrd")
+        write_volume(result.vote_entropy, stage / "entropy.nrrd")
+        write_text(stage / "vvc.csv", result.vvc_csv())
+        write_text(stage / "weights.json", json.dumps({"models": result.models, "threshold": args.threshold,
+                                                       "weights": result.weights}, indent=2) + "\n")
     print(f"fused {len(structures)} structures from {len(names)} models into {out}")
     return 0

@@ -31,7 +31,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .common import add_out_argument, prepare_out_dir
+from .common import add_out_argument, check_out_dir, output_folder
 
 NAME = "localise"
 HELP = "find an organ's box (localisation model or ROI), segment the crop, paste it back"
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if structure is None and organ is not None and len(getattr(organ, "class_names", [])) == 1:
         structure = organ.class_names[0]
     names = ["roi.mrk.json", "localisation.json"] + ([f"prob_{structure or 'organ'}.nrrd"] if organ is not None else [])
-    out = prepare_out_dir(args.out, args.overwrite, tuple(names))
+    out = check_out_dir(args.out, args.overwrite, tuple(names))
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LocalisationWarning)
@@ -107,12 +107,18 @@ def run(args: argparse.Namespace) -> int:
     }
     from ..atomic import write_text
 
-    write_text(out / "localisation.json", json.dumps(info, indent=2) + "\n")
+
+    def owned(n: str) -> bool:  # this command's files (--overwrite replaces all of them)
+        return n in ("roi.mrk.json", "localisation.json") or (n.startswith("prob_") and n.endswith(".nrrd"))
+
+    with output_folder(out, args.overwrite, tuple(names), owned=owned, last=("localisation.json",)) as stage:
+        write_text(stage / "localisation.json", json.dumps(info, indent=2) + "\n")
+        if result.found:
+            write_roi(result.roi, stage / "roi.mrk.json")
+            if result.probability is not None:
+                write_volume(result.probability, stage / f"prob_{structure or 'organ'}.nrrd")
     if not result.found:
         print(f"autosegsens localise: {result.message}", file=sys.stderr)
         return 1
-    write_roi(result.roi, out / "roi.mrk.json")
-    if result.probability is not None:
-        write_volume(result.probability, out / f"prob_{structure or 'organ'}.nrrd")
     print(result.message)
     return 0

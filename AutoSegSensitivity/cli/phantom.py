@@ -5,7 +5,9 @@ One folder per case (``case000``, ``case001``, ...) holding ``image.nrrd`` (HU, 
 colours) and ``roi.mrk.json`` (a markups ROI around the head); all three load in 3D Slicer. The default
 grid is 32 x 128 x 128 voxels (z, y, x) of 1.6 x 1.6 x 3 mm; ``--shape`` alone samples the same field of
 view on another grid, ``--spacing`` alone chooses the voxel size, both together fix the grid. Case folders
-already in OUT are refused unless ``--overwrite``. Prints the folders written and each structure's
+already in OUT are refused unless ``--overwrite``, which replaces every ``caseNNN`` folder of OUT (an old
+dataset's extra cases do not stay beside the new ones); other files in OUT are left alone. The cases
+appear in OUT only when all are written. Prints the folders written and each structure's
 prominence (fraction of true voxels over the dataset).
 
 Exit codes: 0 done, 2 bad input (one line on stderr).
@@ -18,10 +20,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 from ..errors import InputError
-from .common import add_out_argument, prepare_out_dir
+from .common import add_out_argument, output_folder
 
 NAME = "phantom"
 HELP = "write a synthetic head-and-neck CT dataset (image.nrrd, segmentation.seg.nrrd, roi.mrk.json per case)"
@@ -44,9 +47,12 @@ def run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise InputError("phantom", "--seed", "a non-negative integer", got=args.seed)
     shape, spacing = phantom_grid(args.shape, args.spacing)  # validates before anything is written
-    out = prepare_out_dir(args.out, args.overwrite, tuple(case_name(n) for n in range(args.cases)))
+    out = args.out
     t0 = time.perf_counter()
-    folders = make_phantom_dataset(out, cases=args.cases, seed=args.seed, shape=shape, spacing=spacing)
+    with output_folder(out, args.overwrite, tuple(case_name(n) for n in range(args.cases)),
+                       owned=lambda n: re.fullmatch(r"case\d+", n) is not None) as stage:
+        staged = make_phantom_dataset(stage, cases=args.cases, seed=args.seed, shape=shape, spacing=spacing)
+    folders = [out / f.name for f in staged]
     elapsed = time.perf_counter() - t0
     for folder in folders:
         files = ", ".join(sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")))

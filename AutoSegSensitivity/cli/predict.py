@@ -7,6 +7,8 @@ threshold per structure) also OUT/segmentation.seg.nrrd. The image is a volume f
 or a folder holding one DICOM CT series. With --thresholds FILE --calibrated (FILE from `tune
 --calibration`) the maps written are calibrated, p' = sigmoid(logit(p) / T) with each structure's
 temperature T; the segmentation is the same (p >= t is p' >= t' = sigmoid(logit(t) / T)).
+The files appear in OUT only when all are written; --overwrite replaces every prob_* map and the
+segmentation of an earlier run.
 
 With --data DATASET (one sub-folder per case): writes OUT/<case>/prob_<structure>.nrrd for every case,
 or with --shard I/N (0 <= I < N) for cases I, I+N, I+2N, ... of the names sorted (one task of a job
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from ..predict_shards import safe_name  # noqa: F401 - the file-name rule, importable from here as before
-from .common import add_out_argument, prepare_out_dir
+from .common import add_out_argument, check_out_path, output_folder
 
 NAME = "predict"
 HELP = "probability maps (and optionally a thresholded segmentation) from a checkpoint"
@@ -65,11 +67,15 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import load_checkpoint, predict_volume, threshold_maps
     from ..io import read_dicom_series, read_volume, write_segmentation, write_volume
 
+    check_out_path(args.out)  # a bad --out is one line before the model is loaded
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise InputError("--threshold", None, "a number in [0, 1]", got=args.threshold)
     if args.shard is not None and args.data is None:
         raise InputError("--shard", None, "--data DATASET (shards split a dataset folder)", got="--image")
     model = load_checkpoint(args.model, device=args.device)
+    if (Path(args.model).parent / "INCOMPLETE").is_file():
+        print(f"note: {args.model} comes from a training run that has not finished "
+              f"({Path(args.model).parent / 'INCOMPLETE'})", file=sys.stderr)
     if args.tuned and not model.thresholds_tuned:
         raise InputError(args.model, "thresholds", "tuned thresholds (run threshold tuning first, or use --threshold)",
                          got="only the 0.5 default")
@@ -89,34 +95,56 @@ def run(args: argparse.Namespace) -> int:
     names = [f"prob_{safe_name(n)}.{args.format}" for n in model.class_names]
     seg_name = "segmentation.seg.nrrd"
     want_seg = args.threshold is not None or args.tuned or per_structure is not None
-    prepare_out_dir(args.out, args.overwrite, will_write=tuple(names) + ((seg_name,) if want_seg else ()))
+    will_write = tuple(names) + ((seg_name,) if want_seg else ())
+    check_out_path(args.out)
     if not args.image.exists():
         raise InputError(args.image, None, "an existing image file or DICOM folder", got="no such file")
     volume = read_dicom_series(args.image).volume if args.image.is_dir() else read_volume(args.image)
-    probs = predict_volume(model, volume, batch_size=args.batch_size, channels_last=args.channels_last)
-    shown = probs
-    if temperatures is not None:
-        from ..calibration import calibrated_volumes
+    with output_folder(args.out, args.overwrite, will_write=will_write, owned=_owned_by_image_run) as stage:
+        probs = predict_volume(model, volume, batch_size=args.batch_size, channels_last=args.channels_last)
+        shown = probs
+        if temperatures is not None:
+            from ..calibration import calibrated_volumes
 
-        shown = calibrated_volumes(probs, temperatures)
-    for (name, vol), fname in zip(shown.items(), names):
-        write_volume(vol, args.out / fname)
-    if want_seg:
-        chosen = (per_structure if per_structure is not None else model.thresholds if args.tuned
-                  else float(args.threshold))
-        seg = threshold_maps(probs, chosen)
-        write_segmentation(seg, args.out / seg_name)
+            shown = calibrated_volumes(probs, temperatures)
+        for (name, vol), fname in zip(shown.items(), names):
+            write_volume(vol, stage / fname)
+        if want_seg:
+            chosen = (per_structure if per_structure is not None else model.thresholds if args.tuned
+                      else float(args.threshold))
+            seg = threshold_maps(probs, chosen)
+            write_segmentation(seg, stage / seg_name)
     print(f"wrote {len(names)} probability map(s){' and ' + seg_name if want_seg else ''} to {args.out}",
           file=sys.stdout)
     return 0
 
 
+def _owned_by_image_run(name: str) -> bool:
+    """The files a `predict --image` run writes (replaced as a whole by --overwrite)."""
+    return name == "segmentation.seg.nrrd" or (name.startswith("prob_") and name.endswith((".nrrd", ".nii.gz")))
+
+
+def kept(args: argparse.Namespace) -> str:
+    """What an interrupted or failed run left in OUT and how to continue."""
+    out = Path(args.out)
+    if args.data is None:
+        return f"{out} unchanged (outputs appear only when complete)"
+    from ..predict_shards import MARKER
+
+    done = sum(1 for p in out.glob(f"*/{MARKER}")) if out.is_dir() else 0
+    return (f"{out} holds {done} finished case(s) (each with its {MARKER}); run the same command again to "
+            "finish the rest (finished cases are skipped)")
+
+
 def _run_dataset(args: argparse.Namespace, model: object, per_structure: Optional[Dict[str, float]],
                  temperatures: Optional[Dict[str, float]] = None) -> int:
     """--data [--shard I/N]: every case (of the shard); finished cases skipped; failures summarised."""
+    from ..atomic import clean_stale_temps
     from ..predict_shards import parse_shard, predict_shard
 
     index, count = parse_shard(args.shard) if args.shard is not None else (0, 1)
+    check_out_path(args.out)
+    clean_stale_temps(args.out)  # temporaries of killed runs (live ones of concurrent shards are kept)
     thresholds = per_structure if per_structure is not None else model.thresholds if args.tuned else args.threshold
     result = predict_shard(model, args.data, args.out, index, count, fmt=args.format, thresholds=thresholds,
                            batch_size=args.batch_size, channels_last=args.channels_last, redo=args.overwrite,
@@ -125,4 +153,7 @@ def _run_dataset(args: argparse.Namespace, model: object, per_structure: Optiona
                            notify=lambda line: print(line, file=sys.stderr))
     for line in result.summary():
         print(line, file=sys.stderr if result.batch.failed else sys.stdout)
+    if result.batch.cancelled:  # the shard json is written; the CLI says what was kept (exit 130/143)
+        raise KeyboardInterrupt(f"shard {index}/{count}: {kept(args)}; listed in "
+                                f"{Path(args.out) / f'shard-{index}-of-{count}.json'}")
     return result.batch.exit_code()

@@ -31,11 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .common import check_out_file
     from ..html_report import write_report
 
     if not args.study.is_dir():
         raise InputError(args.study, None, "a study folder", got="no such folder")
     out = args.out if args.out is not None else args.study / "report.html"
+    check_out_file(out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists")
     if out.exists() and out.is_dir():

@@ -17,6 +17,7 @@ evaluated; a voxel is foreground when p >= t. Writes to --out DIR:
   summary.json         optimum threshold and value per metric (ties toward 0.5), value and relative loss at
                        0.5, perturbation losses at t_opt +-0.02/0.05/0.1, the inputs it came from
   sweep.png, sweep_<metric>.png, perturbation_losses.png   figures
+They appear in DIR only when all are written (summary.json last).
 
 Example:
   autosegsens sweep --prob p01.nrrd --prob p02.nrrd --ref case01/segmentation.seg.nrrd \\
@@ -35,7 +36,7 @@ import numpy as np
 from ..errors import InputError
 from ..metrics import DEFAULT_NSD_TOLERANCE_MM
 from ..sweep import SWEEP_METRICS
-from .common import add_out_argument, prepare_out_dir
+from .common import add_out_argument, check_out_dir, output_folder
 
 NAME = "sweep"
 HELP = "threshold sweep of probability maps against references (optimum, loss at 0.5, perturbation losses)"
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                          got=f"{len(args.prob)} --prob and {len(args.ref)} --ref")
     thresholds = parse_thresholds(args.thresholds)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    out = prepare_out_dir(args.out, args.overwrite, will_write=OUTPUTS)
+    out = check_out_dir(args.out, args.overwrite, will_write=OUTPUTS)
     names = load_names(args.names)
 
     probs: List[np.ndarray] = []
@@ -147,14 +148,15 @@ def run(args: argparse.Namespace) -> int:
             for p in summary["problems"]:
                 if p["case"] == n["case"]:
                     p["reason"] = n["reason"]
-    write_csv(result.to_table(), out / "sweep.csv")
-    write_csv(result.per_case_table(), out / "sweep_per_case.csv")
-    write_json(summary, out / "summary.json")
-    plot_sweep_metrics(result, out / "sweep.png")
-    for m in result.metrics:
-        plot_sweep(result, out / f"sweep_{m}.png", metric=m)
-    plot_perturbation_losses({segment: result}, out / "perturbation_losses.png",
-                             metric="dice" if "dice" in result.metrics else result.metrics[0])
+    with output_folder(out, args.overwrite, will_write=OUTPUTS, last=("summary.json",)) as stage:
+        write_csv(result.to_table(), stage / "sweep.csv")
+        write_csv(result.per_case_table(), stage / "sweep_per_case.csv")
+        write_json(summary, stage / "summary.json")
+        plot_sweep_metrics(result, stage / "sweep.png")
+        for m in result.metrics:
+            plot_sweep(result, stage / f"sweep_{m}.png", metric=m)
+        plot_perturbation_losses({segment: result}, stage / "perturbation_losses.png",
+                                 metric="dice" if "dice" in result.metrics else result.metrics[0])
     for p in summary["problems"]:
         print(f"note: {p['case']}: {p['reason']}", file=sys.stderr)
     for m in result.metrics:

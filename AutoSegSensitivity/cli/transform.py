@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if not volume_suffix(args.output):
         raise InputError(args.output, "file name", "a volume file ending in .nrrd, .nhdr, .nii or .nii.gz",
                          got=repr(args.output.name))
+    from .common import check_out_file
+
+    check_out_file(args.output)
     if args.output.exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists")
     if args.output.resolve() == args.input.resolve():

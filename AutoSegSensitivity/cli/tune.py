@@ -42,6 +42,9 @@ Writes to --out DIR:
   events.jsonl      progress events (start, case, done, error) as training writes them
   sweeps/<structure>/sweep.csv   the cohort sweep, as `autosegsens sweep` writes it
   report.html       the page: curves, fold thresholds, held-out gains (a CI holding 0 is flagged)
+The outputs are written into a temporary folder beside OUT and appear in OUT only when all are complete
+(thresholds.json last): a failed, cancelled or killed run leaves OUT as it was. --overwrite replaces all
+four (sweeps/ as a whole: no sweeps of structures the new run did not tune).
 
 With --calibration (from the same pass over the maps), per structure also the calibration: reliability
 (equal-mass bins), ECE, Brier and NLL on the voxels within --calibration-margin mm of the reference or
@@ -70,11 +73,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_out_argument, prepare_out_dir
+from .common import add_out_argument, check_out_dir, output_folder
 
 NAME = "tune"
 HELP = "tune per-structure thresholds on a cohort, cross-validated against 0.5 (thresholds.json)"
-OUTPUTS = ("thresholds.json", "summary.csv", "cases.csv", "report.html", "sweeps", "events.jsonl")
+OUTPUTS = ("thresholds.json", "summary.csv", "cases.csv", "report.html", "sweeps")
 CALIBRATION_OUTPUTS = ("calibration.csv",)
 
 
@@ -126,9 +129,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="count only cases I, I+N, ... of the sorted names into OUT/counts-I-of-N.npz")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="SHARD_OUT",
                         help="aggregate the counts-I-of-N.npz of these shard outputs (instead of --prob-dir)")
+    parser.add_argument("--events", type=Path, metavar="FILE",
+                        help="write progress as JSON lines (start, case, done, error) to FILE while tuning "
+                             "(what the Slicer cohort section reads); not an output: OUT's results still "
+                             "appear only when complete")
     for action in parser._actions:  # --prob-dir / --ref-dir are not needed with --merge (checked in run)
         if action.dest in ("prob_dir", "ref_dir"):
             action.required = False
+
+
+def kept(args: argparse.Namespace) -> str:
+    """What an interrupted or failed run left: nothing (the outputs appear only when complete)."""
+    return f"nothing written: {args.out} is as it was (run the same command again)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,24 +154,25 @@ def run(args: argparse.Namespace) -> int:
         from ..tune import tune_from_counts
         from ..tune_shards import merge_counts
 
-        counts = merge_counts(args.merge)
-        out = prepare_out_dir(args.out, args.overwrite, will_write=OUTPUTS + CALIBRATION_OUTPUTS)
-        result = tune_from_counts(counts)
+        out = check_out_dir(args.out, args.overwrite, will_write=OUTPUTS + CALIBRATION_OUTPUTS)
+        result = tune_from_counts(merge_counts(args.merge))
         for p in result.problems:
             print(f"note: {problem_line(p)}", file=sys.stderr)
         if not result.structures:
             raise InputError("tune --merge", "structures", "at least one structure with maps and references",
                              got="none (see the notes above)")
-        write_outputs(result, out)
     else:
         for flag, value in (("--prob-dir", args.prob_dir), ("--ref-dir", args.ref_dir)):
             if value is None:
                 raise InputError(flag, None, "a folder (or --merge SHARD_OUT ...)", got="none")
         if args.shard is not None:
             return _run_shard(args)
-        out = prepare_out_dir(args.out, args.overwrite,
-                              will_write=OUTPUTS + (CALIBRATION_OUTPUTS if args.calibration else ()))
-        result = _run_whole(args, out)
+        # refused before the work, not after
+        out = check_out_dir(args.out, args.overwrite, will_write=OUTPUTS + CALIBRATION_OUTPUTS)
+        result = _run_whole(args)
+    with output_folder(out, args.overwrite, will_write=OUTPUTS + CALIBRATION_OUTPUTS,
+                       last=("thresholds.json",)) as stage:
+        write_outputs(result, stage)
     m = result.metric
     for r in summary_rows(result):
         cv = (f"held-out gain {r['cv_gain']:+.4f} (95 % CI {r['cv_gain_ci_low']:+.4f} .. {r['cv_gain_ci_high']:+.4f})"
@@ -175,15 +188,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_whole(args: argparse.Namespace, out: Path):
-    """Tune the whole cohort into ``out``, with progress events in ``out/events.jsonl`` (start, case, done,
-    error: what the Slicer cohort section reads)."""
+def _run_whole(args: argparse.Namespace):
+    """Tune the whole cohort (nothing written yet), with progress events in ``--events`` FILE when given
+    (start, case, done, error: what the Slicer cohort section reads)."""
     from ..errors import InputError
     from ..progress import ProgressWriter
-    from ..tune import problem_line, tune_cohort, write_outputs
+    from ..tune import problem_line, tune_cohort
 
-    (out / "events.jsonl").unlink(missing_ok=True)
-    with ProgressWriter(out / "events.jsonl") as progress:
+    if args.events is not None:
+        Path(args.events).unlink(missing_ok=True)
+    with ProgressWriter(args.events) as progress:
         state = {"done": 0, "total": 0}
 
         def on_start(names: list) -> None:
@@ -211,11 +225,10 @@ def _run_whole(args: argparse.Namespace, out: Path):
             if not result.structures:
                 raise InputError(args.prob_dir, "structures", "at least one structure with maps and references",
                                  got="none (see the notes above)")
-            write_outputs(result, out)
-        except Exception as exc:
-            progress.emit("error", message=str(exc))
+        except BaseException as exc:
+            progress.emit("error", message=str(exc) or type(exc).__name__)
             raise
-        progress.emit("done", structures=list(result.structures), out=str(out))
+        progress.emit("done", structures=list(result.structures), out=str(args.out))
     return result
 
 
@@ -226,7 +239,8 @@ def _run_shard(args: argparse.Namespace) -> int:
     from ..tune_shards import counts_name, save_counts
 
     index, count = parse_shard(args.shard)
-    out = prepare_out_dir(args.out, args.overwrite, will_write=(counts_name(index, count),))
+    name = counts_name(index, count)
+    out = check_out_dir(args.out, args.overwrite, will_write=(name,))  # refused before the work, not after
     counts = collect_counts(args.prob_dir, args.ref_dir, fmt=args.format, dataset_json=args.dataset_json,
                             structures=args.structures, metric=args.metric, folds=args.folds, seed=args.seed,
                             nsd_tolerance=args.nsd_tolerance, train_dir=args.train_dir, jobs=args.jobs,
@@ -236,6 +250,8 @@ def _run_shard(args: argparse.Namespace) -> int:
     for res in counts.outs:
         for s, reason in res.problems:
             print(f"note: {problem_line((res.name, s, reason))}", file=sys.stderr)
-    path = save_counts(counts, (index, count), out)
+    with output_folder(out, args.overwrite, will_write=(name,)) as stage:
+        save_counts(counts, (index, count), stage)
+    path = out / name
     print(f"wrote the counts of {len(counts.cases)} of {len(counts.names)} case(s) to {path}")
     return 0

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import InputError
 from . import nodes
-from .background import BackgroundProcess, default_python, engine_command, engine_env
+from .background import EVENTS_FILE, BackgroundProcess, default_python, engine_command, engine_env
 
 PathLike = Union[str, Path]
 
@@ -162,12 +162,14 @@ class CohortTuningLogic:
                       folds: int = 5, nsd_tolerance: float = 2.0, seed: int = 0,
                       bootstrap: Optional[int] = None, dataset_json: Optional[PathLike] = None, fmt: str = "auto",
                       ref_format: str = "auto") -> List[str]:
-        """The command line of the run (``python -m AutoSegSensitivity tune ... --overwrite``). The layouts
+        """The command line of the run (``python -m AutoSegSensitivity tune ... --overwrite``, progress in
+        ``out_dir/events.jsonl`` by ``--events``: tune's results appear beside it when complete). The layouts
         are tune's: ``fmt`` (``--format``) and ``ref_format`` (``--ref-format``) are detected by tune when
         ``auto``; ``dataset_json`` (``--dataset-json``) names the labels when no dataset.json lies beside the
         maps (nnU-Net output, one multi-channel image per case) or the nnU-Net label folder."""
         self.check_inputs(maps_dir, contours_dir, metric, folds, nsd_tolerance, dataset_json, fmt, ref_format)
         args = ["--prob-dir", str(maps_dir), "--ref-dir", str(contours_dir), "--out", str(out_dir), "--overwrite",
+                "--events", str(Path(out_dir) / EVENTS_FILE),
                 "--metric", metric, "--folds", str(int(folds)), "--seed", str(int(seed)),
                 "--format", fmt, "--ref-format", ref_format]
         if dataset_json is not None:

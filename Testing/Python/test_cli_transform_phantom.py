@@ -67,7 +67,10 @@ def test_phantom_spacing_and_shape_options(tmp_path):
     assert itk.GetSize() == (24, 20, 4) and itk.GetSpacing() == pytest.approx((5.0, 5.0, 10.0))
 
 
-def test_phantom_never_overwrites_silently(dataset, capsys):
+def test_phantom_never_overwrites_silently(dataset, tmp_path, capsys):
+    import shutil
+
+    dataset = shutil.copytree(dataset, tmp_path / "data")  # the module's dataset stays as it is
     before = (dataset / "case000" / "image.nrrd").read_bytes()
     rc = main(["phantom", "--out", str(dataset), "--cases", "1", "--seed", "9", "--shape", *SHAPE])
     assert rc == 2
@@ -78,6 +81,8 @@ def test_phantom_never_overwrites_silently(dataset, capsys):
     img, _ = make_phantom(seed=(9, 0), shape=tuple(int(v) for v in SHAPE))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "case000" / "image.nrrd"))),
                                   img.array)
+    # --overwrite replaces the whole dataset: no case of the old one is left beside the new one
+    assert sorted(p.name for p in dataset.iterdir()) == ["case000"]
 
 
 @pytest.mark.parametrize("extra, word", [(["--cases", "0"], "--cases"), (["--seed", "-1"], "--seed"),
