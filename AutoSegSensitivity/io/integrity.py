@@ -23,8 +23,9 @@ checked with SimpleITK here, Testing/Python/test_io_integrity.py.)
   member that are not a gzip member are ignored, as zlib's gzread (znzlib) ignores them. A valid file is
   never refused.
 
-The cost, measured on a 150 x 512 x 512 float32 ``.nii.gz`` (600 MiB of data, see the test module): the
-fast path is a few hundred microseconds (the header's first 540 bytes and the file's last 4).
+The cost, measured on a 150 x 512 x 512 float32 ``.nii.gz`` (600 MiB of data, 137 MB file; see
+Testing/Python/test_io_integrity.py): the fast path about 40 microseconds (the header's first 540 bytes
+and the file's last 4); the streaming path 0.8 s, against 1.1 s for SimpleITK's read of the file.
 """
 
 from __future__ import annotations
