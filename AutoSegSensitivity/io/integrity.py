@@ -34,7 +34,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 from ..errors import InputError
 
@@ -88,34 +88,48 @@ def nifti_data_size(header: bytes) -> Optional[Tuple[int, int, Tuple[int, ...], 
     return vox_offset, nvox * nbyper, spatial, name
 
 
-def stream_gzip_size(path: PathLike, chunk: int = 1 << 20) -> Tuple[int, bool, Optional[str]]:
-    """``(uncompressed bytes, complete, error)`` of a gzip file, streamed through zlib (bounded memory).
+def _gunzip(fh, state: dict, chunk: int = 1 << 20, max_out: int = 1 << 24) -> Iterator[bytes]:
+    """Decompressed pieces of the gzip file ``fh`` (each at most ``max_out`` bytes), member after member.
 
-    ``complete`` is False when the last member lacks its end (the file was cut short); members follow one
-    another (concatenated gzip); bytes after a member that do not start another one are ignored (as
-    zlib's gzread does). ``error`` is zlib's message for corrupt data (then ``complete`` is False)."""
-    total = 0
+    Sets ``state["complete"]`` (False while a member lacks its end: the file was cut short) and
+    ``state["error"]`` (zlib's message for corrupt data). Bytes after a member that do not start another
+    one end the stream and are ignored (as zlib's gzread does)."""
+    state.update(complete=False, error=None)
     d = zlib.decompressobj(31)
-    with open(path, "rb") as fh:
-        buf = b""
-        while True:
+    buf = b""
+    while True:
+        if not buf:
+            buf = fh.read(chunk)
             if not buf:
-                buf = fh.read(chunk)
-                if not buf:
-                    return total, d.eof, None
-            try:
-                total += len(d.decompress(buf, 1 << 24))
-            except zlib.error as exc:
-                return total, False, str(exc)
-            buf = d.unconsumed_tail
-            if d.eof:
-                rest = d.unused_data
-                if len(rest) < 2:
-                    rest += fh.read(chunk)
-                if rest[:2] != GZIP_MAGIC:
-                    return total, True, None
-                d = zlib.decompressobj(31)
-                buf = rest
+                state["complete"] = d.eof
+                return
+        try:
+            out = d.decompress(buf, max_out)
+        except zlib.error as exc:
+            state["error"] = str(exc)
+            return
+        buf = d.unconsumed_tail
+        if out:
+            yield out
+        if d.eof:
+            rest = d.unused_data
+            if len(rest) < 2:
+                rest += fh.read(chunk)
+            if rest[:2] != GZIP_MAGIC:
+                state["complete"] = True
+                return
+            d = zlib.decompressobj(31)
+            buf = rest
+
+
+def stream_gzip_size(path: PathLike, chunk: int = 1 << 20) -> Tuple[int, bool, Optional[str]]:
+    """``(uncompressed bytes, complete, error)`` of a gzip file, streamed through zlib (bounded memory, no
+    array built): ``complete`` False when the last member lacks its end (the file was cut short), ``error``
+    zlib's message for corrupt data. Members may follow one another (concatenated gzip)."""
+    state: dict = {}
+    with open(path, "rb") as fh:
+        total = sum(len(piece) for piece in _gunzip(fh, state, chunk))
+    return total, bool(state["complete"]), state["error"]
 
 
 def _gzip_isize(path: Path) -> Optional[int]:
@@ -132,27 +146,19 @@ def _is_gzip(path: Path) -> bool:
         return fh.read(2) == GZIP_MAGIC
 
 
-def _read_head(path: Path, gz: bool) -> Tuple[bytes, Optional[str]]:
-    """The first 540 bytes (fewer if the file is shorter), and a reason when they cannot be read."""
-    if not gz:
-        with open(path, "rb") as fh:
-            return fh.read(540), None
-    d = zlib.decompressobj(31)
-    out = b""
+def _read_head(path: Path, gz: bool, n: int = 540) -> Tuple[bytes, Optional[str]]:
+    """The first ``n`` bytes of the (decompressed) file, fewer if it is shorter, and zlib's message when
+    the data is corrupt. Reads a few KiB whatever the file's size."""
     with open(path, "rb") as fh:
-        while len(out) < 540:
-            data = fh.read(4096)
-            if not data:
-                break
-            try:
-                out += d.decompress(data, 540 - len(out))
-                while d.unconsumed_tail and len(out) < 540:
-                    out += d.decompress(d.unconsumed_tail, 540 - len(out))
-            except zlib.error as exc:
-                return out, str(exc)
-            if d.eof:
-                break
-    return out, None
+        if not gz:
+            return fh.read(n), None
+        state: dict = {}
+        out = b""
+        for piece in _gunzip(fh, state, chunk=4096, max_out=n):
+            out += piece
+            if len(out) >= n:
+                return out[:n], None
+        return out, state["error"]
 
 
 def check_nifti_complete(path: PathLike) -> None:

@@ -192,6 +192,7 @@ def test_valid_files_are_never_refused(tmp_path):
     k = len(raw) // 3
     files = {
         "members.nii.gz": gzip.compress(raw[:k]) + gzip.compress(raw[k: 2 * k]) + gzip.compress(raw[2 * k:]),
+        "tiny_first_member.nii.gz": gzip.compress(raw[:100]) + gzip.compress(raw[100:]),  # header split
         "extension.nii.gz": gzip.compress(_with_extension(raw)),
         "extension.nii": _with_extension(raw),
         "trailing.nii.gz": gzip.compress(raw) + b"\x00" * 64,  # zero padding after the member (ignored by zlib)
