@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..volume import Volume
+from .integrity import check_nifti_complete
 from .jsonfile import read_json
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -185,9 +186,14 @@ def iter_channel_maps(path: PathLike, labels: Dict[str, int],
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise InputError(path, "file", "a readable NIfTI/NRRD image", got=reason[:200]) from None
+    if _suffix(path.name) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)  # SimpleITK reads a cut-short NIfTI as zeros (NRRD: it raises)
+    # A view into the image's buffer: every channel handed out is copied (np.array(copy=True)), never a view,
+    # since a view (arr[c] of the 4D layout is already contiguous, so ascontiguousarray would not copy) would
+    # outlive ``image`` once the caller drops this generator: freed memory, a crash or silently wrong values.
     arr = sitk.GetArrayViewFromImage(image)  # vector: (z, y, x, c); 4d: (c, z, y, x)
     for s in sorted(wanted, key=lambda w: index[w]):
         c = index[s]
         chan = arr[..., c] if layout == "vector" else arr[c]
-        yield s, Volume(np.ascontiguousarray(chan), geom.spacing, geom.origin, geom.direction.copy())
+        yield s, Volume(np.array(chan, order="C", copy=True), geom.spacing, geom.origin, geom.direction.copy())
 

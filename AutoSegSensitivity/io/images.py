@@ -19,6 +19,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..errors import InputError
 from ..volume import Volume
+from .integrity import check_nifti_complete
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -45,8 +46,8 @@ def _check_suffix(path: Path) -> str:
 def read_volume(path: PathLike) -> Volume:
     """Read a 3D scalar NRRD or NIfTI image into a :class:`Volume` (array (z, y, x), LPS geometry in mm).
 
-    Raises :class:`InputError` naming the file for a missing, unreadable, truncated, non-3D or
-    multi-component image."""
+    Raises :class:`InputError` naming the file for a missing, unreadable, truncated (NIfTI: checked here,
+    :mod:`~AutoSegSensitivity.io.integrity`), non-3D or multi-component image."""
     import SimpleITK as sitk
 
     path = Path(path)
@@ -58,6 +59,8 @@ def read_volume(path: PathLike) -> Volume:
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise InputError(path, "file", "a readable NRRD/NIfTI image", got=reason[:200]) from None
+    if volume_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)  # SimpleITK reads a cut-short NIfTI as zeros (NRRD: it raises)
     if image.GetDimension() != 3:
         raise InputError(path, "dimension", "a 3D image", got=f"{image.GetDimension()}D")
     if image.GetNumberOfComponentsPerPixel() != 1:
