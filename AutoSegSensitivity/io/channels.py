@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..volume import Volume
+from .images import read_header
 from .integrity import check_nifti_complete
 from .jsonfile import read_json
 
@@ -117,18 +118,10 @@ def channel_file(path: PathLike) -> Path:
 def channel_header(path: PathLike) -> Tuple[Volume, int, str]:
     """``(spatial grid, number of channels, layout)`` of a multi-channel image from its header; layout is
     ``vector`` (one component per channel) or ``4d`` (channels along a fourth axis)."""
-    import SimpleITK as sitk
-
     path = channel_file(path)
     if not path.is_file():
         raise InputError(path, "file", EXPECTED_IMAGE, got="no such file")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InputError(path, "header", "a readable NIfTI/NRRD header", got=reason[:200]) from None
+    reader = read_header(path, "a readable NIfTI/NRRD header")
     return _grid(path, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize(),
                  reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 

@@ -101,22 +101,29 @@ def write_volume(volume: Volume, path: PathLike) -> Path:
     return path
 
 
-def geometry_of(path: PathLike) -> Volume:
-    """The grid of a NRRD/NIfTI file without reading its voxels: a :class:`Volume` whose array is a
-    zero-size placeholder broadcast to the image shape (for quick checks such as dataset scans)."""
+def read_header(path: PathLike, expected: str = "a readable NRRD/NIfTI header"):
+    """A SimpleITK ``ImageFileReader`` of ``path`` with the header read (size, spacing, origin, direction,
+    components; no voxels); an unreadable header is one :class:`InputError` naming the file."""
     import SimpleITK as sitk
 
-    path = Path(path)
-    _check_suffix(path)
-    if not path.is_file():
-        raise InputError(path, "file", "an existing volume file", got="no such file")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InputError(path, "header", "a readable NRRD/NIfTI header", got=reason[:200]) from None
+        raise InputError(path, "header", expected, got=reason[:200]) from None
+    return reader
+
+
+def geometry_of(path: PathLike) -> Volume:
+    """The grid of a NRRD/NIfTI file without reading its voxels: a :class:`Volume` whose array is a
+    zero-size placeholder broadcast to the image shape (for quick checks such as dataset scans)."""
+    path = Path(path)
+    _check_suffix(path)
+    if not path.is_file():
+        raise InputError(path, "file", "an existing volume file", got="no such file")
+    reader = read_header(path)
     if reader.GetDimension() != 3:
         raise InputError(path, "dimension", "a 3D image", got=f"{reader.GetDimension()}D")
     shape = tuple(int(n) for n in reversed(reader.GetSize()))
