@@ -123,73 +123,146 @@ def provenance(model: Any) -> Dict[str, Any]:
     return {"model": [r[0] for r in rows], "epoch": [r[1] for r in rows], "checkpoint_created": [r[2] for r in rows]}
 
 
-# Why a case that has a marker is predicted again (:func:`case_state`), as the terminal says it.
+def input_identity(case: Any) -> Dict[str, Any]:
+    """What the marker records about a case's input image, cheaply and without reading it: the resolved
+    path, size (bytes) and modification time (ns) of its image file; for a DICOM case the resolved series
+    folder, its number of files, their total size and the sha256 of the listing (name, size, mtime_ns of
+    every file under it). A case whose identity differs from its marker's (another dataset with the same
+    case names, a re-converted CT) is redone (``"input"``). A file that cannot be stat'ed gives
+    ``{"path": ..., "error": reason}`` (never equal to a marker's, so the case is redone and its read fails
+    with one clear line)."""
+    if getattr(case, "kind", None) == "dicom" and getattr(case, "dicom_path", None) is not None:
+        folder = Path(case.dicom_path)
+        try:
+            rows = []
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    st = f.stat()
+                    rows.append((str(f.relative_to(folder)), st.st_size, st.st_mtime_ns))
+            digest = hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
+            return {"path": str(folder.resolve()), "files": len(rows), "size": sum(r[1] for r in rows),
+                    "listing_sha256": digest}
+        except OSError as exc:
+            return {"path": str(folder), "error": exc.strerror or str(exc)}
+    path = Path(getattr(case, "image_path", None) or getattr(case, "path", ""))
+    try:
+        st = path.stat()
+        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError as exc:
+        return {"path": str(path), "error": exc.strerror or str(exc)}
+
+
+# Why a case that has a marker is predicted again (:func:`case_reasons`), as the terminal says it; several
+# reasons of one case are said together (:func:`redo_text`), in this order.
 REDO_REASONS = {
     "model": "redone, model changed (other weights than those that made its maps)",
+    "input": "redone, input image changed (other path, size or modification time than the one its maps came from)",
     "thresholds": "redone, thresholds changed",
     "temperatures": "redone, calibration temperatures changed",
     "files": "redone, other outputs asked (format, structures or segmentation)",
     "missing": "redone, files its prediction.json lists are missing",
     "old": (f"redone, its {MARKER} does not record the model's weights (written by an older version), so "
             "the model that made it is unknown"),
+    "input_old": (f"redone, its {MARKER} does not record the input image (written by an older version), so "
+                  "the image its maps came from is unknown"),
 }
 
 
-def case_state(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None) -> Optional[str]:
-    """``None`` when ``case_dir`` is complete for this run (see :func:`case_complete`), else why not:
-    ``"unfinished"`` (no readable marker), ``"files"`` (the marker lists other files), ``"missing"`` (a
-    listed file is gone), ``"old"`` (the marker has no ``model_sha256``), ``"model"`` (another model made
-    it), ``"thresholds"`` (other thresholds) or ``"temperatures"`` (other calibration); the last four only
-    when ``settings`` is given."""
-    marker = Path(case_dir) / MARKER
+def redo_text(reasons: Union[str, Sequence[str]]) -> str:
+    """The terminal's words for one or several reason keys of :data:`REDO_REASONS` (``"redone, a; b"``)."""
+    keys = [reasons] if isinstance(reasons, str) else [k for k in REDO_REASONS if k in reasons]
+    if len(keys) == 1:
+        return REDO_REASONS[keys[0]]
+    return "redone, " + "; ".join(REDO_REASONS[k][len("redone, "):] for k in keys)
+
+
+def _read_marker(case_dir: PathLike) -> Optional[Dict[str, Any]]:
+    """The case's marker as a dict, ``None`` when it is missing, unreadable or not a JSON object."""
     try:
-        data = json.loads(marker.read_text(encoding="utf-8"))
+        data = json.loads((Path(case_dir) / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "unfinished"
-    if not isinstance(data, dict):
-        return "unfinished"
-    if list(data.get("files", [])) != list(files):
-        return "files"
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def case_reasons(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None,
+                 source: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """``[]`` when ``case_dir`` is complete for this run, else every reason why not, in the order of
+    :data:`REDO_REASONS`: ``["unfinished"]`` (no readable marker), else among ``"model"`` (another model
+    made it), ``"input"`` (another input image, ``source`` being :func:`input_identity`), ``"thresholds"``,
+    ``"temperatures"``, ``"files"`` (the marker lists other files), ``"missing"`` (a listed file is gone),
+    ``"old"`` (the marker has no ``model_sha256``) and ``"input_old"`` (no ``input``); those about the model,
+    thresholds and calibration only when ``settings`` is given, those about the input only with ``source``."""
+    data = _read_marker(case_dir)
+    if data is None:
+        return ["unfinished"]
+    found = set()
+    same_files = list(data.get("files", [])) == list(files)
+    if not same_files:
+        found.add("files")
     if settings is not None:
         wanted = json.loads(json.dumps(dict(settings)))
         if "model_sha256" in wanted and "model_sha256" not in data:
-            return "old"
-        for key in ("model_sha256", "thresholds", "temperatures"):
+            found.add("old")
+        for key in ("thresholds", "temperatures"):
             if key in wanted and data.get(key) != wanted[key]:
-                return "model" if key == "model_sha256" else key
-        if any(data.get(k) != v for k, v in wanted.items()):
-            return "model"
-    if not all((Path(case_dir) / f).is_file() for f in files):
-        return "missing"
-    return None
+                found.add(key)
+        if "old" not in found and any(data.get(k) != v for k, v in wanted.items()
+                                      if k not in ("thresholds", "temperatures")):
+            found.add("model")
+    if source is not None:
+        if "input" not in data:
+            found.add("input_old")
+        elif data.get("input") != json.loads(json.dumps(dict(source))):
+            found.add("input")
+    if same_files and not all((Path(case_dir) / f).is_file() for f in files):
+        found.add("missing")
+    return [k for k in REDO_REASONS if k in found]
 
 
-def case_complete(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None) -> bool:
+def case_state(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None,
+               source: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    """``None`` when ``case_dir`` is complete for this run (see :func:`case_complete`), else the first
+    reason of :func:`case_reasons` (``"unfinished"`` when it has no readable marker)."""
+    reasons = case_reasons(case_dir, files, settings, source)
+    return reasons[0] if reasons else None
+
+
+def case_complete(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None,
+                  source: Optional[Mapping[str, Any]] = None) -> bool:
     """True when ``case_dir`` holds a marker listing exactly ``files``, every one of them exists and, when
     ``settings`` is given (:func:`run_settings`), the marker records the same model (the sha256 of its
     weights) and thresholds: a rerun with other thresholds or other weights (even at the same checkpoint
-    path and epoch) redoes the case, and so does a marker without the weights' sha256."""
-    return case_state(case_dir, files, settings) is None
+    path and epoch) redoes the case, and so does a marker without the weights' sha256; with ``source``
+    (:func:`input_identity`) also the same input image."""
+    return not case_reasons(case_dir, files, settings, source)
 
 
-def redo_lines(redone: Mapping[str, str], shown: int = 10) -> List[str]:
-    """One line per reason for the cases predicted again (``{case: reason key}``), naming the cases (the
-    first ``shown``): e.g. ``case000, case003: redone, model changed (...)``."""
+def redo_lines(redone: Mapping[str, Union[str, Sequence[str]]], shown: int = 10) -> List[str]:
+    """One line per set of reasons for the cases predicted again (``{case: reason key or [keys]}``), naming
+    the cases (the first ``shown``): e.g. ``case000, case003: redone, model changed (...)``; a case with
+    several reasons is named once, with all of them."""
+    groups: Dict[Tuple[str, ...], List[str]] = {}
+    for name, reasons in redone.items():
+        keys = tuple(k for k in REDO_REASONS if k in ([reasons] if isinstance(reasons, str) else reasons))
+        groups.setdefault(keys, []).append(name)
+    order = list(REDO_REASONS)
     lines = []
-    for key in REDO_REASONS:
-        names = sorted(n for n, r in redone.items() if r == key)
-        if names:
-            more = f" ... ({len(names) - shown} more)" if len(names) > shown else ""
-            lines.append(f"case {', '.join(names[:shown])}{more}: {REDO_REASONS[key]}" if len(names) == 1 else
-                         f"{len(names)} cases ({', '.join(names[:shown])}{more}): {REDO_REASONS[key]}")
+    for keys in sorted(groups, key=lambda ks: [order.index(k) for k in ks]):
+        names = sorted(groups[keys])
+        more = f" ... ({len(names) - shown} more)" if len(names) > shown else ""
+        text = redo_text(list(keys))
+        lines.append(f"case {', '.join(names[:shown])}{more}: {text}" if len(names) == 1 else
+                     f"{len(names)} cases ({', '.join(names[:shown])}{more}): {text}")
     return lines
 
 
 @dataclass
 class ShardResult:
     """What :func:`predict_shard` did: the shard's cases, those already complete, those whose marker did not
-    match this run (``redone``: ``{case: reason key of REDO_REASONS}``) and the batch result of the cases
-    predicted (``batch.done`` / ``batch.failed``)."""
+    match this run (``redone``: ``{case: first reason key of REDO_REASONS}``; ``reasons``: ``{case: every
+    reason key}``) and the batch result of the cases predicted (``batch.done`` / ``batch.failed``).
+    ``out_dir``: where the cases lie (to tell, after a Ctrl-C, which cases still hold finished maps)."""
 
     index: int
     count: int
@@ -197,6 +270,18 @@ class ShardResult:
     already_complete: List[str] = field(default_factory=list)
     redone: Dict[str, str] = field(default_factory=dict)
     batch: BatchResult = field(default_factory=BatchResult)
+    reasons: Dict[str, List[str]] = field(default_factory=dict)
+    out_dir: Optional[Path] = None
+
+    def _reasons(self, name: str) -> List[str]:
+        return self.reasons.get(name) or [self.redone[name]]
+
+    def previous_kept(self) -> List[str]:
+        """The cases to be redone that were not reached (cancelled) and still hold the previous run's
+        finished maps (their marker intact, naming the model that made them)."""
+        if self.out_dir is None:
+            return []
+        return [n for n in self.batch.skipped if n in self.redone and marker_complete(self.out_dir / n)]
 
     @property
     def json_name(self) -> str:
@@ -211,12 +296,15 @@ class ShardResult:
         return [head] + self.batch.summary()
 
     def to_dict(self) -> Dict[str, Any]:
+        kept = set(self.previous_kept())
         return {"shard": [self.index, self.count], "assigned": self.assigned,
                 "already_complete": self.already_complete,
-                "redone": {n: REDO_REASONS[r] for n, r in sorted(self.redone.items())}, "done": list(self.batch.done),
+                "redone": {n: redo_text(self._reasons(n)) for n in sorted(self.redone) if n not in kept},
+                "done": list(self.batch.done),
                 "failed": [{"case": f.name, "kind": f.kind, "reason": f.reason} for f in self.batch.failed],
-                "not_started": list(self.batch.skipped), "cancelled": self.batch.cancelled,
-                "elapsed_s": round(self.batch.elapsed_s, 3)}
+                "not_started": [n for n in self.batch.skipped if n not in kept],
+                "not_redone_yet": {n: redo_text(self._reasons(n)) for n in sorted(kept)},
+                "cancelled": self.batch.cancelled, "elapsed_s": round(self.batch.elapsed_s, 3)}
 
 
 def _models(model: Any, device: Any) -> List[Any]:
@@ -252,8 +340,11 @@ def kept_message(result: ShardResult, out_dir: PathLike) -> str:
     """One line for a stopped shard: what was kept (finished cases, each with its marker), what was not,
     where the shard json lies and how to resume."""
     finished = len(result.already_complete) + len(result.batch.done)
+    kept = result.previous_kept()
+    old = (f"{len(kept)} not redone yet (they still hold the previous run's maps, made by another model, "
+           "input or settings: tune and apply refuse the mix until they are redone), " if kept else "")
     return (f"shard {result.index}/{result.count}: kept {finished} finished case(s) of {len(result.assigned)} in "
-            f"{out_dir} (each with its {MARKER}); {len(result.batch.skipped)} not finished, "
+            f"{out_dir} (each with its {MARKER}); {old}{len(result.batch.skipped) - len(kept)} not finished, "
             f"{len(result.batch.failed)} failed; listed in {Path(out_dir) / result.json_name}; run the same "
             "command again to finish the rest (finished cases are skipped)")
 
@@ -307,20 +398,23 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
                                 if temperatures is not None else None)
     options = {"batch_size": batch_size, "channels_last": channels_last, "device": str(device) if device else None}
     marker_extra = {**provenance(models), "options": options}
-    result = ShardResult(index, count, assigned)
+    result = ShardResult(index, count, assigned, out_dir=out_dir)
     todo = []
+    sources: Dict[str, Dict[str, Any]] = {}
     for name in assigned:
         if name in problems:
             continue
-        state = "redo" if redo else case_state(out_dir / name, files, settings)
-        if state is None:
+        sources[name] = input_identity(by_name[name])  # stat only: measured before the image is read
+        reasons = ["redo"] if redo else case_reasons(out_dir / name, files, settings, sources[name])
+        if not reasons:
             result.already_complete.append(name)
             continue
-        if state in REDO_REASONS:
-            result.redone[name] = state
+        reasons = [r for r in reasons if r in REDO_REASONS]
+        if reasons:
+            result.redone[name], result.reasons[name] = reasons[0], reasons
         todo.append((name, by_name[name]))
     if notify is not None:
-        for line in redo_lines(result.redone):
+        for line in redo_lines(result.reasons):
             notify(line)
 
     def job(case: Any) -> Dict[str, Path]:
@@ -329,6 +423,7 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
         for m in models:
             probs.update(predict_volume(m, image, device=device, batch_size=batch_size, channels_last=channels_last))
         case_dir = out_dir / case.name
+        _remove_stale(case_dir, files)  # first, while the old marker still lists them (a kill here: redone)
         (case_dir / MARKER).unlink(missing_ok=True)
         shown = probs
         if temperatures is not None:
@@ -338,8 +433,8 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
         written = {s: write_volume(shown[s], case_dir / fname) for s, fname in zip(class_names, files)}
         if thresholds is not None:
             write_segmentation(threshold_maps(probs, thresholds), case_dir / SEGMENTATION)
-        write_text(case_dir / MARKER, json.dumps({"case": case.name, "files": files, **settings, **marker_extra},
-                                                 indent=2))
+        write_text(case_dir / MARKER, json.dumps({"case": case.name, "files": files, **settings,
+                                                  "input": sources[case.name], **marker_extra}, indent=2))
         return written
 
     result.batch = run_batch(todo, job, desc=f"shard {index}/{count}", progress=progress,
@@ -352,6 +447,21 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
         exc.args = ((f"{said}; " if said else "") + kept_message(result, out_dir),)
         raise exc
     return result
+
+
+def _remove_stale(case_dir: Path, files: Sequence[str]) -> List[str]:
+    """Delete the files the case's old marker lists that this run will not write (e.g. ``prob_*.nrrd`` when
+    it writes ``.nii.gz``, the segmentation of a run with thresholds): only plain names the marker lists,
+    inside ``case_dir``, never any other file. Returns the names removed."""
+    data = _read_marker(case_dir)
+    listed = data.get("files") if data is not None else None
+    removed = []
+    for f in listed if isinstance(listed, list) else []:
+        if (isinstance(f, str) and f and f not in files and Path(f).name == f and f not in (".", "..", MARKER)
+                and (case_dir / f).is_file()):
+            (case_dir / f).unlink()
+            removed.append(f)
+    return removed
 
 
 def marker_complete(case_dir: PathLike) -> bool:
