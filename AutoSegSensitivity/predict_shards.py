@@ -489,24 +489,79 @@ def written_by_predictor(prob_dir: PathLike) -> bool:
     return any((p / MARKER).exists() for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _shard_failures(prob_dir: Path) -> Tuple[set, Dict[str, str]]:
+    """The cases the shard jsons of ``prob_dir`` assign, and the reason of each they list as failed."""
+    assigned, failed = set(), {}
+    for shard in sorted(prob_dir.glob(SHARD_GLOB)):
+        try:
+            data = json.loads(shard.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        assigned.update(str(n) for n in data.get("assigned", []) if isinstance(n, str))
+        for f in data.get("failed", []) if isinstance(data.get("failed"), list) else []:
+            if isinstance(f, dict) and isinstance(f.get("case"), str):
+                failed[f["case"]] = str(f.get("reason", "")) or "unknown reason"
+    return assigned, failed
+
+
+def unfinished_reasons(prob_dir: PathLike, names: Optional[Iterable[str]] = None) -> Dict[str, str]:
+    """``{case: why}`` for the cases of :func:`unfinished_cases`, as one phrase each: ``"prediction failed:
+    <reason of the shard json>"`` (a rerun fails again until the input is fixed), ``"not predicted (no case
+    folder)"``, ``"prediction.json: expected a finished prediction, got none (interrupted, or stopped while
+    being redone)"`` or ``"prediction.json: lists files that are missing"``."""
+    prob_dir = Path(prob_dir)
+    if not written_by_predictor(prob_dir):
+        return {}
+    candidates = {p.name for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assigned, failed = _shard_failures(prob_dir)
+    candidates.update(assigned)
+    if names is not None:
+        candidates &= {str(n) for n in names}
+    out = {}
+    for n in sorted(candidates):
+        case_dir = prob_dir / n
+        if marker_complete(case_dir):
+            continue
+        if n in failed:
+            out[n] = f"prediction failed: {failed[n]}"
+        elif not case_dir.is_dir():
+            out[n] = "not predicted (no case folder)"
+        elif _read_marker(case_dir) is None:
+            out[n] = f"{MARKER}: expected a finished prediction, got none (interrupted, or stopped while being redone)"
+        else:
+            out[n] = f"{MARKER}: lists files that are missing"
+    return out
+
+
 def unfinished_cases(prob_dir: PathLike, names: Optional[Iterable[str]] = None) -> List[str]:
     """The cases of a prediction folder that this predictor did not finish, sorted; ``[]`` for a folder it
     did not write (:func:`written_by_predictor`). Unfinished: a case folder without a complete marker
     (:func:`marker_complete`), and a case a shard json assigns (done, failed, not started) whose folder has
-    none. ``names``: only these cases matter (e.g. the reference cases ``tune`` would use)."""
-    prob_dir = Path(prob_dir)
-    if not written_by_predictor(prob_dir):
-        return []
-    candidates = {p.name for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    for shard in prob_dir.glob(SHARD_GLOB):
-        try:
-            assigned = json.loads(shard.read_text(encoding="utf-8")).get("assigned", [])
-        except (OSError, ValueError, AttributeError):
+    none. ``names``: only these cases matter (e.g. the reference cases ``tune`` would use). Why each is
+    unfinished: :func:`unfinished_reasons`."""
+    return sorted(unfinished_reasons(prob_dir, names))
+
+
+def _model_key(data: Mapping[str, Any]) -> str:
+    key = data.get("model_sha256")
+    return json.dumps(key) if key is not None else f"{data.get('model')} epoch {data.get('epoch')}"
+
+
+def _finished_markers(prob_dir: Path, names: Optional[Iterable[str]]) -> List[Tuple[Path, Dict[str, Any]]]:
+    """``(case folder, marker)`` of the finished cases of ``prob_dir`` (among ``names``), sorted by name."""
+    rows = []
+    if not prob_dir.is_dir():
+        return rows
+    wanted = None if names is None else {str(n) for n in names}
+    for case in sorted(p for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (wanted is not None and case.name not in wanted) or not marker_complete(case):
             continue
-        candidates.update(str(n) for n in assigned if isinstance(n, str))
-    if names is not None:
-        candidates &= {str(n) for n in names}
-    return sorted(n for n in candidates if not marker_complete(prob_dir / n))
+        data = _read_marker(case)
+        if data is not None:
+            rows.append((case, data))
+    return rows
 
 
 def models_by_case(prob_dir: PathLike, names: Optional[Iterable[str]] = None) -> Dict[str, List[str]]:
@@ -514,40 +569,82 @@ def models_by_case(prob_dir: PathLike, names: Optional[Iterable[str]] = None) ->
     model their marker records: ``{model: [cases]}``, the model being its ``model_sha256`` (and, for a
     marker written before the sha256 was recorded, ``"<checkpoint path> epoch <E>"``). One key: one model
     made every finished case."""
-    prob_dir = Path(prob_dir)
     groups: Dict[str, List[str]] = {}
-    if not prob_dir.is_dir():
-        return groups
-    wanted = None if names is None else {str(n) for n in names}
-    for case in sorted(p for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (wanted is not None and case.name not in wanted) or not marker_complete(case):
-            continue
-        data = json.loads((case / MARKER).read_text(encoding="utf-8"))
-        key = data.get("model_sha256")
-        key = json.dumps(key) if key is not None else f"{data.get('model')} epoch {data.get('epoch')}"
-        groups.setdefault(key, []).append(case.name)
+    for case, data in _finished_markers(Path(prob_dir), names):
+        groups.setdefault(_model_key(data), []).append(case.name)
     return groups
+
+
+def describe_model(data: Mapping[str, Any]) -> str:
+    """A marker's model in a few words: checkpoint path, epoch and the first 12 hex digits of its sha256
+    (lists joined with ' + ' for several models)."""
+    def one(path: Any, epoch: Any, sha: Any) -> str:
+        return (f"{path or '(unknown checkpoint)'} epoch {epoch if epoch is not None else '?'}, sha256 "
+                f"{str(sha)[:12] if sha else '(not recorded)'}")
+
+    model, epoch, sha = data.get("model"), data.get("epoch"), data.get("model_sha256")
+    if isinstance(model, list):
+        n = len(model)
+        epochs = epoch if isinstance(epoch, list) and len(epoch) == n else [None] * n
+        shas = sha if isinstance(sha, list) and len(sha) == n else [None] * n
+        return " + ".join(one(m, e, h) for m, e, h in zip(model, epochs, shas))
+    return one(model, epoch, sha)
+
+
+def model_identity(prob_dir: PathLike, names: Optional[Iterable[str]] = None) -> Optional[Dict[str, Any]]:
+    """The model that made the finished cases of a prediction folder this predictor wrote (among ``names``):
+    ``{"model_sha256": ..., "checkpoint": path, "epoch": E}`` as its markers record it (what ``tune`` stores
+    in thresholds.json's ``inputs.model``); ``None`` for a folder it did not write or whose cases were made
+    by more than one model."""
+    if not written_by_predictor(prob_dir):
+        return None
+    rows = _finished_markers(Path(prob_dir), names)
+    if not rows or len({_model_key(d) for _, d in rows}) != 1:
+        return None
+    data = rows[0][1]
+    return {"model_sha256": data.get("model_sha256"), "checkpoint": data.get("model"), "epoch": data.get("epoch")}
 
 
 def check_finished(prob_dir: PathLike, names: Optional[Iterable[str]] = None,
                    allow_incomplete: bool = False) -> List[str]:
-    """``tune``'s rule for a prediction folder: :func:`unfinished_cases` of ``prob_dir`` (among ``names``).
-    Returns them when ``allow_incomplete`` (the caller leaves them out and says so); otherwise, when there
-    are any, raises one :class:`InputError` naming the cases and the fix. Finished cases made by different
-    models (:func:`models_by_case`: a rerun with a retrained checkpoint stopped half-way, or shards run with
-    different checkpoints) are refused in any case: thresholds tuned on a mix fit no model."""
-    unfinished = unfinished_cases(prob_dir, names)
+    """The rule of ``tune`` and ``apply`` for a prediction folder: :func:`unfinished_cases` of ``prob_dir``
+    (among ``names``). Returns them when ``allow_incomplete`` (the caller leaves them out and says so, with
+    :func:`unfinished_reasons`); otherwise, when there are any, raises one :class:`InputError` naming the
+    cases and the fix (a case whose prediction failed is named with its reason: running the same command
+    again fails again). Finished cases made by different models (:func:`models_by_case`: a rerun with a
+    retrained checkpoint stopped half-way, or shards run with different checkpoints) are refused in any
+    case, each model named (checkpoint, epoch, sha256 prefix; the one that wrote the latest marker said):
+    thresholds tuned on a mix fit no model."""
+    why = unfinished_reasons(prob_dir, names)
+    unfinished = sorted(why)
     if unfinished and not allow_incomplete:
-        shown = ", ".join(unfinished[:10]) + (f" ... ({len(unfinished) - 10} more)" if len(unfinished) > 10 else "")
+        failed = [n for n in unfinished if why[n].startswith("prediction failed")]
+        other = [n for n in unfinished if n not in failed]
+        parts = []
+        if other:
+            shown = ", ".join(other[:10]) + (f" ... ({len(other) - 10} more)" if len(other) > 10 else "")
+            parts.append(f"{len(other)} unfinished case(s): {shown}; finish them by running the same "
+                         "'autosegsens predict --data' command again (finished cases are skipped)")
+        if failed:
+            shown = "; ".join(f"{n} ({why[n]})" for n in failed[:3]) + (
+                f" ... ({len(failed) - 3} more)" if len(failed) > 3 else "")
+            parts.append(f"{len(failed)} case(s) whose prediction failed: {shown}; fix their input (a rerun "
+                         "fails again) or leave them out")
         raise InputError(prob_dir, MARKER, "every case's prediction finished (its prediction.json listing its maps)",
-                         got=f"{len(unfinished)} unfinished case(s): {shown}; finish them by running the same "
-                             "'autosegsens predict --data' command again (finished cases are skipped), or pass "
-                             "--allow-incomplete to go on without them")
-    groups = models_by_case(prob_dir, names) if written_by_predictor(prob_dir) else {}
+                         got="; ".join(parts) + "; or pass --allow-incomplete to go on without them")
+    rows = _finished_markers(Path(prob_dir), names) if written_by_predictor(prob_dir) else []
+    groups: Dict[str, List[Tuple[Path, Dict[str, Any]]]] = {}
+    for case, data in rows:
+        groups.setdefault(_model_key(data), []).append((case, data))
     if len(groups) > 1:
-        parts = sorted(groups.values(), key=len, reverse=True)
-        said = "; ".join(f"{len(g)} case(s) by one model ({', '.join(g[:5])}{' ...' if len(g) > 5 else ''})"
-                         for g in parts)
+        def newest(g: List[Tuple[Path, Dict[str, Any]]]) -> int:
+            return max((c / MARKER).stat().st_mtime_ns for c, _ in g)
+
+        latest = max(groups, key=lambda k: newest(groups[k]))
+        parts = sorted(groups.items(), key=lambda kv: len(kv[1]), reverse=True)
+        said = "; ".join(
+            f"{len(g)} case(s) by {describe_model(g[0][1])}{' (wrote the latest prediction.json)' if k == latest else ''}"
+            f" ({', '.join(c.name for c, _ in g[:5])}{' ...' if len(g) > 5 else ''})" for k, g in parts)
         raise InputError(prob_dir, MARKER, "every case predicted by the same model",
                          got=f"{len(groups)} models: {said}; run 'autosegsens predict --data' again with the model "
                              "to tune (cases made by another model are redone)")

@@ -82,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
         from ..tune import temperatures_for, thresholds_for
 
         per_structure = thresholds_for(args.thresholds, model.class_names)
+        from ..tune import thresholds_model_warning
+
+        other_model = thresholds_model_warning(args.thresholds, model)  # tuned on another model's maps
+        if other_model:
+            print(other_model, file=sys.stderr)
         if args.calibrated:
             temperatures = temperatures_for(args.thresholds, model.class_names)
     if args.data is not None:
