@@ -341,8 +341,8 @@ def kept_message(result: ShardResult, out_dir: PathLike) -> str:
     where the shard json lies and how to resume."""
     finished = len(result.already_complete) + len(result.batch.done)
     kept = result.previous_kept()
-    old = (f"{len(kept)} not redone yet (they still hold the previous run's maps, made by another model, "
-           "input or settings: tune and apply refuse the mix until they are redone), " if kept else "")
+    old = (f"{len(kept)} not redone yet (they still hold the previous run's finished maps, which this command "
+           "replaces), " if kept else "")
     return (f"shard {result.index}/{result.count}: kept {finished} finished case(s) of {len(result.assigned)} in "
             f"{out_dir} (each with its {MARKER}); {old}{len(result.batch.skipped) - len(kept)} not finished, "
             f"{len(result.batch.failed)} failed; listed in {Path(out_dir) / result.json_name}; run the same "
@@ -628,8 +628,8 @@ def check_finished(prob_dir: PathLike, names: Optional[Iterable[str]] = None,
         if failed:
             shown = "; ".join(f"{n} ({why[n]})" for n in failed[:3]) + (
                 f" ... ({len(failed) - 3} more)" if len(failed) > 3 else "")
-            parts.append(f"{len(failed)} case(s) whose prediction failed: {shown}; fix their input (a rerun "
-                         "fails again) or leave them out")
+            parts.append(f"{len(failed)} case(s) whose prediction failed: {shown}; fix their input (the same "
+                         "command fails again until then)")
         raise InputError(prob_dir, MARKER, "every case's prediction finished (its prediction.json listing its maps)",
                          got="; ".join(parts) + "; or pass --allow-incomplete to go on without them")
     rows = _finished_markers(Path(prob_dir), names) if written_by_predictor(prob_dir) else []
