@@ -7,13 +7,17 @@ structure) and any script.
 Shard ``I`` of ``N`` (``0 <= I < N``) takes the case folders sorted by name at positions ``I, I + N,
 I + 2N, ...`` (round-robin): the shards are disjoint and together hold every case, whatever the machine.
 Each case writes ``OUT/<case>/prob_<Structure>.<format>`` (atomically, one file at a time) and, last, a
-marker ``OUT/<case>/prediction.json`` naming the files and the model: the per-case completion marker. A
-case whose marker lists exactly the files this run would write, all present, made by the same model (the
-sha256 of its weights, :func:`model_sha256`) at the same thresholds, is complete and skipped, so a
-re-queued array task resumes where it stopped; a case interrupted before its marker is predicted again, and
-so is a case made by other weights (a checkpoint retrained into the same path), at other thresholds, or
-whose marker predates the weights' sha256: each such case is named with the reason (``notify``) and listed
-under ``redone`` in the shard json.
+marker ``OUT/<case>/prediction.json`` naming the files, the model and the input image: the per-case
+completion marker. A case whose marker lists exactly the files this run would write, all present, made by
+the same model (the sha256 of its weights, :func:`model_sha256`) at the same thresholds from the same input
+image (its resolved path, size and mtime_ns, :func:`input_identity`: a stat, no read), is complete and
+skipped, so a re-queued array task resumes where it stopped; a case interrupted before its marker is
+predicted again, and so is a case made by other weights (a checkpoint retrained into the same path), at
+other thresholds, from another image (another dataset with the same case names, a re-converted CT), or
+whose marker predates the weights' sha256 or the input's record: each such case is named with every reason
+that applies (``notify``) and listed under ``redone`` in the shard json. A redone case first loses the
+files its old marker listed that this run does not write (an old segmentation, maps of another format;
+never a file the marker did not list).
 Failed cases (unreadable, bad input, errors) do not stop the shard; they are listed in the result and in
 ``OUT/shard-I-of-N.json``. Ctrl-C (KeyboardInterrupt, also what SIGTERM becomes in the command line) or a
 :class:`~AutoSegSensitivity.errors.CancelledError` stops the shard: the shard json is written first, listing
@@ -291,8 +295,8 @@ class ShardResult:
     def summary(self) -> List[str]:
         head = (f"shard {self.index}/{self.count}: {len(self.assigned)} case(s), "
                 f"{len(self.already_complete)} already complete"
-                + (f", {len(self.redone)} redone (their maps were made by another model, at other thresholds "
-                   "or are incomplete)" if self.redone else ""))
+                + (f", {len(self.redone)} redone (their maps were made by another model, from another image, "
+                   "at other thresholds or are incomplete)" if self.redone else ""))
         return [head] + self.batch.summary()
 
     def to_dict(self) -> Dict[str, Any]:
