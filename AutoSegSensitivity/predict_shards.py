@@ -647,7 +647,8 @@ def check_finished(prob_dir: PathLike, names: Optional[Iterable[str]] = None,
         latest = max(groups, key=lambda k: newest(groups[k]))
         parts = sorted(groups.items(), key=lambda kv: len(kv[1]), reverse=True)
         said = "; ".join(
-            f"{len(g)} case(s) by {describe_model(g[0][1])}{' (wrote the latest prediction.json)' if k == latest else ''}"
+            f"{len(g)} case(s) by {describe_model(g[0][1])}"
+            f"{' (wrote the latest prediction.json)' if k == latest else ''}"
             f" ({', '.join(c.name for c, _ in g[:5])}{' ...' if len(g) > 5 else ''})" for k, g in parts)
         raise InputError(prob_dir, MARKER, "every case predicted by the same model",
                          got=f"{len(groups)} models: {said}; run 'autosegsens predict --data' again with the model "

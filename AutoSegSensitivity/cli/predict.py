@@ -16,9 +16,9 @@ modification time) that made them; finished cases are skipped, so a re-queued ta
 other weights (a checkpoint retrained into the same path), at other thresholds or from another image (another
 dataset with the same case names, a re-converted CT) is redone, and the terminal says which and every
 reason; a redone case loses the files its old prediction.json listed that this run does not write.
-With --thresholds FILE tuned on the maps of another model (FILE records it), one warning line names both. Failed cases do not stop the
-run: they are listed at the end and in OUT/shard-I-of-N.json (exit code 1 if any failed). Ctrl-C stops
-after writing OUT/shard-I-of-N.json (finished cases kept; the same command resumes).
+With --thresholds FILE tuned on the maps of another model (FILE records it), one warning line names both.
+Failed cases do not stop the run: they are listed at the end and in OUT/shard-I-of-N.json (exit code 1
+if any failed). Ctrl-C stops after writing OUT/shard-I-of-N.json (finished cases kept; the same command resumes).
 
 Examples:
   autosegsens predict --model runs/quick/best.pt --image phantom-data/case000/image.nrrd \\

@@ -230,12 +230,14 @@ def test_thresholds_record_the_model_and_predict_warns_for_another(root, tuned, 
     image = str(root / "siteA" / "case000" / "image.nrrd")
     thr = str(tuned / "t" / "thresholds.json")
     capsys.readouterr()
-    assert main(["predict", "--model", str(b), "--image", image, "--out", str(tmp_path / "b"), "--thresholds", thr]) == 0
+    assert main(["predict", "--model", str(b), "--image", image, "--out", str(tmp_path / "b"),
+                 "--thresholds", thr]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: ") and sha_a[:12] in err[0] and sha_b[:12] in err[0]
     assert str(a) in err[0] and str(b) in err[0]
     assert (tmp_path / "b" / "segmentation.seg.nrrd").is_file()  # a warning, not a refusal
-    assert main(["predict", "--model", str(a), "--image", image, "--out", str(tmp_path / "a"), "--thresholds", thr]) == 0
+    assert main(["predict", "--model", str(a), "--image", image, "--out", str(tmp_path / "a"),
+                 "--thresholds", thr]) == 0
     assert "warning" not in capsys.readouterr().err
 
 
