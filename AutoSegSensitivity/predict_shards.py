@@ -7,13 +7,17 @@ structure) and any script.
 Shard ``I`` of ``N`` (``0 <= I < N``) takes the case folders sorted by name at positions ``I, I + N,
 I + 2N, ...`` (round-robin): the shards are disjoint and together hold every case, whatever the machine.
 Each case writes ``OUT/<case>/prob_<Structure>.<format>`` (atomically, one file at a time) and, last, a
-marker ``OUT/<case>/prediction.json`` naming the files and the model: the per-case completion marker. A
-case whose marker lists exactly the files this run would write, all present, made by the same model (the
-sha256 of its weights, :func:`model_sha256`) at the same thresholds, is complete and skipped, so a
-re-queued array task resumes where it stopped; a case interrupted before its marker is predicted again, and
-so is a case made by other weights (a checkpoint retrained into the same path), at other thresholds, or
-whose marker predates the weights' sha256: each such case is named with the reason (``notify``) and listed
-under ``redone`` in the shard json.
+marker ``OUT/<case>/prediction.json`` naming the files, the model and the input image: the per-case
+completion marker. A case whose marker lists exactly the files this run would write, all present, made by
+the same model (the sha256 of its weights, :func:`model_sha256`) at the same thresholds from the same input
+image (its resolved path, size and mtime_ns, :func:`input_identity`: a stat, no read), is complete and
+skipped, so a re-queued array task resumes where it stopped; a case interrupted before its marker is
+predicted again, and so is a case made by other weights (a checkpoint retrained into the same path), at
+other thresholds, from another image (another dataset with the same case names, a re-converted CT), or
+whose marker predates the weights' sha256 or the input's record: each such case is named with every reason
+that applies (``notify``) and listed under ``redone`` in the shard json. A redone case first loses the
+files its old marker listed that this run does not write (an old segmentation, maps of another format;
+never a file the marker did not list).
 Failed cases (unreadable, bad input, errors) do not stop the shard; they are listed in the result and in
 ``OUT/shard-I-of-N.json``. Ctrl-C (KeyboardInterrupt, also what SIGTERM becomes in the command line) or a
 :class:`~AutoSegSensitivity.errors.CancelledError` stops the shard: the shard json is written first, listing
@@ -123,73 +127,146 @@ def provenance(model: Any) -> Dict[str, Any]:
     return {"model": [r[0] for r in rows], "epoch": [r[1] for r in rows], "checkpoint_created": [r[2] for r in rows]}
 
 
-# Why a case that has a marker is predicted again (:func:`case_state`), as the terminal says it.
+def input_identity(case: Any) -> Dict[str, Any]:
+    """What the marker records about a case's input image, cheaply and without reading it: the resolved
+    path, size (bytes) and modification time (ns) of its image file; for a DICOM case the resolved series
+    folder, its number of files, their total size and the sha256 of the listing (name, size, mtime_ns of
+    every file under it). A case whose identity differs from its marker's (another dataset with the same
+    case names, a re-converted CT) is redone (``"input"``). A file that cannot be stat'ed gives
+    ``{"path": ..., "error": reason}`` (never equal to a marker's, so the case is redone and its read fails
+    with one clear line)."""
+    if getattr(case, "kind", None) == "dicom" and getattr(case, "dicom_path", None) is not None:
+        folder = Path(case.dicom_path)
+        try:
+            rows = []
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    st = f.stat()
+                    rows.append((str(f.relative_to(folder)), st.st_size, st.st_mtime_ns))
+            digest = hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
+            return {"path": str(folder.resolve()), "files": len(rows), "size": sum(r[1] for r in rows),
+                    "listing_sha256": digest}
+        except OSError as exc:
+            return {"path": str(folder), "error": exc.strerror or str(exc)}
+    path = Path(getattr(case, "image_path", None) or getattr(case, "path", ""))
+    try:
+        st = path.stat()
+        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError as exc:
+        return {"path": str(path), "error": exc.strerror or str(exc)}
+
+
+# Why a case that has a marker is predicted again (:func:`case_reasons`), as the terminal says it; several
+# reasons of one case are said together (:func:`redo_text`), in this order.
 REDO_REASONS = {
     "model": "redone, model changed (other weights than those that made its maps)",
+    "input": "redone, input image changed (other path, size or modification time than the one its maps came from)",
     "thresholds": "redone, thresholds changed",
     "temperatures": "redone, calibration temperatures changed",
     "files": "redone, other outputs asked (format, structures or segmentation)",
     "missing": "redone, files its prediction.json lists are missing",
     "old": (f"redone, its {MARKER} does not record the model's weights (written by an older version), so "
             "the model that made it is unknown"),
+    "input_old": (f"redone, its {MARKER} does not record the input image (written by an older version), so "
+                  "the image its maps came from is unknown"),
 }
 
 
-def case_state(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None) -> Optional[str]:
-    """``None`` when ``case_dir`` is complete for this run (see :func:`case_complete`), else why not:
-    ``"unfinished"`` (no readable marker), ``"files"`` (the marker lists other files), ``"missing"`` (a
-    listed file is gone), ``"old"`` (the marker has no ``model_sha256``), ``"model"`` (another model made
-    it), ``"thresholds"`` (other thresholds) or ``"temperatures"`` (other calibration); the last four only
-    when ``settings`` is given."""
-    marker = Path(case_dir) / MARKER
+def redo_text(reasons: Union[str, Sequence[str]]) -> str:
+    """The terminal's words for one or several reason keys of :data:`REDO_REASONS` (``"redone, a; b"``)."""
+    keys = [reasons] if isinstance(reasons, str) else [k for k in REDO_REASONS if k in reasons]
+    if len(keys) == 1:
+        return REDO_REASONS[keys[0]]
+    return "redone, " + "; ".join(REDO_REASONS[k][len("redone, "):] for k in keys)
+
+
+def _read_marker(case_dir: PathLike) -> Optional[Dict[str, Any]]:
+    """The case's marker as a dict, ``None`` when it is missing, unreadable or not a JSON object."""
     try:
-        data = json.loads(marker.read_text(encoding="utf-8"))
+        data = json.loads((Path(case_dir) / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "unfinished"
-    if not isinstance(data, dict):
-        return "unfinished"
-    if list(data.get("files", [])) != list(files):
-        return "files"
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def case_reasons(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None,
+                 source: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """``[]`` when ``case_dir`` is complete for this run, else every reason why not, in the order of
+    :data:`REDO_REASONS`: ``["unfinished"]`` (no readable marker), else among ``"model"`` (another model
+    made it), ``"input"`` (another input image, ``source`` being :func:`input_identity`), ``"thresholds"``,
+    ``"temperatures"``, ``"files"`` (the marker lists other files), ``"missing"`` (a listed file is gone),
+    ``"old"`` (the marker has no ``model_sha256``) and ``"input_old"`` (no ``input``); those about the model,
+    thresholds and calibration only when ``settings`` is given, those about the input only with ``source``."""
+    data = _read_marker(case_dir)
+    if data is None:
+        return ["unfinished"]
+    found = set()
+    same_files = list(data.get("files", [])) == list(files)
+    if not same_files:
+        found.add("files")
     if settings is not None:
         wanted = json.loads(json.dumps(dict(settings)))
         if "model_sha256" in wanted and "model_sha256" not in data:
-            return "old"
-        for key in ("model_sha256", "thresholds", "temperatures"):
+            found.add("old")
+        for key in ("thresholds", "temperatures"):
             if key in wanted and data.get(key) != wanted[key]:
-                return "model" if key == "model_sha256" else key
-        if any(data.get(k) != v for k, v in wanted.items()):
-            return "model"
-    if not all((Path(case_dir) / f).is_file() for f in files):
-        return "missing"
-    return None
+                found.add(key)
+        if "old" not in found and any(data.get(k) != v for k, v in wanted.items()
+                                      if k not in ("thresholds", "temperatures")):
+            found.add("model")
+    if source is not None:
+        if "input" not in data:
+            found.add("input_old")
+        elif data.get("input") != json.loads(json.dumps(dict(source))):
+            found.add("input")
+    if same_files and not all((Path(case_dir) / f).is_file() for f in files):
+        found.add("missing")
+    return [k for k in REDO_REASONS if k in found]
 
 
-def case_complete(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None) -> bool:
+def case_state(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None,
+               source: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    """``None`` when ``case_dir`` is complete for this run (see :func:`case_complete`), else the first
+    reason of :func:`case_reasons` (``"unfinished"`` when it has no readable marker)."""
+    reasons = case_reasons(case_dir, files, settings, source)
+    return reasons[0] if reasons else None
+
+
+def case_complete(case_dir: PathLike, files: Sequence[str], settings: Optional[Mapping[str, Any]] = None,
+                  source: Optional[Mapping[str, Any]] = None) -> bool:
     """True when ``case_dir`` holds a marker listing exactly ``files``, every one of them exists and, when
     ``settings`` is given (:func:`run_settings`), the marker records the same model (the sha256 of its
     weights) and thresholds: a rerun with other thresholds or other weights (even at the same checkpoint
-    path and epoch) redoes the case, and so does a marker without the weights' sha256."""
-    return case_state(case_dir, files, settings) is None
+    path and epoch) redoes the case, and so does a marker without the weights' sha256; with ``source``
+    (:func:`input_identity`) also the same input image."""
+    return not case_reasons(case_dir, files, settings, source)
 
 
-def redo_lines(redone: Mapping[str, str], shown: int = 10) -> List[str]:
-    """One line per reason for the cases predicted again (``{case: reason key}``), naming the cases (the
-    first ``shown``): e.g. ``case000, case003: redone, model changed (...)``."""
+def redo_lines(redone: Mapping[str, Union[str, Sequence[str]]], shown: int = 10) -> List[str]:
+    """One line per set of reasons for the cases predicted again (``{case: reason key or [keys]}``), naming
+    the cases (the first ``shown``): e.g. ``case000, case003: redone, model changed (...)``; a case with
+    several reasons is named once, with all of them."""
+    groups: Dict[Tuple[str, ...], List[str]] = {}
+    for name, reasons in redone.items():
+        keys = tuple(k for k in REDO_REASONS if k in ([reasons] if isinstance(reasons, str) else reasons))
+        groups.setdefault(keys, []).append(name)
+    order = list(REDO_REASONS)
     lines = []
-    for key in REDO_REASONS:
-        names = sorted(n for n, r in redone.items() if r == key)
-        if names:
-            more = f" ... ({len(names) - shown} more)" if len(names) > shown else ""
-            lines.append(f"case {', '.join(names[:shown])}{more}: {REDO_REASONS[key]}" if len(names) == 1 else
-                         f"{len(names)} cases ({', '.join(names[:shown])}{more}): {REDO_REASONS[key]}")
+    for keys in sorted(groups, key=lambda ks: [order.index(k) for k in ks]):
+        names = sorted(groups[keys])
+        more = f" ... ({len(names) - shown} more)" if len(names) > shown else ""
+        text = redo_text(list(keys))
+        lines.append(f"case {', '.join(names[:shown])}{more}: {text}" if len(names) == 1 else
+                     f"{len(names)} cases ({', '.join(names[:shown])}{more}): {text}")
     return lines
 
 
 @dataclass
 class ShardResult:
     """What :func:`predict_shard` did: the shard's cases, those already complete, those whose marker did not
-    match this run (``redone``: ``{case: reason key of REDO_REASONS}``) and the batch result of the cases
-    predicted (``batch.done`` / ``batch.failed``)."""
+    match this run (``redone``: ``{case: first reason key of REDO_REASONS}``; ``reasons``: ``{case: every
+    reason key}``) and the batch result of the cases predicted (``batch.done`` / ``batch.failed``).
+    ``out_dir``: where the cases lie (to tell, after a Ctrl-C, which cases still hold finished maps)."""
 
     index: int
     count: int
@@ -197,6 +274,18 @@ class ShardResult:
     already_complete: List[str] = field(default_factory=list)
     redone: Dict[str, str] = field(default_factory=dict)
     batch: BatchResult = field(default_factory=BatchResult)
+    reasons: Dict[str, List[str]] = field(default_factory=dict)
+    out_dir: Optional[Path] = None
+
+    def _reasons(self, name: str) -> List[str]:
+        return self.reasons.get(name) or [self.redone[name]]
+
+    def previous_kept(self) -> List[str]:
+        """The cases to be redone that were not reached (cancelled) and still hold the previous run's
+        finished maps (their marker intact, naming the model that made them)."""
+        if self.out_dir is None:
+            return []
+        return [n for n in self.batch.skipped if n in self.redone and marker_complete(self.out_dir / n)]
 
     @property
     def json_name(self) -> str:
@@ -206,17 +295,20 @@ class ShardResult:
     def summary(self) -> List[str]:
         head = (f"shard {self.index}/{self.count}: {len(self.assigned)} case(s), "
                 f"{len(self.already_complete)} already complete"
-                + (f", {len(self.redone)} redone (their maps were made by another model, at other thresholds "
-                   "or are incomplete)" if self.redone else ""))
+                + (f", {len(self.redone)} redone (their maps were made by another model, from another image, "
+                   "at other thresholds or are incomplete)" if self.redone else ""))
         return [head] + self.batch.summary()
 
     def to_dict(self) -> Dict[str, Any]:
+        kept = set(self.previous_kept())
         return {"shard": [self.index, self.count], "assigned": self.assigned,
                 "already_complete": self.already_complete,
-                "redone": {n: REDO_REASONS[r] for n, r in sorted(self.redone.items())}, "done": list(self.batch.done),
+                "redone": {n: redo_text(self._reasons(n)) for n in sorted(self.redone) if n not in kept},
+                "done": list(self.batch.done),
                 "failed": [{"case": f.name, "kind": f.kind, "reason": f.reason} for f in self.batch.failed],
-                "not_started": list(self.batch.skipped), "cancelled": self.batch.cancelled,
-                "elapsed_s": round(self.batch.elapsed_s, 3)}
+                "not_started": [n for n in self.batch.skipped if n not in kept],
+                "not_redone_yet": {n: redo_text(self._reasons(n)) for n in sorted(kept)},
+                "cancelled": self.batch.cancelled, "elapsed_s": round(self.batch.elapsed_s, 3)}
 
 
 def _models(model: Any, device: Any) -> List[Any]:
@@ -252,8 +344,11 @@ def kept_message(result: ShardResult, out_dir: PathLike) -> str:
     """One line for a stopped shard: what was kept (finished cases, each with its marker), what was not,
     where the shard json lies and how to resume."""
     finished = len(result.already_complete) + len(result.batch.done)
+    kept = result.previous_kept()
+    old = (f"{len(kept)} not redone yet (they still hold the previous run's finished maps, which this command "
+           "replaces), " if kept else "")
     return (f"shard {result.index}/{result.count}: kept {finished} finished case(s) of {len(result.assigned)} in "
-            f"{out_dir} (each with its {MARKER}); {len(result.batch.skipped)} not finished, "
+            f"{out_dir} (each with its {MARKER}); {old}{len(result.batch.skipped) - len(kept)} not finished, "
             f"{len(result.batch.failed)} failed; listed in {Path(out_dir) / result.json_name}; run the same "
             "command again to finish the rest (finished cases are skipped)")
 
@@ -307,20 +402,23 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
                                 if temperatures is not None else None)
     options = {"batch_size": batch_size, "channels_last": channels_last, "device": str(device) if device else None}
     marker_extra = {**provenance(models), "options": options}
-    result = ShardResult(index, count, assigned)
+    result = ShardResult(index, count, assigned, out_dir=out_dir)
     todo = []
+    sources: Dict[str, Dict[str, Any]] = {}
     for name in assigned:
         if name in problems:
             continue
-        state = "redo" if redo else case_state(out_dir / name, files, settings)
-        if state is None:
+        sources[name] = input_identity(by_name[name])  # stat only: measured before the image is read
+        reasons = ["redo"] if redo else case_reasons(out_dir / name, files, settings, sources[name])
+        if not reasons:
             result.already_complete.append(name)
             continue
-        if state in REDO_REASONS:
-            result.redone[name] = state
+        reasons = [r for r in reasons if r in REDO_REASONS]
+        if reasons:
+            result.redone[name], result.reasons[name] = reasons[0], reasons
         todo.append((name, by_name[name]))
     if notify is not None:
-        for line in redo_lines(result.redone):
+        for line in redo_lines(result.reasons):
             notify(line)
 
     def job(case: Any) -> Dict[str, Path]:
@@ -329,6 +427,7 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
         for m in models:
             probs.update(predict_volume(m, image, device=device, batch_size=batch_size, channels_last=channels_last))
         case_dir = out_dir / case.name
+        _remove_stale(case_dir, files)  # first, while the old marker still lists them (a kill here: redone)
         (case_dir / MARKER).unlink(missing_ok=True)
         shown = probs
         if temperatures is not None:
@@ -338,8 +437,8 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
         written = {s: write_volume(shown[s], case_dir / fname) for s, fname in zip(class_names, files)}
         if thresholds is not None:
             write_segmentation(threshold_maps(probs, thresholds), case_dir / SEGMENTATION)
-        write_text(case_dir / MARKER, json.dumps({"case": case.name, "files": files, **settings, **marker_extra},
-                                                 indent=2))
+        write_text(case_dir / MARKER, json.dumps({"case": case.name, "files": files, **settings,
+                                                  "input": sources[case.name], **marker_extra}, indent=2))
         return written
 
     result.batch = run_batch(todo, job, desc=f"shard {index}/{count}", progress=progress,
@@ -352,6 +451,21 @@ def predict_shard(model: Any, data_dir: PathLike, out_dir: PathLike, index: int 
         exc.args = ((f"{said}; " if said else "") + kept_message(result, out_dir),)
         raise exc
     return result
+
+
+def _remove_stale(case_dir: Path, files: Sequence[str]) -> List[str]:
+    """Delete the files the case's old marker lists that this run will not write (e.g. ``prob_*.nrrd`` when
+    it writes ``.nii.gz``, the segmentation of a run with thresholds): only plain names the marker lists,
+    inside ``case_dir``, never any other file. Returns the names removed."""
+    data = _read_marker(case_dir)
+    listed = data.get("files") if data is not None else None
+    removed = []
+    for f in listed if isinstance(listed, list) else []:
+        if (isinstance(f, str) and f and f not in files and Path(f).name == f and f not in (".", "..", MARKER)
+                and (case_dir / f).is_file()):
+            (case_dir / f).unlink()
+            removed.append(f)
+    return removed
 
 
 def marker_complete(case_dir: PathLike) -> bool:
@@ -379,24 +493,79 @@ def written_by_predictor(prob_dir: PathLike) -> bool:
     return any((p / MARKER).exists() for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _shard_failures(prob_dir: Path) -> Tuple[set, Dict[str, str]]:
+    """The cases the shard jsons of ``prob_dir`` assign, and the reason of each they list as failed."""
+    assigned, failed = set(), {}
+    for shard in sorted(prob_dir.glob(SHARD_GLOB)):
+        try:
+            data = json.loads(shard.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        assigned.update(str(n) for n in data.get("assigned", []) if isinstance(n, str))
+        for f in data.get("failed", []) if isinstance(data.get("failed"), list) else []:
+            if isinstance(f, dict) and isinstance(f.get("case"), str):
+                failed[f["case"]] = str(f.get("reason", "")) or "unknown reason"
+    return assigned, failed
+
+
+def unfinished_reasons(prob_dir: PathLike, names: Optional[Iterable[str]] = None) -> Dict[str, str]:
+    """``{case: why}`` for the cases of :func:`unfinished_cases`, as one phrase each: ``"prediction failed:
+    <reason of the shard json>"`` (a rerun fails again until the input is fixed), ``"not predicted (no case
+    folder)"``, ``"prediction.json: expected a finished prediction, got none (interrupted, or stopped while
+    being redone)"`` or ``"prediction.json: lists files that are missing"``."""
+    prob_dir = Path(prob_dir)
+    if not written_by_predictor(prob_dir):
+        return {}
+    candidates = {p.name for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assigned, failed = _shard_failures(prob_dir)
+    candidates.update(assigned)
+    if names is not None:
+        candidates &= {str(n) for n in names}
+    out = {}
+    for n in sorted(candidates):
+        case_dir = prob_dir / n
+        if marker_complete(case_dir):
+            continue
+        if n in failed:
+            out[n] = f"prediction failed: {failed[n]}"
+        elif not case_dir.is_dir():
+            out[n] = "not predicted (no case folder)"
+        elif _read_marker(case_dir) is None:
+            out[n] = f"{MARKER}: expected a finished prediction, got none (interrupted, or stopped while being redone)"
+        else:
+            out[n] = f"{MARKER}: lists files that are missing"
+    return out
+
+
 def unfinished_cases(prob_dir: PathLike, names: Optional[Iterable[str]] = None) -> List[str]:
     """The cases of a prediction folder that this predictor did not finish, sorted; ``[]`` for a folder it
     did not write (:func:`written_by_predictor`). Unfinished: a case folder without a complete marker
     (:func:`marker_complete`), and a case a shard json assigns (done, failed, not started) whose folder has
-    none. ``names``: only these cases matter (e.g. the reference cases ``tune`` would use)."""
-    prob_dir = Path(prob_dir)
-    if not written_by_predictor(prob_dir):
-        return []
-    candidates = {p.name for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    for shard in prob_dir.glob(SHARD_GLOB):
-        try:
-            assigned = json.loads(shard.read_text(encoding="utf-8")).get("assigned", [])
-        except (OSError, ValueError, AttributeError):
+    none. ``names``: only these cases matter (e.g. the reference cases ``tune`` would use). Why each is
+    unfinished: :func:`unfinished_reasons`."""
+    return sorted(unfinished_reasons(prob_dir, names))
+
+
+def _model_key(data: Mapping[str, Any]) -> str:
+    key = data.get("model_sha256")
+    return json.dumps(key) if key is not None else f"{data.get('model')} epoch {data.get('epoch')}"
+
+
+def _finished_markers(prob_dir: Path, names: Optional[Iterable[str]]) -> List[Tuple[Path, Dict[str, Any]]]:
+    """``(case folder, marker)`` of the finished cases of ``prob_dir`` (among ``names``), sorted by name."""
+    rows = []
+    if not prob_dir.is_dir():
+        return rows
+    wanted = None if names is None else {str(n) for n in names}
+    for case in sorted(p for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (wanted is not None and case.name not in wanted) or not marker_complete(case):
             continue
-        candidates.update(str(n) for n in assigned if isinstance(n, str))
-    if names is not None:
-        candidates &= {str(n) for n in names}
-    return sorted(n for n in candidates if not marker_complete(prob_dir / n))
+        data = _read_marker(case)
+        if data is not None:
+            rows.append((case, data))
+    return rows
 
 
 def models_by_case(prob_dir: PathLike, names: Optional[Iterable[str]] = None) -> Dict[str, List[str]]:
@@ -404,40 +573,83 @@ def models_by_case(prob_dir: PathLike, names: Optional[Iterable[str]] = None) ->
     model their marker records: ``{model: [cases]}``, the model being its ``model_sha256`` (and, for a
     marker written before the sha256 was recorded, ``"<checkpoint path> epoch <E>"``). One key: one model
     made every finished case."""
-    prob_dir = Path(prob_dir)
     groups: Dict[str, List[str]] = {}
-    if not prob_dir.is_dir():
-        return groups
-    wanted = None if names is None else {str(n) for n in names}
-    for case in sorted(p for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (wanted is not None and case.name not in wanted) or not marker_complete(case):
-            continue
-        data = json.loads((case / MARKER).read_text(encoding="utf-8"))
-        key = data.get("model_sha256")
-        key = json.dumps(key) if key is not None else f"{data.get('model')} epoch {data.get('epoch')}"
-        groups.setdefault(key, []).append(case.name)
+    for case, data in _finished_markers(Path(prob_dir), names):
+        groups.setdefault(_model_key(data), []).append(case.name)
     return groups
+
+
+def describe_model(data: Mapping[str, Any]) -> str:
+    """A marker's model in a few words: checkpoint path, epoch and the first 12 hex digits of its sha256
+    (lists joined with ' + ' for several models)."""
+    def one(path: Any, epoch: Any, sha: Any) -> str:
+        return (f"{path or '(unknown checkpoint)'} epoch {epoch if epoch is not None else '?'}, sha256 "
+                f"{str(sha)[:12] if sha else '(not recorded)'}")
+
+    model, epoch, sha = data.get("model"), data.get("epoch"), data.get("model_sha256")
+    if isinstance(model, list):
+        n = len(model)
+        epochs = epoch if isinstance(epoch, list) and len(epoch) == n else [None] * n
+        shas = sha if isinstance(sha, list) and len(sha) == n else [None] * n
+        return " + ".join(one(m, e, h) for m, e, h in zip(model, epochs, shas))
+    return one(model, epoch, sha)
+
+
+def model_identity(prob_dir: PathLike, names: Optional[Iterable[str]] = None) -> Optional[Dict[str, Any]]:
+    """The model that made the finished cases of a prediction folder this predictor wrote (among ``names``):
+    ``{"model_sha256": ..., "checkpoint": path, "epoch": E}`` as its markers record it (what ``tune`` stores
+    in thresholds.json's ``inputs.model``); ``None`` for a folder it did not write or whose cases were made
+    by more than one model."""
+    if not written_by_predictor(prob_dir):
+        return None
+    rows = _finished_markers(Path(prob_dir), names)
+    if not rows or len({_model_key(d) for _, d in rows}) != 1:
+        return None
+    data = rows[0][1]
+    return {"model_sha256": data.get("model_sha256"), "checkpoint": data.get("model"), "epoch": data.get("epoch")}
 
 
 def check_finished(prob_dir: PathLike, names: Optional[Iterable[str]] = None,
                    allow_incomplete: bool = False) -> List[str]:
-    """``tune``'s rule for a prediction folder: :func:`unfinished_cases` of ``prob_dir`` (among ``names``).
-    Returns them when ``allow_incomplete`` (the caller leaves them out and says so); otherwise, when there
-    are any, raises one :class:`InputError` naming the cases and the fix. Finished cases made by different
-    models (:func:`models_by_case`: a rerun with a retrained checkpoint stopped half-way, or shards run with
-    different checkpoints) are refused in any case: thresholds tuned on a mix fit no model."""
-    unfinished = unfinished_cases(prob_dir, names)
+    """The rule of ``tune`` and ``apply`` for a prediction folder: :func:`unfinished_cases` of ``prob_dir``
+    (among ``names``). Returns them when ``allow_incomplete`` (the caller leaves them out and says so, with
+    :func:`unfinished_reasons`); otherwise, when there are any, raises one :class:`InputError` naming the
+    cases and the fix (a case whose prediction failed is named with its reason: running the same command
+    again fails again). Finished cases made by different models (:func:`models_by_case`: a rerun with a
+    retrained checkpoint stopped half-way, or shards run with different checkpoints) are refused in any
+    case, each model named (checkpoint, epoch, sha256 prefix; the one that wrote the latest marker said):
+    thresholds tuned on a mix fit no model."""
+    why = unfinished_reasons(prob_dir, names)
+    unfinished = sorted(why)
     if unfinished and not allow_incomplete:
-        shown = ", ".join(unfinished[:10]) + (f" ... ({len(unfinished) - 10} more)" if len(unfinished) > 10 else "")
+        failed = [n for n in unfinished if why[n].startswith("prediction failed")]
+        other = [n for n in unfinished if n not in failed]
+        parts = []
+        if other:
+            shown = ", ".join(other[:10]) + (f" ... ({len(other) - 10} more)" if len(other) > 10 else "")
+            parts.append(f"{len(other)} unfinished case(s): {shown}; finish them by running the same "
+                         "'autosegsens predict --data' command again (finished cases are skipped)")
+        if failed:
+            shown = "; ".join(f"{n} ({why[n]})" for n in failed[:3]) + (
+                f" ... ({len(failed) - 3} more)" if len(failed) > 3 else "")
+            parts.append(f"{len(failed)} case(s) whose prediction failed: {shown}; fix their input (the same "
+                         "command fails again until then)")
         raise InputError(prob_dir, MARKER, "every case's prediction finished (its prediction.json listing its maps)",
-                         got=f"{len(unfinished)} unfinished case(s): {shown}; finish them by running the same "
-                             "'autosegsens predict --data' command again (finished cases are skipped), or pass "
-                             "--allow-incomplete to go on without them")
-    groups = models_by_case(prob_dir, names) if written_by_predictor(prob_dir) else {}
+                         got="; ".join(parts) + "; or pass --allow-incomplete to go on without them")
+    rows = _finished_markers(Path(prob_dir), names) if written_by_predictor(prob_dir) else []
+    groups: Dict[str, List[Tuple[Path, Dict[str, Any]]]] = {}
+    for case, data in rows:
+        groups.setdefault(_model_key(data), []).append((case, data))
     if len(groups) > 1:
-        parts = sorted(groups.values(), key=len, reverse=True)
-        said = "; ".join(f"{len(g)} case(s) by one model ({', '.join(g[:5])}{' ...' if len(g) > 5 else ''})"
-                         for g in parts)
+        def newest(g: List[Tuple[Path, Dict[str, Any]]]) -> int:
+            return max((c / MARKER).stat().st_mtime_ns for c, _ in g)
+
+        latest = max(groups, key=lambda k: newest(groups[k]))
+        parts = sorted(groups.items(), key=lambda kv: len(kv[1]), reverse=True)
+        said = "; ".join(
+            f"{len(g)} case(s) by {describe_model(g[0][1])}"
+            f"{' (wrote the latest prediction.json)' if k == latest else ''}"
+            f" ({', '.join(c.name for c, _ in g[:5])}{' ...' if len(g) > 5 else ''})" for k, g in parts)
         raise InputError(prob_dir, MARKER, "every case predicted by the same model",
                          got=f"{len(groups)} models: {said}; run 'autosegsens predict --data' again with the model "
                              "to tune (cases made by another model are redone)")

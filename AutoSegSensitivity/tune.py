@@ -637,7 +637,7 @@ def collect_counts(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", dat
     :func:`tune_from_counts` needs. ``shard = (I, N)`` counts only cases I, I+N, ... of the sorted matched
     names (as ``predict --shard``); the settings are checked and recorded as for a whole run."""
     from .io.references import missing_reference_reason, scan_references
-    from .predict_shards import check_finished
+    from .predict_shards import check_finished, model_identity, unfinished_reasons
 
     _check_metric(metric)
     if metric == "nsd":
@@ -668,9 +668,10 @@ def collect_counts(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", dat
     for name, reason in ref_problems:
         problems.append((name, "", reason))
     left_out = check_finished(prob_dir, refs, allow_incomplete) if fmt == "maps" else []
+    why = unfinished_reasons(prob_dir, left_out) if left_out else {}
     for name in left_out:  # unfinished predictions: left out (--allow-incomplete), said once per case
-        problems.append((name, "", f"{Path(prob_dir) / name}: prediction.json: expected a finished prediction, "
-                                   "got none (case left out: --allow-incomplete)"))
+        problems.append((name, "", f"{Path(prob_dir) / name}: {why.get(name, 'unfinished')} "
+                                   "(case left out: --allow-incomplete)"))
         probs.pop(name, None)
         refs.pop(name, None)
     for name in sorted(set(probs) - set(refs)):
@@ -681,6 +682,7 @@ def collect_counts(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", dat
     names = sorted(set(probs) & set(refs))
     if not names:
         raise no_usable_case_error(prob_dir, sorted(problems, key=lambda p: p[0]))
+    model = model_identity(prob_dir, names) if fmt == "maps" else None  # the maps' model, for predict --thresholds
     counted = names
     if shard is not None:
         from .predict_shards import shard_names
@@ -711,6 +713,7 @@ def collect_counts(prob_dir: PathLike, ref_dir: PathLike, fmt: str = "auto", dat
               **({"nsd_tolerance_mm": float(nsd_tolerance)} if metric == "nsd" else {}),
               **({"incomplete_cases_left_out": left_out} if left_out else {}),
               **({"calibration": {"margin_mm": margin}} if margin is not None else {}),
+              **({"model": model} if model is not None else {}),
               "thresholds": {"min": float(th[0]), "max": float(th[-1]), "count": int(th.size)}}
     return CohortCounts(names, list(counted), {n: str(probs[n]) for n in names}, problems, outs, wanted, th, inputs)
 
@@ -932,6 +935,27 @@ def write_thresholds(path: PathLike, thresholds: Mapping[str, Union[float, Mappi
     return write_json(doc, path)
 
 
+def thresholds_model_warning(path: PathLike, model: Any) -> Optional[str]:
+    """One warning line when the thresholds.json at ``path`` records the model its maps came from
+    (``inputs.model.model_sha256``, written by ``tune`` on a ``predict --data`` folder) and ``model`` (a
+    loaded model) is another one (:func:`~AutoSegSensitivity.predict_shards.model_sha256`), naming both;
+    ``None`` when they agree or the file records no model. Thresholds may knowingly be reused, so this
+    warns and never refuses."""
+    from .predict_shards import model_sha256
+
+    recorded = (read_thresholds_file(path).get("inputs") or {}).get("model")
+    sha = recorded.get("model_sha256") if isinstance(recorded, dict) else None
+    if not sha:
+        return None
+    mine = model_sha256(model)
+    if mine is None or mine == sha:
+        return None
+    shown = ", ".join(str(x)[:12] for x in sha) if isinstance(sha, list) else str(sha)[:12]
+    return (f"warning: {path} was tuned on the maps of {recorded.get('checkpoint') or 'another checkpoint'} "
+            f"(epoch {recorded.get('epoch')}, sha256 {shown}), not of {getattr(model, 'path', None) or 'this model'} "
+            f"(sha256 {mine[:12]}): its thresholds may not fit this model's maps")
+
+
 def _check_threshold(v: Any, source: Any, field_name: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or not 0 <= float(v) <= 1:
         raise InputError(source, field_name, "a number in [0, 1]", got=repr(v))
@@ -1111,10 +1135,29 @@ def read_case_maps(prob_dir: PathLike, case: str, structures: Sequence[str], fmt
     return maps, problems
 
 
+def check_apply_folder(prob_dir: PathLike, fmt: str, allow_incomplete: bool,
+                       problems: List[Tuple[str, str, str]]) -> List[str]:
+    """``apply``'s check of a maps folder written by ``predict --data``, the same as ``tune``'s
+    (:func:`~AutoSegSensitivity.predict_shards.check_finished`): unfinished cases or cases made by different
+    models raise one :class:`InputError`; with ``allow_incomplete`` the unfinished cases are returned (to be
+    left out) and each is added to ``problems`` with its reason. Other layouts: nothing to check."""
+    from .predict_shards import check_finished, unfinished_reasons
+
+    if detect_format(prob_dir, fmt) != "maps":
+        return []
+    left_out = check_finished(prob_dir, None, allow_incomplete)
+    why = unfinished_reasons(prob_dir, left_out) if left_out else {}
+    for name in left_out:
+        problems.append((name, "", f"{Path(prob_dir) / name}: {why.get(name, 'unfinished')} "
+                                   "(case left out: --allow-incomplete)"))
+    return left_out
+
+
 def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, fmt: str = "auto",
                  dataset_json: Optional[PathLike] = None, ref_dir: Optional[PathLike] = None,
                  on_case: Optional[Callable[[str], None]] = None,
-                 ref_format: str = "auto", calibrated: bool = False) -> Tuple[List[Path], List[Tuple[str, str, str]]]:
+                 ref_format: str = "auto", calibrated: bool = False,
+                 allow_incomplete: bool = False) -> Tuple[List[Path], List[Tuple[str, str, str]]]:
     """Write ``out/<case>/segmentation.seg.nrrd`` (``p >= t`` per structure of the thresholds file, on the
     maps' grid) for every case of ``prob_dir`` (read as ``tune`` reads it), one case at a time. nnU-Net
     output takes its geometry from the segmentation nnU-Net wrote beside each ``.npz`` or, with
@@ -1123,7 +1166,10 @@ def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, f
     ``out/<case>/prob_<structure>.nrrd`` (``sigmoid(logit(p) / T)``, T of the file's ``temperature``, see
     :mod:`AutoSegSensitivity.calibration`; the segmentation is unchanged: ``p >= t`` is ``p' >= t'``) and
     ``out/thresholds_calibrated.json`` with ``t' = sigmoid(logit(t) / T)`` for them. Returns the files
-    written and the problems ``(case, structure, reason)``; bad cases are left out and the rest goes on."""
+    written and the problems ``(case, structure, reason)``; bad cases are left out and the rest goes on.
+    A maps folder written by ``predict --data`` is checked as ``tune`` checks it (:func:`check_apply_folder`:
+    unfinished cases or a mix of models raise an :class:`InputError` before anything is written;
+    ``allow_incomplete`` leaves the unfinished cases out, listed in the problems)."""
     from .io.references import missing_reference_reason, scan_references
     from .io.segnrrd import write_segmentation
 
@@ -1133,11 +1179,12 @@ def apply_cohort(thresholds_path: PathLike, prob_dir: PathLike, out: PathLike, f
     labels, ending, labels_file = _prob_labels(prob_dir, fmt, dataset_json)
     written: List[Path] = []
     problems: List[Tuple[str, str, str]] = []
+    left_out = check_apply_folder(prob_dir, fmt, allow_incomplete, problems)  # before anything is written
     refs, ref_fmt, ref_ending = None, "dataset", ".nii.gz"
     if fmt == "nnunet" and ref_dir is not None:
         ref_fmt, ref_labels, ref_ending = _reference_labels(ref_dir, prob_dir, ref_format, dataset_json)
         refs, ref_problems = scan_references(ref_dir, ref_fmt, ref_labels, ref_ending)
-    cases = list_prob_cases(prob_dir, fmt)
+    cases = {c: p for c, p in list_prob_cases(prob_dir, fmt).items() if c not in left_out}
     if refs is not None:
         problems.extend((name, "", reason) for name, reason in ref_problems if name in cases or not name)
     for case, path in cases.items():

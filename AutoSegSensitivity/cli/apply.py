@@ -5,6 +5,9 @@ p >= t(structure). --prob-dir is laid out as for `tune` (maps: P/<case>/prob_<St
 one multi-channel image per case, its grid in the file; nnunet: P/<case>.npz with dataset.json, geometry
 from the segmentation nnU-Net wrote beside each .npz, or from --ref-dir: a dataset folder or nnU-Net's
 label folder, no image needed). A case or structure with a problem is listed on stderr and the rest goes on.
+A maps folder written by `predict --data` is checked as `tune` checks it: unfinished cases (no finished
+prediction.json) or cases made by different models stop apply (exit 2, one line) before --out is made;
+--allow-incomplete goes on without the unfinished ones, listing them.
 OUT appears (or, with --overwrite, is replaced as a whole) only when every case is written.
 
 With --calibrated (a thresholds.json of `tune --calibration`, which holds a temperature T per structure)
@@ -37,20 +40,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_ref_format_argument(parser)
     parser.add_argument("--calibrated", action="store_true",
                         help="also write the maps calibrated with the file's temperatures (tune --calibration)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="as tune: go on without the cases whose prediction (by `predict --data`) did not "
+                             "finish, listing them, instead of stopping")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..tune import apply_cohort, problem_line, read_thresholds, temperatures_for
+    from ..tune import apply_cohort, check_apply_folder, problem_line, read_thresholds, temperatures_for
 
     out = check_out_dir(args.out, args.overwrite)
     table = read_thresholds(args.thresholds)  # a bad file fails before anything is written
     if args.calibrated:
         temperatures_for(args.thresholds, list(table))
+    check_apply_folder(args.prob_dir, args.format, args.allow_incomplete, [])  # tune's check, before --out exists
     with output_folder(out, args.overwrite) as stage:  # OUT appears (or is replaced) only when complete
         written, problems = apply_cohort(args.thresholds, args.prob_dir, stage, fmt=args.format,
                                          dataset_json=args.dataset_json, ref_dir=args.ref_dir,
-                                         ref_format=args.ref_format, calibrated=args.calibrated)
+                                         ref_format=args.ref_format, calibrated=args.calibrated,
+                                         allow_incomplete=args.allow_incomplete)
         for p in problems:
             print(f"note: {problem_line(p)}", file=sys.stderr)
         if not written:

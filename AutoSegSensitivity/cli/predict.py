@@ -13,11 +13,14 @@ segmentation of an earlier run.
 With --data DATASET (one sub-folder per case): writes OUT/<case>/prob_<structure>.nrrd for every case,
 or with --shard I/N (0 <= I < N) for cases I, I+N, I+2N, ... of the names sorted (one task of a job
 array; the N shards are disjoint and cover every case). A case is finished when OUT/<case>/prediction.json
-lists its files and the model (the sha256 of its weights) and thresholds that made them; finished cases
-are skipped, so a re-queued task resumes; a case made by other weights (a checkpoint retrained into the same
-path) or at other thresholds is redone, and the terminal says which and why. Failed cases do not stop the
-run: they are listed at the end and in OUT/shard-I-of-N.json (exit code 1 if any failed). Ctrl-C stops
-after writing OUT/shard-I-of-N.json (finished cases kept; the same command resumes).
+lists its files, the model (the sha256 of its weights), the thresholds and the input image (path, size,
+modification time) that made them; finished cases are skipped, so a re-queued task resumes; a case made by
+other weights (a checkpoint retrained into the same path), at other thresholds or from another image (another
+dataset with the same case names, a re-converted CT) is redone, and the terminal says which and every
+reason; a redone case loses the files its old prediction.json listed that this run does not write.
+With --thresholds FILE tuned on the maps of another model (FILE records it), one warning line names both.
+Failed cases do not stop the run: they are listed at the end and in OUT/shard-I-of-N.json (exit code 1
+if any failed). Ctrl-C stops after writing OUT/shard-I-of-N.json (finished cases kept; the same command resumes).
 
 Examples:
   autosegsens predict --model runs/quick/best.pt --image phantom-data/case000/image.nrrd \\
@@ -88,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         from ..tune import temperatures_for, thresholds_for
 
         per_structure = thresholds_for(args.thresholds, model.class_names)
+        from ..tune import thresholds_model_warning
+
+        other_model = thresholds_model_warning(args.thresholds, model)  # tuned on another model's maps
+        if other_model:
+            print(other_model, file=sys.stderr)
         if args.calibrated:
             temperatures = temperatures_for(args.thresholds, model.class_names)
     if args.data is not None:

@@ -293,8 +293,9 @@ def test_tune_refuses_unfinished_predictions_unless_allowed(setup, predicted, tm
     doc = json.loads((tmp_path / "t2" / "thresholds.json").read_text())
     assert doc["cases"] == ["case000", "case001", "case002"]
     assert doc["inputs"]["incomplete_cases_left_out"] == ["case003", "case004"]
-    for case in ("case003", "case004"):
-        assert any(p.startswith(f"{case}: ") and "prediction.json" in p and "--allow-incomplete" in p
+    for case, why in (("case003", "prediction.json: expected a finished prediction"),
+                      ("case004", "not predicted (no case folder)")):  # each said as it is
+        assert any(p.startswith(f"{case}: ") and why in p and "--allow-incomplete" in p
                    for p in doc["problems"]), doc["problems"]
         assert f"note: {case}: " in err
         assert all(case not in entry["cases"] for entry in doc["structures"].values())
