@@ -297,6 +297,9 @@ class ShardResult:
                 f"{len(self.already_complete)} already complete"
                 + (f", {len(self.redone)} redone (their maps were made by another model, from another image, "
                    "at other thresholds or are incomplete)" if self.redone else ""))
+        if self.assigned and not self.batch.total and len(self.already_complete) == len(self.assigned):
+            n = len(self.assigned)
+            return [head, f"all {n} case{'s' if n != 1 else ''} already finished (skipped); nothing to do"]
         return [head] + self.batch.summary()
 
     def to_dict(self) -> Dict[str, Any]:

@@ -297,8 +297,11 @@ def detect_format(prob_dir: PathLike, fmt: str = "auto") -> str:
     """``maps``, ``nnunet`` or ``channels``. ``auto``: ``nnunet`` when ``prob_dir`` holds ``*.npz`` files;
     ``channels`` when it holds volume files directly, or when its first case folder holding volume files
     has no ``prob_*`` map but one volume file (MONAI's ``SaveImage`` layout, see
-    :mod:`AutoSegSensitivity.io.channels`); else ``maps``."""
+    :mod:`AutoSegSensitivity.io.channels`); else ``maps``. A case folder holding a reference segmentation
+    (``labels.nii.gz``, ``segmentation.seg.nrrd``) and no ``prob_*`` map raises :class:`InputError` (a
+    reference folder given as the maps)."""
     from .io.channels import CHANNEL_SUFFIXES, is_channels_folder
+    from .io.dataset import LABEL_NAMES, SEGMENTATION_NAME
 
     if fmt not in PROB_FORMATS:
         raise InputError("tune", "format", ", ".join(PROB_FORMATS), got=repr(fmt))
@@ -313,6 +316,12 @@ def detect_format(prob_dir: PathLike, fmt: str = "auto") -> str:
         return "channels"
     for folder in sorted(p for p in prob_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         volumes = [p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(CHANNEL_SUFFIXES)]
+        refs = [p.name for p in volumes if p.name in LABEL_NAMES + (SEGMENTATION_NAME,)]
+        if refs and not _maps_in(folder):  # a reference folder given as --prob-dir
+            raise InputError(prob_dir, "format", "probability maps (<case>/prob_<Structure>.nrrd, <case>.npz or "
+                             "one multi-channel image per case)",
+                             got=f"reference segmentations ({folder.name}/{refs[0]}): this looks like a reference "
+                                 "folder (labels, not probability maps)")
         if volumes:
             return "channels" if len(volumes) == 1 and not _maps_in(folder) else "maps"
     return "maps"

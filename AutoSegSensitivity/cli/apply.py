@@ -5,6 +5,9 @@ p >= t(structure). --prob-dir is laid out as for `tune` (maps: P/<case>/prob_<St
 one multi-channel image per case, its grid in the file; nnunet: P/<case>.npz with dataset.json, geometry
 from the segmentation nnU-Net wrote beside each .npz, or from --ref-dir: a dataset folder or nnU-Net's
 label folder, no image needed). A case or structure with a problem is listed on stderr and the rest goes on.
+A map on a grid offset by whole voxels (a cropped map) is accepted: its segmentation is written on the map's
+own grid (with its origin, so it lies where the map lies), which is the same as thresholding the map
+zero-padded to the full grid, since p = 0 is below every threshold t > 0.
 A maps folder written by `predict --data` is checked as `tune` checks it: unfinished cases (no finished
 prediction.json) or cases made by different models stop apply (exit 2, one line) before --out is made;
 --allow-incomplete goes on without the unfinished ones, listing them.
@@ -59,9 +62,41 @@ def run(args: argparse.Namespace) -> int:
                                          dataset_json=args.dataset_json, ref_dir=args.ref_dir,
                                          ref_format=args.ref_format, calibrated=args.calibrated,
                                          allow_incomplete=args.allow_incomplete)
+        if not written:  # one note per structure (not per case and structure), then the error
+            for line in _collapsed_notes(problems):
+                print(f"note: {line}", file=sys.stderr)
+            held = _structures_held(args.prob_dir)
+            raise InputError(args.prob_dir, "cases", "at least one case that could be thresholded",
+                             got=f"none (none of {args.thresholds}'s structures {sorted(table)} could be applied"
+                                 + (f"; the maps hold {', '.join(held)})" if held else ")"))
         for p in problems:
             print(f"note: {problem_line(p)}", file=sys.stderr)
-        if not written:
-            raise InputError(args.prob_dir, "cases", "at least one case that could be thresholded", got="none")
     print(f"wrote {len(written)} segmentation(s) to {out}")
     return 0
+
+
+def _collapsed_notes(problems: list) -> list:
+    """One line per structure (and one for the case-wide problems): how many cases, the first reason."""
+    from ..tune import problem_line
+
+    groups: dict = {}
+    for p in problems:
+        groups.setdefault(p[1], []).append(p)
+    lines = []
+    for structure, items in groups.items():
+        cases = sorted({c for c, _, _ in items if c})
+        more = f" (and {len(items) - 1} more like it: {len(cases)} case(s))" if len(items) > 1 else ""
+        lines.append(f"{problem_line(items[0])}{more}")
+    return lines
+
+
+def _structures_held(prob_dir: Path) -> list:
+    """The structures of the ``prob_*`` maps in the case folders of a maps folder (``[]`` for other layouts)."""
+    from ..tune import _maps_in
+
+    held: set = set()
+    if Path(prob_dir).is_dir():
+        for folder in Path(prob_dir).iterdir():
+            if folder.is_dir() and not folder.name.startswith("."):
+                held.update(_maps_in(folder))
+    return sorted(held)

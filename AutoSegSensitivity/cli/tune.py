@@ -21,6 +21,9 @@ the pooled Dice at 0.5, with a seeded 95 % bootstrap CI over cases.
   nnunet    nnU-Net's label folder: flat <case>.nii.gz (dataset.json file_ending), names and values from
             dataset.json's labels (--dataset-json, else REF/dataset.json, REF/../dataset.json or
             PROB/dataset.json); auto when REF holds volume files directly.
+A map on a grid offset by whole voxels from an image-less reference's (a cropped map: same spacing and
+direction) is accepted when every reference voxel lies inside it, and counts as zero outside its grid (the
+same Dice as the map zero-padded to the reference grid; the prominence is counted on the map's grid).
 Cases are matched by name. Cases, maps or structures with problems are listed one line each on stderr and
 the rest goes on; when no case can be used, the error names the first cases' reasons. Cases are read one
 at a time (--jobs N: N processes): memory does not grow with the cohort.
@@ -89,8 +92,10 @@ def add_prob_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layout of --prob-dir (auto: nnunet when it holds .npz files, channels when it holds "
                              "one image per case, else maps)")
     parser.add_argument("--dataset-json", type=Path,
-                        help="labels: nnU-Net dataset.json (nnunet, and nnU-Net label folders; default "
-                             "PROB_DIR/dataset.json) or, for channels, a dataset.json or {\"value\": \"name\"} JSON")
+                        help="labels: nnU-Net dataset.json (nnunet --prob-dir: default PROB_DIR/dataset.json; "
+                             "nnU-Net label folder --ref-dir: default the first of REF_DIR/dataset.json, "
+                             "REF_DIR/../dataset.json, PROB_DIR/dataset.json) or, for channels, a dataset.json "
+                             "or {\"value\": \"name\"} JSON (default PROB_DIR/dataset.json, then PROB_DIR/labels.json)")
 
 
 def add_ref_format_argument(parser: argparse.ArgumentParser) -> None:
