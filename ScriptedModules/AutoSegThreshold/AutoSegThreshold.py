@@ -256,9 +256,16 @@ class AutoSegThresholdWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             runner.cleanup()
 
     def onCohortSceneStartClose(self, caller=None, event=None):
-        self._cohort = None  # its nodes go with the scene
+        """The result's nodes go with the scene. The buttons are re-evaluated here: the binding's StartClose
+        observer may have run first, while the result still existed (VTK calls equal-priority observers in
+        no promised order)."""
+        self._cohort = None
         self.ui.cohortSummaryTableView.setMRMLTableNode(None)
         self._fillCohortCases([])
+        if not self._cohortRunner.running:  # a run going on keeps its progress and loads into the new scene
+            self.ui.cohortProgressBar.value = 0
+            self.ui.cohortStatusLabel.text = "The scene was closed: Run again to see the cohort's results."
+        self.updateCohortButtons()
 
     def cohortStates(self):
         """ActionState of Run, Cancel, the case selector and Save."""

@@ -300,12 +300,16 @@ class AutoSegTrainingTest(ScriptedLoadableModuleTest):
         (tmp / "cfg.json").write_text('{"model": "unet2d", "model_kwargs": {"base_features": 4}, "structures": ["Brain"],'
                                       ' "epochs": 1, "batch_size": 4, "samples_per_epoch": 8}')
         process = engine.start(tmp / "cfg.json", tmp / "data", tmp / "run", device="cpu")
-        while process.running:
-            slicer.app.processEvents()
+        try:  # no widget owns this run: ended here, also after a failed assertion or the deadline
+            deadline = time.time() + 600
+            while process.running and time.time() < deadline:
+                slicer.app.processEvents()
+                process.poll()
+                time.sleep(0.2)
             process.poll()
-            time.sleep(0.2)
-        process.poll()
-        self.assertEqual(process.returncode, 0, process.log_tail())
+            self.assertEqual(process.returncode, 0, process.log_tail())
+        finally:
+            process.end()
         self.assertEqual(process.progress(), (1, 1))
         probs, seg = engine.predict(tmp / "run" / "best.pt", volumes[0])
         self.assertEqual(list(probs), ["Brain"])

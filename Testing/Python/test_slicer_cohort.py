@@ -315,3 +315,39 @@ def test_the_cohort_self_test_checks_every_click():
         assert any(line.startswith("self.assert") or "assert_array_equal" in line for line in lines[i + 1:j]), lines[i]
     assert "cohortCaseComboBox.currentIndex = row" in source
     assert "test_cohort_on_phantom" in ast.unparse(_method("AutoSegThreshold", "AutoSegThresholdTest", "runTest"))
+
+
+# ---- self-tests never hang and leave no run behind ---------------------------------------------------------
+def _test_methods(module: str):
+    tree = ast.parse(_module_source(module))
+    for klass in tree.body:
+        if isinstance(klass, ast.ClassDef) and klass.name == f"{module}Test":
+            yield from (f for f in klass.body if isinstance(f, ast.FunctionDef))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_wait_loop_of_a_self_test_has_a_deadline(module):
+    """A self-test runs under ``--testing`` with nobody watching: a loop waiting on a process must give up at a
+    deadline (its condition compares ``time.time()``/``time.monotonic()``) and then fail, not hang until the
+    test driver's timeout."""
+    for method in _test_methods(module):
+        for loop in (n for n in ast.walk(method) if isinstance(n, ast.While)):
+            condition = ast.unparse(loop.test)
+            assert "time.time()" in condition or "time.monotonic()" in condition, f"{method.name}: while {condition}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_process_a_self_test_starts_itself_is_ended_in_a_finally(module):
+    """Runs started through a widget's BackgroundRunner are ended by module cleanup (Slicer quitting under
+    ``--testing`` unloads every module: ``qSlicerCoreApplication::onAboutToQuit``). A run a self-test starts
+    itself (``engine.start(...)``, in its own process session, see mrml/background.py ``popen_options``) has
+    no owner: a failed assertion or a missed deadline would leave it running after Slicer, so it is ended in
+    a ``finally``."""
+    for method in _test_methods(module):
+        started = [n for n in ast.walk(method) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+                   and ast.unparse(n.value.func).endswith(".start") and "Runner" not in ast.unparse(n.value.func)]
+        for assign in started:
+            name = ast.unparse(assign.targets[0])
+            ended = [t for t in ast.walk(method) if isinstance(t, ast.Try)
+                     and any(f"{name}.end()" in ast.unparse(s) for s in t.finalbody)]
+            assert ended, f"{method.name}: {name} = {ast.unparse(assign.value)} is never ended in a finally"

@@ -427,3 +427,41 @@ def test_channels_maps_with_the_dataset_json_field_and_contours_without_images(m
     ref = widget._references()[0]
     np.testing.assert_array_equal(nodes.segment_mask(ref, nodes.segment_id_by_name(ref, "High"), grid) > 0,
                                   case_arrays(1)[1]["High"])
+
+
+def test_a_scene_close_leaves_no_case_to_pick_whatever_the_observer_order(module):
+    """Scene close drops the result (its nodes go with the scene). The binding's StartClose observer and the
+    Cohort section's are called in an order VTK does not promise for equal priorities (VTK
+    ``Common/Core/vtkObject.cxx`` vtkSubjectHelper::AddObserver inserts a new observer before the last one of
+    its priority: with an earlier observer on the scene, as in Slicer, the binding's runs first and re-evaluates
+    the buttons while the result still exists; checked on the venv's vtk below). The Cohort handler must
+    re-evaluate them itself and not leave 'pick a case' shown."""
+    import vtk
+
+    mod, scene, errors, _ = module
+    order = []
+    subject = vtk.vtkObject()
+    subject.AddObserver("ModifiedEvent", lambda *a: order.append("earlier"))
+    subject.AddObserver("ModifiedEvent", lambda *a: order.append("binding"))
+    subject.AddObserver("ModifiedEvent", lambda *a: order.append("cohort"))
+    subject.Modified()
+    assert order == ["binding", "cohort", "earlier"]
+
+    widget = mod.AutoSegThresholdWidget()
+    widget.setup()
+    ui = widget.ui
+    widget._cohort = types.SimpleNamespace(cases=[("Brain", "case001")], thresholds={"Brain": 0.4})
+    widget._fillCohortCases(["Brain / case001"])
+    ui.cohortStatusLabel.text = "Done: 1 structures; pick a case to check its threshold with the slider."
+    ui.cohortProgressBar.value = ui.cohortProgressBar.maximum
+    widget.updateButtons()
+    assert ui.cohortCaseComboBox.enabled
+    widget.parent.isEntered = False  # module not open: EndClose binds nothing again
+    widget.binding.onSceneStartClose()  # in Slicer's order
+    widget.onSceneStartClose(None, None)
+    widget.onCohortSceneStartClose()
+    widget.binding.onSceneEndClose()
+    assert widget._cohort is None and ui.cohortCaseComboBox.count == 0
+    assert not ui.cohortCaseComboBox.enabled and not ui.cohortSaveButton.enabled, ui.cohortCaseComboBox.toolTip
+    assert "pick a case" not in ui.cohortStatusLabel.text and ui.cohortProgressBar.value == 0
+    assert not errors, errors
