@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 LAYOUT_ID = "review"
 TABLE_HEADERS = [
     {"title": "case", "key": "case", "sortable": True},
+    {"title": "split", "key": "split", "sortable": True},  # a study's validation cases chose the threshold
     {"title": "Dice 0.5", "key": "dice_05", "sortable": True},
     {"title": "Dice tuned", "key": "dice_tuned", "sortable": True},
     {"title": "NSD 0.5", "key": "nsd_05", "sortable": True},

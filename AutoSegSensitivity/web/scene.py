@@ -100,9 +100,10 @@ class ReviewScene:
 
     def _fresh_segmentation(self, name: str) -> Any:
         """An empty segmentation node called ``name`` (the previous case's one is removed)."""
-        old = self.scene.GetNodesByClassByName("vtkMRMLSegmentationNode", name)
-        for i in range(old.GetNumberOfItems()):
-            self.scene.RemoveNode(old.GetItemAsObject(i))
+        # Libs/MRML/Core/vtkMRMLScene.h: the by-class-by-name collection is the caller's to delete (the Python
+        # wrapping does not), so GetFirstNode(name, class) until none is left
+        while (old := self.scene.GetFirstNode(name, "vtkMRMLSegmentationNode")) is not None:
+            self.scene.RemoveNode(old)
         node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         node.CreateDefaultDisplayNodes()
         return node
