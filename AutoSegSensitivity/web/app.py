@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 LAYOUT_ID = "review"
 TABLE_HEADERS = [
     {"title": "case", "key": "case", "sortable": True},
+    {"title": "split", "key": "split", "sortable": True},  # a study's validation cases chose the threshold
     {"title": "Dice 0.5", "key": "dice_05", "sortable": True},
     {"title": "Dice tuned", "key": "dice_tuned", "sortable": True},
     {"title": "NSD 0.5", "key": "nsd_05", "sortable": True},
@@ -275,7 +276,7 @@ class ReviewApp(TrameApp):
                     with v3.Template(raw_attrs=['v-slot:item.case="{ item }"']):
                         v3.VBtn("{{ item.case }}", click=(self.open_case, "[item.case]"), size="small",
                                 variant=("item.case === current_case ? 'flat' : 'text'",), color="primary",
-                                raw_attrs=[':data-case="item.case"'], classes="case-button")
+                                raw_attrs=[':data-case="item.case"'], classes="case-button text-none")  # the case name as spelled (no capitals)
                         v3.VIcon("mdi-alert-circle", v_if="item.problem", color="error", size="small",
                                  raw_attrs=[':title="item.problem"'], classes="case-problem")
                 html.Img(src=("chart_src",), v_if="chart_src", style="width: 100%", id="chart")

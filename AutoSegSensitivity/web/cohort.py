@@ -91,6 +91,8 @@ class Cohort:
     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM
     stats: Dict[str, Dict[str, CaseStats]] = field(default_factory=dict)
     case_problems: Dict[str, str] = field(default_factory=dict)
+    splits: Dict[str, str] = field(default_factory=dict)
+    """``{case: "validation" | "test" | ...}`` of a study (study.json's ``data``); empty for plain folders."""
 
     @property
     def cases(self) -> List[str]:
@@ -191,10 +193,12 @@ class Cohort:
             st = self.stats.get(name, {}).get(structure)
             if st is None:
                 if name in self.stats or name in self.case_problems:
-                    rows.append({"case": name, "dice_05": None, "dice_tuned": None, "nsd_05": None,
-                                 "nsd_tuned": None, "problem": self.case_problems.get(name, "not computed")})
+                    rows.append({"case": name, "split": self.splits.get(name, ""), "dice_05": None, "dice_tuned": None,
+                             "nsd_05": None, "nsd_tuned": None,
+                             "problem": self.case_problems.get(name, "not computed")})
                 continue
-            rows.append({"case": name, "dice_05": _r(dice_at(st.counts, self.grid, 0.5)),
+            rows.append({"case": name, "split": self.splits.get(name, ""),
+                         "dice_05": _r(dice_at(st.counts, self.grid, 0.5)),
                          "dice_tuned": _r(dice_at(st.counts, self.grid, t)), "nsd_05": _r(st.nsd_05),
                          "nsd_tuned": _r(st.nsd_tuned) if abs(st.t_tuned - t) < 1e-9 else None, "problem": ""})
         rows.sort(key=lambda r: (r["dice_tuned"] is None, r["dice_tuned"] if r["dice_tuned"] is not None else 0.0,
@@ -365,6 +369,11 @@ def open_study(folder: PathLike, loss: Optional[str] = None, thresholds: Optiona
     th_path = Path(thresholds) if thresholds else folder / f"thresholds-{loss}.json"
     cohort = _build(f"study {folder} ({loss})", prob_dir, data_dir, "maps", None, th_path,
                     [str(s) for s in meta["structures"]])
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    for role in ("training", "validation", "test"):  # study.py records meta["data"][f"{role} cases"]
+        for name in data.get(f"{role} cases") or []:
+            if str(name) in cohort.probs:
+                cohort.splits[str(name)] = role
     if not th_path.exists():
         for s, t in _study_thresholds(folder, loss).items():
             cohort.tuned[s] = t

@@ -36,6 +36,9 @@ class ReviewScene:
     reference segment as an outline and the thresholded segment filled (and as a surface in 3D)."""
 
     def __init__(self, scene: Any) -> None:
+        from ..mrml.converters import ensure_segmentation_converters
+
+        ensure_segmentation_converters()  # the 3D surface needs the rules, whatever is written first
         self.scene = scene
         self.logic = ThresholdTuningLogic(scene)
         self.case: Optional[CaseImages] = None
@@ -65,6 +68,17 @@ class ReviewScene:
         self.map_node = nodes.volume_to_node(case.probability, self.scene, MAP_NODE, node=self._volume_node(MAP_NODE))
         self.map_node.GetDisplayNode().SetVisibility(False)
 
+        # the result node first: the slice views draw segmentations in the order they were added, so the
+        # reference outline comes over the result's fill (where the two agree it would be hidden otherwise)
+        self.result_node = self._fresh_segmentation(RESULT_NODE)
+        self.result_node.SetReferenceImageGeometryParameterFromVolumeNode(self.ct_node)
+        d = self.result_node.GetDisplayNode()
+        d.SetVisibility2DFill(True)
+        d.SetVisibility2DOutline(False)  # filled only: the one outline in the slice views is the reference's
+        d.SetOpacity2DFill(0.35)
+        self.set_threshold(threshold, interactive=False)
+        self.result_node.CreateClosedSurfaceRepresentation()
+
         self.reference_node = self._fresh_segmentation(REFERENCE_NODE)
         nodes.write_segment(self.reference_node, f"{case.structure} reference", case.reference, case.image,
                             REFERENCE_COLOR)
@@ -72,15 +86,6 @@ class ReviewScene:
         rd.SetVisibility2DFill(False)
         rd.SetVisibility2DOutline(True)
         rd.SetVisibility3D(False)
-
-        self.result_node = self._fresh_segmentation(RESULT_NODE)
-        self.result_node.SetReferenceImageGeometryParameterFromVolumeNode(self.ct_node)
-        d = self.result_node.GetDisplayNode()
-        d.SetVisibility2DFill(True)
-        d.SetVisibility2DOutline(True)
-        d.SetOpacity2DFill(0.35)
-        self.set_threshold(threshold, interactive=False)
-        self.result_node.CreateClosedSurfaceRepresentation()
 
     def _volume_node(self, name: str) -> Any:
         """The scalar volume node ``name`` (made on first use) with a display node whose window/level is
@@ -95,9 +100,10 @@ class ReviewScene:
 
     def _fresh_segmentation(self, name: str) -> Any:
         """An empty segmentation node called ``name`` (the previous case's one is removed)."""
-        old = self.scene.GetNodesByClassByName("vtkMRMLSegmentationNode", name)
-        for i in range(old.GetNumberOfItems()):
-            self.scene.RemoveNode(old.GetItemAsObject(i))
+        # Libs/MRML/Core/vtkMRMLScene.h: the by-class-by-name collection is the caller's to delete (the Python
+        # wrapping does not), so GetFirstNode(name, class) until none is left
+        while (old := self.scene.GetFirstNode(name, "vtkMRMLSegmentationNode")) is not None:
+            self.scene.RemoveNode(old)
         node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         node.CreateDefaultDisplayNodes()
         return node

@@ -27,7 +27,7 @@ def missing(what: str) -> None:
     msg = f"{what} is not available: {HOW}"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI: {msg}", pytrace=False)
-    pytest.skip(msg)
+    pytest.skip(msg, allow_module_level=True)  # also called at import time of a test module
 
 
 def chromium_path() -> str:

@@ -37,7 +37,8 @@ def write_study(root: Path, cases: int = 3, shape: Sequence[int] = SHAPE, loss: 
         for s in structures:
             write_volume(image.with_array(probability(seg.mask(s), i)), root / "predictions" / loss / name / f"prob_{s}.nrrd")
     meta = {"losses": [{"key": loss, "label": loss.upper()}], "structures": list(structures), "settings": {},
-            "data": {"folder": "data"}, "status": "complete"}
+            "data": {"folder": "data", "validation cases": [case_name(0)],  # study.py: meta["data"][f"{role} cases"]
+                     "test cases": [case_name(i) for i in range(1, cases)]}, "status": "complete"}
     (root / "study.json").write_text(json.dumps(meta), encoding="utf-8")
     with open(root / "summary.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, ["loss", "structure", "dice_threshold_chosen_on_validation"])
