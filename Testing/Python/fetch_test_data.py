@@ -288,12 +288,13 @@ def locate(registry: Registry, environ: Mapping[str, str] = os.environ, shared: 
 
 
 def paper_text(name: str, sha256: str, environ: Mapping[str, str] = os.environ,
-               shared: Path = SHARED_PAPERS) -> Optional[str]:
+               beside: Path = SHARED_PAPERS) -> Optional[str]:
     """The text (UTF-8) of the paper file ``name`` from ``$AUTOSEGSENS_PAPERS`` when set, else from
-    ``../shared/papers`` beside the repository; ``None`` when that folder does not hold it (a fresh clone).
+    ``beside`` (default: ``../shared/papers`` beside the repository); ``None`` when that folder does not
+    hold it (a fresh clone).
     A file whose sha256 is not ``sha256`` (pinned by the caller) is an :class:`InputError` naming the file
     and both hashes: quotes are never checked against another version of the paper."""
-    folder = Path(environ[ENV_PAPERS]).expanduser() if environ.get(ENV_PAPERS) else Path(shared)
+    folder = Path(environ[ENV_PAPERS]).expanduser() if environ.get(ENV_PAPERS) else Path(beside)
     path = folder / name
     if not path.is_file():
         return None

@@ -23,7 +23,7 @@ from AutoSegSensitivity.intensity import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_004 = ("004_17551cd9d88005d8.txt", "03f70b0f05050ad207dd744db8a1b8e1f5b436f513e3619ffad6096e19244754")
-"""Lei et al. (paper 004): file name in ``../shared/papers`` and the sha256 of the file the quotes were checked in."""
+"""Lei et al. (paper 004): the file name the data layer looks up and the sha256 of the file the quotes were checked in."""
 
 QUOTES_004 = {  # configuration -> sha256 of the normalised words of each quote, in order
     "lei-sepnet3d-explog": ["98bc9ab7d6b8b8c38f882fc03d620ec3c7882ab369b48baa1d834841c82593a6"],
@@ -60,11 +60,11 @@ def test_lei_sepnet_configs_use_slf1_and_quote_the_verified_passages():
 
 
 def test_lei_sepnet_quotes_are_in_the_paper(paper_text):
-    """The quote-in-text check: only where the paper is at hand (``../shared/papers`` or $AUTOSEGSENS_PAPERS)."""
+    """The quote-in-text check: only where the data layer has the paper (:func:`fetch_test_data.paper_text`)."""
     text = paper_text(*PAPER_004)
     if text is None:
-        pytest.skip(f"paper {PAPER_004[0]} is not in ../shared/papers nor ${fetch_test_data.ENV_PAPERS} (fresh "
-                    "clone): the quotes were checked against their pinned hashes only")
+        pytest.skip(f"paper {PAPER_004[0]} is not at hand (a fresh clone; set ${fetch_test_data.ENV_PAPERS} to a "
+                    "folder holding it): the quotes were checked against their pinned hashes only")
     paper = _words(text)
     for name in QUOTES_004:
         quotes = _quotes(name)
@@ -72,19 +72,19 @@ def test_lei_sepnet_quotes_are_in_the_paper(paper_text):
 
 
 def test_paper_text_layer(tmp_path):
-    """The data layer: $AUTOSEGSENS_PAPERS before ../shared/papers; None when absent; a different file (other
-    sha256) is an InputError naming it, never silently used."""
-    shared, env_dir = tmp_path / "shared" / "papers", tmp_path / "env"
+    """The data layer: $AUTOSEGSENS_PAPERS before the folder beside the clone; None when absent; a different
+    file (other sha256) is an InputError naming it, never silently used. Both folders are made in tmp_path."""
+    beside, env_dir = tmp_path / "papers-beside", tmp_path / "env"
     body = "These networks were trained with $ATH(\\alpha = 0.5) - L_{Exp}$ and SLF1.\n"
     pin = hashlib.sha256(body.encode()).hexdigest()
-    assert fetch_test_data.paper_text("p.txt", pin, environ={}, shared=shared) is None
-    shared.mkdir(parents=True)
-    (shared / "p.txt").write_text(body, encoding="utf-8")
-    assert fetch_test_data.paper_text("p.txt", pin, environ={}, shared=shared) == body
+    assert fetch_test_data.paper_text("p.txt", pin, environ={}, beside=beside) is None
+    beside.mkdir(parents=True)
+    (beside / "p.txt").write_text(body, encoding="utf-8")
+    assert fetch_test_data.paper_text("p.txt", pin, environ={}, beside=beside) == body
     env = {fetch_test_data.ENV_PAPERS: str(env_dir)}
-    assert fetch_test_data.paper_text("p.txt", pin, environ=env, shared=shared) is None  # the variable wins
+    assert fetch_test_data.paper_text("p.txt", pin, environ=env, beside=beside) is None  # the variable wins
     env_dir.mkdir()
     (env_dir / "p.txt").write_text(body + "edited\n", encoding="utf-8")
     with pytest.raises(InputError, match="p.txt: sha256: expected " + pin):
-        fetch_test_data.paper_text("p.txt", pin, environ=env, shared=shared)
+        fetch_test_data.paper_text("p.txt", pin, environ=env, beside=beside)
     assert _digest("ATH(alpha = 0.5) - L_Exp and SLF1") == _digest("$ATH(\\alpha = 0.5) - L_{Exp}$ and SLF1")
