@@ -42,13 +42,19 @@ def _state(missing: List[str], does: str) -> ActionState:
     return ActionState(True, does)
 
 
-def _file_problem(value: PathLike, what: str) -> Optional[str]:
+def _path_problem(value: PathLike, what: str, folder: bool = False) -> Optional[str]:
+    """``what`` when the field is unset, what is wrong with the path when it is not an existing file (or
+    folder), else None."""
     path = path_or_none(value)
     if path is None:
         return what
-    if not path.is_file():
-        return f"{what} ({path} is not a file)"
+    if not (path.is_dir() if folder else path.is_file()):
+        return f"{what} ({path} is not a {'folder' if folder else 'file'})"
     return None
+
+
+def _file_problem(value: PathLike, what: str) -> Optional[str]:
+    return _path_problem(value, what)
 
 
 def _missing(*checks: Optional[str]) -> List[str]:
@@ -148,12 +154,7 @@ def load_thresholds(structure: str, thresholds_file: PathLike) -> ActionState:
 
 # ---- AutoSegThreshold: cohort ---------------------------------------------------------------------------
 def _folder_problem(value: PathLike, what: str) -> Optional[str]:
-    path = path_or_none(value)
-    if path is None:
-        return what
-    if not path.is_dir():
-        return f"{what} ({path} is not a folder)"
-    return None
+    return _path_problem(value, what, folder=True)
 
 
 def cohort_run(maps_dir: PathLike, contours_dir: PathLike, running: bool) -> ActionState:

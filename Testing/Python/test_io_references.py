@@ -77,6 +77,17 @@ def crop(seg, shape, low, grow=0):
     return out
 
 
+def write_cropped_references(refs, dest):
+    """``dest/<case>/segmentation.seg.nrrd`` for every case of the dataset folder ``refs``: its segments
+    cropped to the voxels they hold (as Slicer may save a segmentation), with no image; returns ``dest``."""
+    for case in sorted(p.name for p in refs.iterdir()):
+        seg = read_segmentation(refs / case / "segmentation.seg.nrrd")
+        cropped = crop(seg, seg.geometry.shape, (1, 2, 3))
+        assert cropped.geometry.shape != seg.geometry.shape
+        write_segmentation(cropped, dest / case / "segmentation.seg.nrrd")
+    return dest
+
+
 def same_tuning(a, b):
     assert list(a.structures) == list(b.structures)
     for s in a.structures:
@@ -113,12 +124,7 @@ def test_segmentation_references_without_images(tmp_path):
         f.unlink()
     same_tuning(tune_cohort(probs, refs, n_boot=50), tune_cohort(probs, bare, n_boot=50))
     # a .seg.nrrd cropped to its segments (as Slicer may save it), no image: placed back onto the maps' grid
-    cropped = tmp_path / "cropped"
-    for case in sorted(p.name for p in refs.iterdir()):
-        seg = read_segmentation(refs / case / "segmentation.seg.nrrd")
-        seg2 = crop(seg, seg.geometry.shape, (1, 2, 3))
-        assert seg2.geometry.shape != seg.geometry.shape
-        write_segmentation(seg2, cropped / case / "segmentation.seg.nrrd")
+    cropped = write_cropped_references(refs, tmp_path / "cropped")
     same_tuning(tune_cohort(probs, refs, n_boot=50), tune_cohort(probs, cropped, n_boot=50))
     # half a voxel off, or reaching outside the map's grid: one line naming the map and the grid
     seg = read_segmentation(refs / "case00" / "segmentation.seg.nrrd")

@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from AutoSegSensitivity.mrml.background import BackgroundProcess
 from AutoSegSensitivity.mrml.cohort_logic import CohortTuningLogic
 from AutoSegSensitivity.tune import read_thresholds, read_thresholds_file
 
+from test_mrml_training import _gone  # True when a pid no longer runs
 from tune_cohort import TH, brute_counts, brute_dice, case_arrays, write_cohort
 
 N_CASES = 5
@@ -43,14 +43,6 @@ def _poll_until(process, condition, timeout_s):
     return bool(condition())
 
 
-def _gone(pid):
-    """True when ``pid`` no longer runs: absent, or (Linux) a zombie waiting for its reaper."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 @pytest.fixture(scope="module")
@@ -429,16 +421,10 @@ def test_an_nnunet_label_folder_with_nnunet_npz_maps_loads_a_case_without_an_ima
 def test_segmentation_references_without_images_cropped_by_slicer_load_on_the_maps_grid(tmp_path):
     """Contours only: ``<case>/segmentation.seg.nrrd`` cropped to its segments (as Slicer may save it), no
     image. The reference is placed back onto the map's grid by whole voxels, and the map is the background."""
-    from AutoSegSensitivity.io import read_segmentation, write_segmentation
-    from test_io_references import crop
+    from test_io_references import write_cropped_references
 
     probs, refs = write_cohort(tmp_path, 4)
-    bare = tmp_path / "bare"
-    for case in sorted(p.name for p in refs.iterdir()):
-        seg = read_segmentation(refs / case / "segmentation.seg.nrrd")
-        cropped = crop(seg, seg.geometry.shape, (1, 2, 3))
-        assert cropped.geometry.shape != seg.geometry.shape
-        write_segmentation(cropped, bare / case / "segmentation.seg.nrrd")
+    bare = write_cropped_references(refs, tmp_path / "bare")
     scene, logic, result = _run_and_load(tmp_path, probs, bare)
     assert (result.inputs["format"], result.inputs["ref_format"]) == ("maps", "dataset")
     loaded = logic.load_case(result, result.cases.index(("High", "case02")))

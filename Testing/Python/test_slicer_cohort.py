@@ -78,11 +78,17 @@ def test_one_cancel_button_stops_training_and_prediction():
 
 # ---- the Lib's runner on real processes --------------------------------------------------------------------
 class FakeSignal:
+    """A Qt signal: ``connect`` a slot, ``emit`` calls every slot."""
+
     def __init__(self):
         self.slots = []
 
     def connect(self, slot):
         self.slots.append(slot)
+
+    def emit(self, *args):
+        for slot in list(self.slots):
+            slot(*args)
 
 
 class FakeTimer:

@@ -25,20 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_slicer_cohort import FakeSignal as Signal  # the stand-ins the runner's tests use
+from test_slicer_cohort import FakeTimer as Timer
+
 ROOT = Path(__file__).resolve().parents[2]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-class Signal:
-    def __init__(self):
-        self.slots = []
-
-    def connect(self, slot):
-        self.slots.append(slot)
-
-    def emit(self, *args):
-        for slot in list(self.slots):
-            slot(*args)
 
 
 class Widget:
@@ -126,21 +117,6 @@ class UI:
         if name.startswith("_"):
             raise AttributeError(name)
         return self._widgets.setdefault(name, Widget(name))
-
-
-class Timer:
-    def __init__(self):
-        self.timeout = Signal()
-        self.active = False
-
-    def setInterval(self, ms):
-        self.interval = ms
-
-    def start(self):
-        self.active = True
-
-    def stop(self):
-        self.active = False
 
 
 @pytest.fixture

@@ -49,13 +49,10 @@ POINTS = ("atomic.write", "atomic.replace", "commit", "train.epoch")
 
 
 def run(args: List[str], fault: Optional[str] = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != FAULT}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    if fault:
-        env[FAULT] = fault
-    return subprocess.run([sys.executable, "-m", "AutoSegSensitivity", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    """``python -m AutoSegSensitivity ARGS`` in a new process with the fault hook set (the suite's runner)."""
+    from test_faults import cli
+
+    return cli(args, fault, timeout)
 
 
 def snapshot(folder: Path) -> Dict[str, bytes]:
